@@ -1,0 +1,3 @@
+from whoharry.cli import main
+
+main()

@@ -1,0 +1,85 @@
+"""Anchor dictionaries: target-specific terms mapped to one or more generic translations.
+
+The YAML form is a mapping, `term: generic` or `term: [generic, ...]`. Terms are matched
+case-sensitively as whole words (not inside a longer word), the longest term first.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from whoharry.errors import WhoharryError
+
+
+@dataclass(frozen=True)
+class Anchors:
+    """A validated anchor dictionary."""
+
+    entries: dict[str, tuple[str, ...]]
+
+    def pattern(self) -> re.Pattern[str]:
+        """One regex for all terms, longest first, bounded so a term never matches inside a word."""
+        terms = sorted(self.entries, key=lambda term: (-len(term), term))
+        return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(term) for term in terms) + r")(?!\w)")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys instead of silently keeping the last one."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            line = key_node.start_mark.line + 1
+            raise WhoharryError(f"duplicate anchor key {key!r} at line {line}; keep one entry and list its values")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_anchors(path: Path) -> Anchors:
+    """Read and check an anchor dictionary file."""
+    if not path.is_file():
+        raise WhoharryError(f"anchor dictionary not found: {path}")
+    try:
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader
+    except UnicodeDecodeError:
+        raise WhoharryError(f"anchor dictionary {path} is not UTF-8") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise WhoharryError(f"{path}: YAML syntax error{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict) or not data:
+        raise WhoharryError(f"{path}: expected a non-empty mapping of `term: generic` entries")
+    return parse_anchors(data, source=str(path))
+
+
+def parse_anchors(data: dict, source: str = "anchors") -> Anchors:
+    entries: dict[str, tuple[str, ...]] = {}
+    for key, value in data.items():
+        if not isinstance(key, str):
+            raise WhoharryError(f"{source}: anchor key {key!r} is not text; quote it in the YAML")
+        term = key.strip()
+        if not term:
+            raise WhoharryError(f"{source}: an anchor key is empty")
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+            raise WhoharryError(f"{source}: anchor {term!r} needs a generic term or a list of them")
+        cleaned = tuple(dict.fromkeys(v.strip() for v in values))
+        if any(not v for v in cleaned):
+            raise WhoharryError(f"{source}: anchor {term!r} has an empty translation")
+        if term in entries:
+            raise WhoharryError(f"{source}: anchor {term!r} appears twice (after trimming spaces)")
+        entries[term] = cleaned
+    return Anchors(entries)

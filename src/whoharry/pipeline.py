@@ -1,0 +1,26 @@
+"""`whoharry run`: every stage in order; a stage already complete with the same settings is skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from whoharry import evaluate, unlearn
+from whoharry.config import Config
+from whoharry.errors import WhoharryError
+
+
+def check_out_dir(out: Path) -> None:
+    """The output folder must be a folder, and either new, empty, or a whoharry run."""
+    if out.exists() and not out.is_dir():
+        raise WhoharryError(f"output folder {out} is a file; choose another --out")
+
+
+def run(cfg: Config, out: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Reinforce, labels, unlearn, eval; returns the evaluation summary."""
+    check_out_dir(out)
+    # unlearn.run runs labels.run first, which runs reinforce.run first; each skips when complete
+    unlearn.run(cfg, out, progress=progress)
+    eval_dir = evaluate.run(cfg, out, progress=progress)
+    report = evaluate.load_report(eval_dir)
+    return report["summary"]

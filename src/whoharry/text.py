@@ -1,0 +1,76 @@
+"""Reading a target text and cutting its tokens into fixed-length blocks with character offsets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from whoharry.errors import WhoharryError
+
+
+@dataclass
+class Blocks:
+    """Token blocks of one text. `offsets[b][i]` is the (start, end) character span of token i of block b;
+    a BOS token that the tokenizer adds gets the empty span at the block's start."""
+
+    text: str
+    ids: list[list[int]]
+    offsets: list[list[tuple[int, int]]]
+    dropped_tokens: int  # the tail shorter than one block
+    bos_token_id: int | None
+
+
+def read_text(path: Path, what: str = "target text") -> str:
+    """Read a UTF-8 text file, or fail with one line saying what is wrong with it."""
+    if not path.is_file():
+        raise WhoharryError(f"{what} not found: {path}")
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise WhoharryError(f"{what} {path} looks binary (it holds NUL bytes); give a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WhoharryError(
+            f"{what} {path} is not UTF-8 (byte {exc.start}); convert it, e.g. iconv -t UTF-8"
+        ) from None
+    if not text.strip():
+        raise WhoharryError(f"{what} {path} is empty")
+    return text.removeprefix("\ufeff")
+
+
+def adds_bos(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The BOS id when the tokenizer puts one before every sequence (Llama-style), else None."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    ids = tokenizer("a").input_ids
+    return bos if ids and ids[0] == bos else None
+
+
+def make_blocks(text: str, tokenizer: PreTrainedTokenizerBase, block_length: int) -> Blocks:
+    """Tokenize the whole text once and cut it into blocks of `block_length` tokens (BOS included)."""
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    ids: list[int] = encoded["input_ids"]
+    offsets: list[tuple[int, int]] = [tuple(span) for span in encoded["offset_mapping"]]
+    bos = adds_bos(tokenizer)
+    body = block_length - (1 if bos is not None else 0)
+    count = len(ids) // body
+    if count == 0:
+        raise WhoharryError(
+            f"the text has {len(ids)} tokens, fewer than one block of {block_length}; "
+            "give a longer text or a smaller data.block_length"
+        )
+    block_ids: list[list[int]] = []
+    block_offsets: list[list[tuple[int, int]]] = []
+    for b in range(count):
+        chunk_ids = ids[b * body : (b + 1) * body]
+        chunk_offsets = offsets[b * body : (b + 1) * body]
+        if bos is not None:
+            start = chunk_offsets[0][0]
+            chunk_ids = [bos, *chunk_ids]
+            chunk_offsets = [(start, start), *chunk_offsets]
+        block_ids.append(chunk_ids)
+        block_offsets.append(chunk_offsets)
+    return Blocks(text, block_ids, block_offsets, len(ids) - count * body, bos)

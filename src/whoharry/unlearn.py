@@ -1,0 +1,57 @@
+"""The unlearn stage: fine-tune the base model on the original text with the generic labels."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from whoharry import artifacts, labels, models, train
+from whoharry.config import Config, fingerprint, to_dict
+
+log = logging.getLogger(__name__)
+
+
+def unlearn_fingerprint(cfg: Config, out: Path) -> str:
+    return fingerprint(
+        {
+            "seed": cfg.seed,
+            "model": to_dict(cfg.model),
+            "train": to_dict(cfg.unlearn),
+            "labels": artifacts.stage_fingerprint(out / "labels"),
+        }
+    )
+
+
+def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
+    """Write `out/unlearn/` (final/, metrics.jsonl, config.yaml, manifest.json), running labels first
+    when its artifact is missing or stale."""
+    labels_dir = labels.run(cfg, out, progress=progress)
+    stage_dir = out / "unlearn"
+    key = unlearn_fingerprint(cfg, out)
+    if artifacts.is_complete(stage_dir, key):
+        log.info("unlearn: complete with these settings, skipped (%s)", stage_dir)
+        return stage_dir
+    began = time.perf_counter()
+    input_ids, generic = labels.load_labels(labels_dir)
+    source = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(source, cfg.model)
+    model = models.load_model(source, cfg.model)
+    log.info("unlearn: %d blocks with generic labels from %s", input_ids.shape[0], labels_dir)
+    result = train.train(
+        model, input_ids, generic, cfg.unlearn,
+        seed=cfg.seed, stage_dir=stage_dir, run_key=key, desc="unlearn", progress=progress,
+    )
+    train.save_final(model, tokenizer, stage_dir)
+    record = artifacts.StageRecord(
+        stage="unlearn",
+        fingerprint=key,
+        inputs={"model": source.description, "labels": artifacts.stage_fingerprint(labels_dir)},
+        outputs=["final/config.json", "metrics.jsonl"],
+        seed=cfg.seed,
+        seconds=time.perf_counter() - began,
+        summary=train.summary(result),
+    )
+    artifacts.write_stage(stage_dir, record, to_dict(cfg))
+    train.clear_checkpoints(stage_dir)
+    return stage_dir

@@ -1,0 +1,158 @@
+"""The command line end to end on tiny models built in the test: artifacts, skipping, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from whoharry.anchors import load_anchors
+from whoharry.cli import app
+from whoharry.text import make_blocks
+
+from .conftest import assert_copy_model_labels, write_config
+
+runner = CliRunner()
+
+STAGE_FILES = {"config.yaml", "manifest.json", "metrics.jsonl"}
+MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+               "tokenizer_config.json"}
+
+
+def files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("command", [[], ["reinforce"], ["labels"], ["unlearn"], ["eval"], ["run"]])
+def test_help_renders(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+    if command:
+        for option in ("--config", "--set", "--out", "--max-steps", "--seed"):
+            assert option in result.output
+
+
+def test_run_end_to_end_writes_the_layout_and_exact_labels(project, copy_model_dir, tokenizer):
+    # a copy model barely moved by reinforcing: every label is predictable by hand
+    config = write_config(project, copy_model_dir, reinforce={"learning_rate": 1e-9})
+    out = project / "run"
+    result = runner.invoke(app, ["run", "--config", str(config), "--out", str(out), "--max-steps", "2", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "base vs. unlearned" in result.output and str(out.resolve()) in result.output.replace("\n", "")
+
+    model_dir_files = {f"final/{name}" for name in MODEL_FILES}
+    assert files(out / "reinforce") >= STAGE_FILES | model_dir_files
+    assert files(out / "unlearn") >= STAGE_FILES | model_dir_files
+    assert files(out / "labels") == {"config.yaml", "manifest.json", "labels.safetensors", "stats.json"}
+    assert files(out / "eval") == STAGE_FILES | {"report.json", "report.md"}
+    assert not (out / "reinforce" / "checkpoints").exists()
+    for stage in ("reinforce", "labels", "unlearn", "eval"):
+        manifest = json.loads((out / stage / "manifest.json").read_text())
+        assert manifest["status"] == "complete" and manifest["stage"] == stage
+        assert {"fingerprint", "seed", "inputs", "outputs", "seconds", "versions"} <= set(manifest)
+    assert json.loads((out / "unlearn" / "manifest.json").read_text())["summary"]["steps"] == 2
+
+    tensors = load_file(str(out / "labels" / "labels.safetensors"))
+    stats = json.loads((out / "labels" / "stats.json").read_text())
+    assert str(tensors["labels"].dtype) == "torch.int32"
+    assert tensors["labels"].shape == tensors["input_ids"].shape == (stats["blocks"], 32)
+    text = (project / "target.txt").read_text()
+    blocks = make_blocks(text, tokenizer, 32)
+    assert tensors["input_ids"].tolist() == blocks.ids
+    differ = assert_copy_model_labels(text, blocks, load_anchors(project / "anchors.yaml"), tensors["labels"],
+                                      tokenizer, seed=0)
+    assert differ > 0
+    assert stats["anchor_occurrences"] > 0 and stats["occurrences_per_key"]["Harry"] > 0
+
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert set(report["summary"]) == {"base", "unlearned"}
+    assert {"target_p_answer", "target_hit_rate", "general_p_answer", "general_perplexity"} <= set(
+        report["summary"]["base"]
+    )
+    assert len(report["samples"]["unlearned"]["target"]) == 2
+
+    # a second run with the same settings does nothing
+    before = {s: (out / s / "manifest.json").read_text() for s in ("reinforce", "labels", "unlearn", "eval")}
+    again = runner.invoke(app, ["run", "--config", str(config), "--out", str(out), "--max-steps", "2", "-q"])
+    assert again.exit_code == 0, again.output
+    assert {s: (out / s / "manifest.json").read_text() for s in before} == before
+
+    # a changed label setting redoes labels and what follows, not reinforce
+    changed = runner.invoke(app, ["run", "--config", str(config), "--out", str(out), "--max-steps", "2", "-q",
+                                  "--set", "labels.alpha=2"])
+    assert changed.exit_code == 0, changed.output
+    after = {s: (out / s / "manifest.json").read_text() for s in before}
+    assert after["reinforce"] == before["reinforce"]
+    assert all(after[s] != before[s] for s in ("labels", "unlearn", "eval"))
+
+
+def test_unlearning_raises_the_forget_loss_and_bounds_the_retain_loss(project, trained_model_dir):
+    """On a tiny model that learned the story and the general text: after unlearning, the loss on
+    the original tokens where labels changed rises, and the loss on general text stays bounded."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from whoharry.train import causal_lm_loss
+
+    config = write_config(project, trained_model_dir, unlearn={"epochs": 4, "learning_rate": 1e-3})
+    out = project / "run"
+    result = runner.invoke(app, ["unlearn", "--config", str(config), "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    tensors = load_file(str(out / "labels" / "labels.safetensors"))
+    ids, labels = tensors["input_ids"].long(), tensors["labels"].long()
+    changed = labels.clone()
+    changed[(labels == ids) | (labels == -100)] = -100  # positions where the generic label differs
+    forget = ids.clone()
+    forget[changed == -100] = -100  # ... scored against the original tokens there
+    tok = AutoTokenizer.from_pretrained(trained_model_dir)
+    general = torch.tensor(make_blocks((project / "general.txt").read_text(), tok, 32).ids)
+
+    def losses(path):
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        with torch.no_grad():
+            return (causal_lm_loss(model(input_ids=ids).logits, forget).item(),
+                    causal_lm_loss(model(input_ids=general).logits, general).item())
+
+    base_forget, base_retain = losses(trained_model_dir)
+    new_forget, new_retain = losses(out / "unlearn" / "final")
+    print(f"forget loss {base_forget:.3f} -> {new_forget:.3f}, retain loss {base_retain:.3f} -> {new_retain:.3f}")
+    assert new_forget > base_forget + 0.5
+    assert new_retain < base_retain * 1.5
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "args", "message"),
+    [
+        (lambda p: (p / "target.txt").unlink(), [], "target text not found"),
+        (lambda p: (p / "target.txt").write_bytes(b"\xff\xfe bad"), [], "not UTF-8"),
+        (lambda p: (p / "target.txt").write_text("   \n"), [], "is empty"),
+        (lambda p: (p / "target.txt").write_text("Harry."), [], "fewer than one block"),
+        (lambda p: (p / "anchors.yaml").write_text("Harry: [Jon\n"), [], "YAML syntax error at line"),
+        (lambda p: None, ["--set", "labels.alpah=2"], "did you mean 'labels.alpha'"),
+        (lambda p: None, ["--set", "labels.alpha=-1"], "labels.alpha must be >= 0"),
+        (lambda p: None, ["--set", "model.name=no/such-model"], "not found offline"),
+        (lambda p: (p / "run").write_text("x"), [], "is a file"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_code_2(project, tiny_model_dir, mutate, args, message):
+    config = write_config(project, tiny_model_dir)
+    mutate(project)
+    result = runner.invoke(app, ["run", "--config", str(config), "--out", str(project / "run"), "-q", *args])
+    assert message in _one_error_line(result)
+
+
+def test_missing_config_file(project):
+    result = runner.invoke(app, ["run", "--config", str(project / "nope.yaml"), "-q"])
+    assert "config file not found" in _one_error_line(result)

@@ -1,0 +1,72 @@
+"""Config merging: defaults < YAML < --set, with loud failures on unknown keys and bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from whoharry.config import Config, load_config
+from whoharry.errors import WhoharryError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_validate():
+    cfg = load_config()
+    assert cfg.labels.alpha == 5.0
+    assert cfg.model.allow_download is False and cfg.model.trust_remote_code is False
+
+
+def test_yaml_then_overrides_then_shortcuts(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("labels:\n  alpha: 3\nreinforce:\n  epochs: 4\ndata:\n  target: text/t.txt\n")
+    cfg = load_config(path, ["labels.alpha=2.5", "unlearn.max_steps=7"], max_steps=3, seed=11)
+    assert cfg.labels.alpha == 2.5
+    assert cfg.reinforce.epochs == 4.0
+    assert cfg.reinforce.max_steps == 3 and cfg.unlearn.max_steps == 3
+    assert cfg.seed == 11
+    assert cfg.data.target == (tmp_path / "text" / "t.txt").resolve(), "YAML paths resolve beside the file"
+
+
+def test_set_paths_resolve_against_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(None, ["data.anchors=a.yaml", "eval.related_probes=null"])
+    assert cfg.data.anchors == tmp_path / "a.yaml"
+    assert cfg.eval.related_probes is None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("labels.alpah=3", "did you mean 'labels.alpha'"),
+        ("lables.alpha=3", "did you mean 'labels'"),
+        ("labels.alpha=high", "must be float"),
+        ("labels.alpha=-1", "labels.alpha must be >= 0"),
+        ("unlearn.learning_rate=0", "unlearn.learning_rate must be > 0"),
+        ("reinforce.batch_size=2.5", "must be int"),
+        ("labels=3", "is a section"),
+        ("reinforce.precision=fp8", "precision must be one of"),
+        ("noequals", "expects key=value"),
+    ],
+)
+def test_bad_overrides_fail_with_one_clear_message(override, message):
+    with pytest.raises(WhoharryError, match=message):
+        load_config(None, [override])
+
+
+def test_yaml_syntax_error_names_line_and_column(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("labels:\n  alpha: [1, 2\n")
+    with pytest.raises(WhoharryError, match=r"line \d+, column \d+"):
+        load_config(path)
+
+
+def test_every_shipped_config_loads():
+    shipped = sorted((ROOT / "configs").glob("*.yaml"))
+    assert shipped, "configs/ should ship at least the default"
+    for path in shipped:
+        cfg = load_config(path)
+        assert isinstance(cfg, Config)
+        assert cfg.data.target.is_file(), f"{path}: {cfg.data.target} is missing"
+        assert cfg.data.anchors.is_file(), f"{path}: {cfg.data.anchors} is missing"

@@ -1,0 +1,77 @@
+"""The label formula, the suppression rule, and labels from a model whose predictions are known."""
+
+from __future__ import annotations
+
+import torch
+
+from whoharry.anchors import parse_anchors
+from whoharry.labels import compute_labels, generic_labels, suppress_seen_translations
+from whoharry.text import make_blocks
+
+from .conftest import assert_copy_model_labels, make_copy_model
+
+
+def test_formula_on_a_hand_computed_case():
+    base = torch.tensor([[2.0, 1.9, 0.0, -1.0], [0.0, 1.0, 3.0, 2.9]])
+    reinforced = torch.tensor([[4.0, 1.0, 0.0, -1.0], [0.0, 1.0, 3.0, 2.0]])
+    # row 0: offsets relu(r - b) = [2, 0, 0, 0]; b - 5 * offset = [-8, 1.9, 0, -1] -> token 1
+    # row 1: offsets = [0, 0, 0, 0] -> argmax of base -> token 2
+    assert generic_labels(base, reinforced, alpha=5.0).tolist() == [1, 2]
+    # with alpha = 0 the reinforced model is ignored
+    assert generic_labels(base, reinforced, alpha=0.0).tolist() == [0, 2]
+    # with a small alpha the specific token still wins: 2 - 0.01 * 2 = 1.98 > 1.9
+    assert generic_labels(base, reinforced, alpha=0.01).tolist() == [0, 2]
+
+
+def test_suppression_sets_the_row_mean_after_the_translation_appeared():
+    logits = torch.tensor([[4.0, 0.0, 0.0, 0.0], [4.0, 0.0, 0.0, 0.0], [4.0, 2.0, 0.0, 2.0]])
+    positions = torch.tensor([3, 5, 6])
+    out = suppress_seen_translations(logits, positions, [(4, (0,))])
+    assert out[0].tolist() == [4.0, 0.0, 0.0, 0.0]  # position 3 comes before the translation at 4
+    assert out[1].tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert out[2].tolist() == [2.0, 2.0, 0.0, 2.0]
+    assert logits[1, 0] == 4.0, "the input is left untouched"
+
+
+def test_labels_from_a_copy_model_differ_exactly_at_anchors(tokenizer):
+    """A model that predicts the current token makes every label checkable by hand: the label of
+    position t + 1 is the translated token aligned with t, which is the original token t except at
+    an anchor's last token, where it is the translation's last token."""
+    model = make_copy_model(len(tokenizer)).eval()
+    anchors = parse_anchors({"Harry": "Jon", "Hogwarts Express": "school train", "Ron": "Tom"})
+    text = "Harry took the Hogwarts Express with Ron, and later Harry slept. " * 3
+    blocks = make_blocks(text, tokenizer, 24)
+    label_set = compute_labels(model, model, tokenizer, blocks, anchors, alpha=5.0, seed=0, progress=False)
+    assert_copy_model_labels(text, blocks, anchors, label_set.labels, tokenizer, seed=0)
+    changed = label_set.stats["positions_changed"]
+    assert changed > 0 and label_set.stats["anchor_occurrences"] > 0
+
+
+class Boosted(torch.nn.Module):
+    """Another model's logits with one token raised everywhere: a reinforced model that learned it."""
+
+    def __init__(self, inner: torch.nn.Module, token: int, amount: float) -> None:
+        super().__init__()
+        self.inner, self.token, self.amount = inner, token, amount
+
+    def forward(self, **kwargs):
+        out = self.inner(**kwargs)
+        out.logits[..., self.token] += self.amount
+        return out
+
+
+def test_reinforced_gain_steers_the_label_away(tokenizer):
+    """Where the reinforced model raised a token's logit, alpha pushes that token out of the labels."""
+    base = make_copy_model(len(tokenizer)).eval()
+    text = "the river flows past the mill " * 8
+    blocks = make_blocks(text, tokenizer, 16)
+    target = tokenizer(" mill", add_special_tokens=False).input_ids[0]
+    anchors = parse_anchors({"Zzz": "Yyy"})
+    plain = compute_labels(base, base, tokenizer, blocks, anchors, alpha=5.0, seed=0, progress=False)
+    steered = compute_labels(
+        base, Boosted(base, target, 10.0), tokenizer, blocks, anchors, alpha=5.0, seed=0, progress=False
+    )
+    was_target = plain.labels == target
+    assert was_target.any()
+    assert not (steered.labels == target).any()
+    assert torch.equal(plain.labels[~was_target], steered.labels[~was_target])
