@@ -91,6 +91,28 @@ def _config(config: Path | None, overrides: list[str] | None, max_steps: int | N
     return cfg
 
 
+def _stage(
+    quiet: bool,
+    config: Path | None,
+    overrides: list[str] | None,
+    max_steps: int | None,
+    seed: int | None,
+    out: Path,
+    action: Callable[[Config], str],
+) -> None:
+    """The common shape of a command: set up logging, resolve the config, check --out, act, report."""
+    from whoharry import pipeline
+
+    _setup(quiet)
+
+    def body() -> None:
+        cfg = _config(config, overrides, max_steps, seed)
+        pipeline.check_out_dir(out)
+        typer.echo(action(cfg))
+
+    _guard(body)
+
+
 def _guard(body: Callable[[], Any]) -> Any:
     """Run a command body; input problems end with one line on stderr and exit code 2."""
     try:
@@ -113,18 +135,12 @@ def reinforce(
     quiet: QuietOption = False,
 ) -> None:
     """Fine-tune a copy of the base model on the target text → [bold]OUT/reinforce/final/[/bold]."""
-    from whoharry import pipeline
     from whoharry import reinforce as stage
 
-    _setup(quiet)
+    def action(cfg: Config) -> str:
+        return f"reinforced model: {stage.run(cfg, out, progress=not quiet) / 'final'}"
 
-    def body() -> None:
-        cfg = _config(config, set_, max_steps, seed)
-        pipeline.check_out_dir(out)
-        path = stage.run(cfg, out, progress=not quiet)
-        typer.echo(f"reinforced model: {path / 'final'}")
-
-    _guard(body)
+    _stage(quiet, config, set_, max_steps, seed, out, action)
 
 
 @app.command()
@@ -138,17 +154,12 @@ def labels(
 ) -> None:
     """Generic labels from the base and reinforced models and the anchor dictionary → [bold]OUT/labels/[/bold]."""
     from whoharry import labels as stage
-    from whoharry import pipeline
 
-    _setup(quiet)
-
-    def body() -> None:
-        cfg = _config(config, set_, max_steps, seed)
-        pipeline.check_out_dir(out)
+    def action(cfg: Config) -> str:
         path = stage.run(cfg, out, progress=not quiet)
-        typer.echo(f"labels: {path / stage.LABELS_FILE} (statistics in {path / 'stats.json'})")
+        return f"labels: {path / stage.LABELS_FILE} (statistics in {path / 'stats.json'})"
 
-    _guard(body)
+    _stage(quiet, config, set_, max_steps, seed, out, action)
 
 
 @app.command()
@@ -163,18 +174,12 @@ def unlearn(
     """Fine-tune the base model on the original text with the generic labels → [bold]OUT/unlearn/final/[/bold].
 
     Runs the earlier stages first when their artifacts are missing."""
-    from whoharry import pipeline
     from whoharry import unlearn as stage
 
-    _setup(quiet)
+    def action(cfg: Config) -> str:
+        return f"unlearned model: {stage.run(cfg, out, progress=not quiet) / 'final'}"
 
-    def body() -> None:
-        cfg = _config(config, set_, max_steps, seed)
-        pipeline.check_out_dir(out)
-        path = stage.run(cfg, out, progress=not quiet)
-        typer.echo(f"unlearned model: {path / 'final'}")
-
-    _guard(body)
+    _stage(quiet, config, set_, max_steps, seed, out, action)
 
 
 @app.command("eval")
@@ -190,20 +195,16 @@ def eval_(
     quiet: QuietOption = False,
 ) -> None:
     """Familiarity and general figures of a model beside the base model's → [bold]OUT/eval/report.md[/bold]."""
-    from whoharry import evaluate, pipeline
+    from whoharry import evaluate
 
-    _setup(quiet)
-
-    def body() -> None:
-        cfg = _config(config, set_, max_steps, seed)
-        pipeline.check_out_dir(out)
+    def action(cfg: Config) -> str:
         target = model or out / "unlearn" / "final"
         if not (target / "config.json").is_file():
             raise WhoharryError(f"no model to evaluate at {target}: pass --model or run `whoharry unlearn` first")
         path = evaluate.run(cfg, out, target, progress=not quiet)
-        _print_table(evaluate.load_report(path)["summary"], out)
+        return _table(evaluate.load_report(path)["summary"], out)
 
-    _guard(body)
+    _stage(quiet, config, set_, max_steps, seed, out, action)
 
 
 @app.command()
@@ -218,17 +219,14 @@ def run(
     """Every stage in order: reinforce, labels, unlearn, eval. Finished stages with the same settings are skipped."""
     from whoharry import pipeline
 
-    _setup(quiet)
+    def action(cfg: Config) -> str:
+        return _table(pipeline.run(cfg, out, progress=not quiet), out)
 
-    def body() -> None:
-        cfg = _config(config, set_, max_steps, seed)
-        summary = pipeline.run(cfg, out, progress=not quiet)
-        _print_table(summary, out)
-
-    _guard(body)
+    _stage(quiet, config, set_, max_steps, seed, out, action)
 
 
-def _print_table(summary: dict[str, dict[str, float]], out: Path) -> None:
+def _table(summary: dict[str, dict[str, float]], out: Path) -> str:
+    """The base vs. unlearned table and where the run folder is, rendered as text."""
     from rich.console import Console
     from rich.table import Table
 
@@ -239,9 +237,11 @@ def _print_table(summary: dict[str, dict[str, float]], out: Path) -> None:
         table.add_column(column, justify="left" if column == "figure" else "right")
     for row in table_rows(summary):
         table.add_row(*row)
-    console = Console()
-    console.print(table)
-    console.print(f"run folder: {out.resolve()}  (report: {out.resolve() / 'eval' / 'report.md'})")
+    console = Console(width=100)
+    with console.capture() as captured:
+        console.print(table)
+    report = out.resolve() / "eval" / "report.md"
+    return f"{captured.get().rstrip()}\nrun folder: {out.resolve()}\nreport: {report}"
 
 
 def version_callback(value: bool) -> None:
