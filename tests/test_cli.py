@@ -156,3 +156,17 @@ def test_bad_input_gives_one_line_and_exit_code_2(project, tiny_model_dir, mutat
 def test_missing_config_file(project):
     result = runner.invoke(app, ["run", "--config", str(project / "nope.yaml"), "-q"])
     assert "config file not found" in _one_error_line(result)
+
+
+def test_retain_text_joins_the_unlearning_data(project, tiny_model_dir):
+    config = write_config(project, tiny_model_dir)
+    out = project / "run"
+    args = ["unlearn", "--config", str(config), "--out", str(out), "--max-steps", "1", "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    plain = json.loads((out / "unlearn" / "manifest.json").read_text())
+    assert plain["summary"]["retain_blocks"] == 0
+    mixed = runner.invoke(app, [*args, "--set", f"data.retain={project / 'general.txt'}"])
+    assert mixed.exit_code == 0, mixed.output
+    manifest = json.loads((out / "unlearn" / "manifest.json").read_text())
+    assert manifest["summary"]["retain_blocks"] > 0
+    assert manifest["fingerprint"] != plain["fingerprint"]

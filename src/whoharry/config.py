@@ -41,6 +41,9 @@ class DataConfig:
     target: Path = Path("data/harry_potter/target.txt")
     anchors: Path = Path("data/harry_potter/anchors.yaml")
     block_length: int = 256  # tokens per block (the paper used 512)
+    # General text mixed into the unlearning fine-tune with its own tokens as labels, as a regulariser
+    # that keeps general ability; none (the paper's recipe) by default.
+    retain: Path | None = None
 
 
 @dataclass

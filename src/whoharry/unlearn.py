@@ -6,8 +6,11 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from whoharry import artifacts, labels, models, train
 from whoharry.config import Config, fingerprint, to_dict
+from whoharry.text import make_blocks, read_text
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +21,8 @@ def unlearn_fingerprint(cfg: Config, out: Path) -> str:
             "seed": cfg.seed,
             "model": to_dict(cfg.model),
             "train": to_dict(cfg.unlearn),
+            "retain": artifacts.file_hash(cfg.data.retain) if cfg.data.retain else None,
+            "block_length": cfg.data.block_length,
             "labels": artifacts.stage_fingerprint(out / "labels"),
         }
     )
@@ -38,6 +43,14 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     tokenizer = models.load_tokenizer(source, cfg.model)
     model = models.load_model(source, cfg.model)
     log.info("unlearn: %d blocks with generic labels from %s", input_ids.shape[0], labels_dir)
+    retain_blocks = 0
+    if cfg.data.retain is not None:
+        retain = make_blocks(read_text(cfg.data.retain, "retain text"), tokenizer, input_ids.shape[1])
+        retain_ids = torch.tensor(retain.ids, dtype=torch.int32)
+        retain_blocks = retain_ids.shape[0]
+        log.info("unlearn: %d retain blocks from %s join the data with their own tokens", retain_blocks,
+                 cfg.data.retain)
+        input_ids, generic = torch.cat([input_ids, retain_ids]), torch.cat([generic, retain_ids])
     result = train.train(
         model, input_ids, generic, cfg.unlearn,
         seed=cfg.seed, stage_dir=stage_dir, run_key=key, desc="unlearn", progress=progress,
@@ -46,11 +59,15 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     record = artifacts.StageRecord(
         stage="unlearn",
         fingerprint=key,
-        inputs={"model": source.description, "labels": artifacts.stage_fingerprint(labels_dir)},
+        inputs={
+            "model": source.description,
+            "labels": artifacts.stage_fingerprint(labels_dir),
+            "retain": str(cfg.data.retain) if cfg.data.retain else None,
+        },
         outputs=["final/config.json", "metrics.jsonl"],
         seed=cfg.seed,
         seconds=time.perf_counter() - began,
-        summary=train.summary(result),
+        summary={"retain_blocks": retain_blocks, **train.summary(result)},
     )
     artifacts.write_stage(stage_dir, record, to_dict(cfg))
     train.clear_checkpoints(stage_dir)
