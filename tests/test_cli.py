@@ -47,13 +47,13 @@ def test_run_end_to_end_writes_the_layout_and_exact_labels(project, copy_model_d
     model_dir_files = {f"final/{name}" for name in MODEL_FILES}
     assert files(out / "reinforce") >= STAGE_FILES | model_dir_files
     assert files(out / "unlearn") >= STAGE_FILES | model_dir_files
-    assert files(out / "labels") == {"config.yaml", "manifest.json", "labels.safetensors", "stats.json"}
+    assert files(out / "labels") == STAGE_FILES | {"labels.safetensors", "stats.json"}
     assert files(out / "eval") == STAGE_FILES | {"report.json", "report.md"}
     assert not (out / "reinforce" / "checkpoints").exists()
     for stage in ("reinforce", "labels", "unlearn", "eval"):
         manifest = json.loads((out / stage / "manifest.json").read_text())
         assert manifest["status"] == "complete" and manifest["stage"] == stage
-        assert {"fingerprint", "seed", "inputs", "outputs", "seconds", "versions"} <= set(manifest)
+        assert {"fingerprint", "config_hash", "seed", "inputs", "outputs", "seconds", "versions"} <= set(manifest)
     assert json.loads((out / "unlearn" / "manifest.json").read_text())["summary"]["steps"] == 2
 
     tensors = load_file(str(out / "labels" / "labels.safetensors"))

@@ -104,6 +104,7 @@ def write_stage(stage_dir: Path, record: StageRecord, config: dict[str, Any]) ->
         "stage": record.stage,
         "status": "complete",
         "fingerprint": record.fingerprint,
+        "config_hash": hashlib.sha256(yaml.safe_dump(config, sort_keys=True).encode()).hexdigest()[:16],
         "seed": record.seed,
         "inputs": record.inputs,
         "outputs": record.outputs,

@@ -93,6 +93,7 @@ def compute_labels(
     batch_size: int = 4,
     precision: str = "auto",
     progress: bool = True,
+    metrics: artifacts.MetricsLog | None = None,
 ) -> LabelSet:
     """Translate every block, run both models, and keep only the label ids."""
     pattern = anchors.pattern()
@@ -106,6 +107,7 @@ def compute_labels(
     found: Counter[str] = Counter()
     unaligned = 0
     bar = tqdm(total=count, desc="labels", unit="block", disable=not progress)
+    began = time.perf_counter()
     for start in range(0, count, batch_size):
         indices = list(range(start, min(start + batch_size, count)))
         translations = [
@@ -126,6 +128,14 @@ def compute_labels(
             unaligned += _count_unaligned(translation)
             all_labels[b] = _block_labels(translation, base_logits[row], reinforced_logits[row], alpha)
         bar.update(len(indices))
+        if metrics is not None:
+            done = all_labels[: indices[-1] + 1]
+            metrics.log(
+                blocks=indices[-1] + 1,
+                positions_labelled=int((done != IGNORE).sum()),
+                positions_changed=int(((done != IGNORE) & (done != all_ids[: indices[-1] + 1])).sum()),
+                seconds=round(time.perf_counter() - began, 3),
+            )
     bar.close()
     labelled = all_labels != IGNORE
     changed = labelled & (all_labels != all_ids)
@@ -240,6 +250,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         base, reinforced, tokenizer, blocks, anchors,
         alpha=cfg.labels.alpha, seed=cfg.seed, batch_size=cfg.labels.batch_size,
         precision=cfg.labels.precision, progress=progress,
+        metrics=artifacts.MetricsLog(stage_dir / "metrics.jsonl"),
     )
     missing = label_set.stats["anchor_keys_missing"]
     if missing:
@@ -259,7 +270,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
             "model": source.description,
             "reinforced": artifacts.stage_fingerprint(out / "reinforce"),
         },
-        outputs=[LABELS_FILE, "stats.json"],
+        outputs=[LABELS_FILE, "stats.json", "metrics.jsonl"],
         seed=cfg.seed,
         seconds=time.perf_counter() - began,
         summary={k: v for k, v in stats.items() if k != "occurrences_per_key"},
