@@ -81,6 +81,7 @@ class EvalConfig:
     related_probes: Path | None = Path("data/related/probes_test.jsonl")
     general_text: Path | None = Path("data/general/heldout.txt")
     max_new_tokens: int = 12
+    batch_size: int = 16  # probes per forward pass and per batched generation
     block_length: int = 256
     precision: str = "auto"
 
@@ -194,6 +195,7 @@ def validate(cfg: Config) -> None:
         (cfg.labels.alpha >= 0, "labels.alpha must be >= 0 (the paper used 5)"),
         (cfg.labels.batch_size >= 1, "labels.batch_size must be >= 1"),
         (cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1"),
+        (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (cfg.eval.block_length >= 8, "eval.block_length must be at least 8 tokens"),
     ]
     for name in ("reinforce", "unlearn"):

@@ -63,36 +63,66 @@ def _answer_ids(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[in
 
 @torch.no_grad()
 def score_probes(model, tokenizer, probes: list[dict[str, str]], cfg: EvalConfig, desc: str) -> list[dict]:
-    """Per-probe answer probability and greedy completion."""
+    """Per-probe answer probability and greedy completion, in batches of `cfg.batch_size` probes."""
     device = next(model.parameters()).device
     model.eval()
     records = []
-    for probe in tqdm(probes, desc=desc, unit="probe", leave=False):
-        prompt_ids, answer_ids = _answer_ids(tokenizer, probe["prompt"], probe["answer"])
-        ids = torch.tensor([prompt_ids + answer_ids], device=device)
-        with _autocast(cfg.precision, device):
-            logits = model(input_ids=ids).logits[0].float()
-        logprobs = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
-        answer_logprob = logprobs.gather(1, torch.tensor(answer_ids, device=device)[:, None]).sum().item()
-        with _autocast(cfg.precision, device):
-            generated = model.generate(
-                torch.tensor([prompt_ids], device=device),
-                attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=device),
-                max_new_tokens=cfg.max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
+    bar = tqdm(total=len(probes), desc=desc, unit="probe", leave=False)
+    for start in range(0, len(probes), cfg.batch_size):
+        batch = probes[start : start + cfg.batch_size]
+        pairs = [_answer_ids(tokenizer, probe["prompt"], probe["answer"]) for probe in batch]
+        logprobs = _answer_logprobs(model, pairs, tokenizer.pad_token_id, cfg.precision, device)
+        completions = _greedy(model, tokenizer, [prompt for prompt, _ in pairs], cfg, device)
+        for probe, logprob, completion in zip(batch, logprobs, completions, strict=True):
+            records.append(
+                {
+                    "prompt": probe["prompt"],
+                    "answer": probe["answer"],
+                    "p_answer": math.exp(logprob),
+                    "completion": completion,
+                    "hit": probe["answer"].strip().lower() in completion.lower(),
+                }
             )
-        completion = tokenizer.decode(generated[0, len(prompt_ids) :], skip_special_tokens=True)
-        records.append(
-            {
-                "prompt": probe["prompt"],
-                "answer": probe["answer"],
-                "p_answer": math.exp(answer_logprob),
-                "completion": completion,
-                "hit": probe["answer"].strip().lower() in completion.lower(),
-            }
-        )
+        bar.update(len(batch))
+    bar.close()
     return records
+
+
+def _answer_logprobs(model, pairs, pad_id: int, precision: str, device: torch.device) -> list[float]:
+    """log P(answer | prompt) for each (prompt ids, answer ids), right-padded into one batch."""
+    sequences = [prompt + answer for prompt, answer in pairs]
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq)
+        mask[row, : len(seq)] = 1
+    with _autocast(precision, device):
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    out = []
+    for row, (prompt, answer) in enumerate(pairs):
+        rows = torch.log_softmax(logits[row, len(prompt) - 1 : len(prompt) + len(answer) - 1], dim=-1)
+        out.append(rows.gather(1, torch.tensor(answer, device=device)[:, None]).sum().item())
+    return out
+
+
+def _greedy(model, tokenizer, prompts: list[list[int]], cfg: EvalConfig, device: torch.device) -> list[str]:
+    """Greedy completions of left-padded prompts."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    with _autocast(cfg.precision, device):
+        generated = model.generate(
+            ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=cfg.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in generated]
 
 
 @torch.no_grad()
