@@ -194,7 +194,7 @@ def _resume(root: Path, run_key: str, model, optimizer, scheduler) -> int:
             log.info("ignoring %s: made with other settings", path)
             continue
         weights = load_file(str(path / "model.safetensors"))
-        model.load_state_dict(weights, strict=False)
+        model.load_state_dict(weights)
         extra = torch.load(path / "optimizer.pt", weights_only=True)
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
