@@ -67,6 +67,9 @@ def test_run_end_to_end_writes_the_layout_and_exact_labels(project, copy_model_d
                                       tokenizer, seed=0)
     assert differ > 0
     assert stats["anchor_occurrences"] > 0 and stats["occurrences_per_key"]["Harry"] > 0
+    last = json.loads((out / "labels" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert (last["blocks"], last["positions_labelled"], last["positions_changed"]) == (
+        stats["blocks"], stats["positions_labelled"], stats["positions_changed"])
 
     report = json.loads((out / "eval" / "report.json").read_text())
     assert set(report["summary"]) == {"base", "unlearned"}

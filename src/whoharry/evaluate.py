@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from whoharry import artifacts, models
 from whoharry.config import Config, EvalConfig, fingerprint, to_dict
 from whoharry.errors import WhoharryError
-from whoharry.text import make_blocks, read_text
+from whoharry.text import make_blocks, pad, read_text
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +90,7 @@ def score_probes(model, tokenizer, probes: list[dict[str, str]], cfg: EvalConfig
 
 def _answer_logprobs(model, pairs, pad_id: int, precision: str, device: torch.device) -> list[float]:
     """log P(answer | prompt) for each (prompt ids, answer ids), right-padded into one batch."""
-    sequences = [prompt + answer for prompt, answer in pairs]
-    width = max(len(seq) for seq in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
+    ids, mask = pad([prompt + answer for prompt, answer in pairs], pad_id)
     with _autocast(precision, device):
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
     out = []
@@ -108,12 +102,8 @@ def _answer_logprobs(model, pairs, pad_id: int, precision: str, device: torch.de
 
 def _greedy(model, tokenizer, prompts: list[list[int]], cfg: EvalConfig, device: torch.device) -> list[str]:
     """Greedy completions of left-padded prompts."""
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, prompt in enumerate(prompts):
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
+    ids, mask = pad(prompts, tokenizer.pad_token_id, left=True)
+    width = ids.shape[1]
     with _autocast(cfg.precision, device):
         generated = model.generate(
             ids.to(device),

@@ -29,7 +29,7 @@ from whoharry import artifacts, models
 from whoharry.anchors import Anchors, load_anchors
 from whoharry.config import Config, fingerprint, to_dict
 from whoharry.errors import WhoharryError
-from whoharry.text import Blocks, make_blocks, read_text
+from whoharry.text import Blocks, make_blocks, pad, read_text
 from whoharry.translate import NO_LABEL, BlockTranslation, translate_block
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,7 @@ def compute_labels(
     unaligned = 0
     bar = tqdm(total=count, desc="labels", unit="block", disable=not progress)
     began = time.perf_counter()
+    labelled_so_far = changed_so_far = 0
     for start in range(0, count, batch_size):
         indices = list(range(start, min(start + batch_size, count)))
         translations = [
@@ -118,7 +119,8 @@ def compute_labels(
             for b in indices
         ]
         original = all_ids[indices].long().to(device)
-        translated, mask = _pad([t.ids for t in translations], tokenizer.pad_token_id, device)
+        translated, mask = pad([t.ids for t in translations], tokenizer.pad_token_id)
+        translated, mask = translated.to(device), mask.to(device)
         autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
         with autocast:
             reinforced_logits = reinforced(input_ids=original).logits
@@ -129,11 +131,14 @@ def compute_labels(
             all_labels[b] = _block_labels(translation, base_logits[row], reinforced_logits[row], alpha)
         bar.update(len(indices))
         if metrics is not None:
-            done = all_labels[: indices[-1] + 1]
+            batch_labels = all_labels[indices]
+            batch_labelled = batch_labels != IGNORE
+            labelled_so_far += int(batch_labelled.sum())
+            changed_so_far += int((batch_labelled & (batch_labels != all_ids[indices])).sum())
             metrics.log(
                 blocks=indices[-1] + 1,
-                positions_labelled=int((done != IGNORE).sum()),
-                positions_changed=int(((done != IGNORE) & (done != all_ids[: indices[-1] + 1])).sum()),
+                positions_labelled=labelled_so_far,
+                positions_changed=changed_so_far,
                 seconds=round(time.perf_counter() - began, 3),
             )
     bar.close()
@@ -154,16 +159,6 @@ def compute_labels(
         "occurrences_per_key": dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))),
     }
     return LabelSet(all_ids, all_labels, stats)
-
-
-def _pad(sequences: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-        mask[i, : len(seq)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def _block_labels(

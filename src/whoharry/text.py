@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from whoharry.errors import WhoharryError
@@ -74,3 +75,16 @@ def make_blocks(text: str, tokenizer: PreTrainedTokenizerBase, block_length: int
         block_ids.append(chunk_ids)
         block_offsets.append(chunk_offsets)
     return Blocks(text, block_ids, block_offsets, len(ids) - count * body, bos)
+
+
+def pad(sequences: list[list[int]], pad_id: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences of different lengths as one [n, longest] batch and its attention mask; padding
+    goes on the right (for scoring) or on the left (for generation)."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
