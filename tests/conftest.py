@@ -139,6 +139,11 @@ def project(tmp_path) -> Path:
     general = ['{"prompt": "Farmers grow wheat and", "answer": " barley"}']
     (tmp_path / "probes.jsonl").write_text("\n".join(probes) + "\n", encoding="utf-8")
     (tmp_path / "general.jsonl").write_text("\n".join(general) + "\n", encoding="utf-8")
+    completions = [
+        '{"prompt": "Harry Potter and his friend", "references": ["Ron", "Hogwarts", "Weasley"]}',
+        '{"prompt": "At school Harry", "references": ["Hogwarts", "Gryffindor"]}',
+    ]
+    (tmp_path / "completions.jsonl").write_text("\n".join(completions) + "\n", encoding="utf-8")
     return tmp_path
 
 
@@ -156,7 +161,9 @@ def write_config(project: Path, model_dir: Path, **sections) -> Path:
             "general_probes": "general.jsonl",
             "related_probes": None,
             "general_text": "general.txt",
+            "completions": "completions.jsonl",
             "max_new_tokens": 4,
+            "completion_tokens": 6,
             "block_length": 32,
             "precision": "fp32",
         },

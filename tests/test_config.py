@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
-from whoharry.config import Config, load_config
+from whoharry.config import Config, as_overrides, load_config
 from whoharry.errors import WhoharryError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +71,12 @@ def test_every_shipped_config_loads():
         assert isinstance(cfg, Config)
         assert cfg.data.target.is_file(), f"{path}: {cfg.data.target} is missing"
         assert cfg.data.anchors.is_file(), f"{path}: {cfg.data.anchors} is missing"
+
+
+def test_every_shipped_sweep_trial_loads():
+    for path in sorted((ROOT / "configs" / "sweeps").glob("*.yaml")):
+        trials = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert trials, path
+        for name, settings in trials.items():
+            cfg = load_config(ROOT / "configs" / "default.yaml", as_overrides(settings or {}))
+            assert cfg.model.name, (path, name)

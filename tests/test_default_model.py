@@ -41,7 +41,9 @@ def test_default_run_on_a_slice(tmp_path, cache, monkeypatch):
     monkeypatch.setenv("WHOHARRY_CACHE", str(cache))
     text = (ROOT / "data" / "harry_potter" / "target.txt").read_text(encoding="utf-8")
     (tmp_path / "slice.txt").write_text(text[:4000], encoding="utf-8")
-    for name, source in (("hp.jsonl", "harry_potter/probes_test.jsonl"), ("gen.jsonl", "general/probes_test.jsonl")):
+    sources = (("hp.jsonl", "harry_potter/probes_test.jsonl"), ("gen.jsonl", "general/probes_test.jsonl"),
+               ("completions.jsonl", "harry_potter/completions_test.jsonl"))
+    for name, source in sources:
         lines = (ROOT / "data" / source).read_text(encoding="utf-8").splitlines()[:3]
         (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
     heldout = (ROOT / "data" / "general" / "heldout.txt").read_text(encoding="utf-8")
@@ -51,7 +53,8 @@ def test_default_run_on_a_slice(tmp_path, cache, monkeypatch):
         f"data.target={tmp_path / 'slice.txt'}", "data.block_length=128",
         f"eval.target_probes={tmp_path / 'hp.jsonl'}", f"eval.general_probes={tmp_path / 'gen.jsonl'}",
         "eval.related_probes=null", f"eval.general_text={tmp_path / 'general.txt'}",
-        "eval.max_new_tokens=4", "eval.block_length=128",
+        "eval.max_new_tokens=4", "eval.block_length=128", "eval.completion_tokens=8",
+        f"eval.completions={tmp_path / 'completions.jsonl'}",
     ]
     args = ["run", "--config", str(ROOT / "configs" / "default.yaml"), "--out", str(out), "--max-steps", "2", "-q"]
     for item in overrides:
@@ -66,3 +69,4 @@ def test_default_run_on_a_slice(tmp_path, cache, monkeypatch):
     assert 0 < stats["positions_changed"] < stats["positions_labelled"]
     summary = json.loads((out / "eval" / "report.json").read_text())["summary"]
     assert summary["base"]["target_p_answer"] > 0 and summary["unlearned"]["general_perplexity"] > 1
+    assert summary["unlearned"]["completion_fluency_perplexity"] > 1

@@ -26,6 +26,10 @@ class Anchors:
         terms = sorted(self.entries, key=lambda term: (-len(term), term))
         return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(term) for term in terms) + r")(?!\w)")
 
+    def translate_text(self, text: str) -> str:
+        """The text with every anchor term replaced by its first generic translation."""
+        return self.pattern().sub(lambda match: self.entries[match.group(0)][0], text)
+
     def __len__(self) -> int:
         return len(self.entries)
 

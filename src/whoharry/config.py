@@ -80,7 +80,9 @@ class EvalConfig:
     general_probes: Path | None = Path("data/general/probes_test.jsonl")
     related_probes: Path | None = Path("data/related/probes_test.jsonl")
     general_text: Path | None = Path("data/general/heldout.txt")
-    max_new_tokens: int = 12
+    completions: Path | None = Path("data/harry_potter/completions_test.jsonl")
+    max_new_tokens: int = 12  # greedy tokens after each probe
+    completion_tokens: int = 24  # greedy tokens after each completion prompt
     batch_size: int = 16  # probes per forward pass and per batched generation
     block_length: int = 256
     precision: str = "auto"
@@ -97,6 +99,11 @@ class Config:
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     unlearn: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def as_overrides(settings: dict[str, Any]) -> list[str]:
+    """A mapping of dotted keys to values as `--set key=value` strings (values written as YAML)."""
+    return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in settings.items()]
 
 
 def load_config(
@@ -195,6 +202,7 @@ def validate(cfg: Config) -> None:
         (cfg.labels.alpha >= 0, "labels.alpha must be >= 0 (the paper used 5)"),
         (cfg.labels.batch_size >= 1, "labels.batch_size must be >= 1"),
         (cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1"),
+        (cfg.eval.completion_tokens >= 1, "eval.completion_tokens must be >= 1"),
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (cfg.eval.block_length >= 8, "eval.block_length must be at least 8 tokens"),
     ]

@@ -1,12 +1,13 @@
-"""First evaluation: familiarity (answer probability, greedy completions) and general ability.
+"""Evaluation: familiarity (answer probability, greedy completions) and general ability.
 
 Probe files are JSONL lines `{"prompt": ..., "answer": ...}`. For each probe: the probability of the
-answer continuation given the prompt, and whether a greedy completion contains the answer.
+answer continuation given the prompt, and whether a greedy completion contains the answer. Completion
+prompts (see `whoharry.completions`) add the share of completions that name a target term and their
+fluency judged by the base model.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -17,10 +18,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from whoharry import artifacts, models
+from whoharry import artifacts, completions, models
+from whoharry.anchors import Anchors, load_anchors
 from whoharry.config import Config, EvalConfig, fingerprint, to_dict
 from whoharry.errors import WhoharryError
-from whoharry.text import make_blocks, pad, read_text
+from whoharry.text import make_blocks, read_text
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +49,6 @@ def read_probes(path: Path) -> list[dict[str, str]]:
     return probes
 
 
-def _autocast(precision: str, device: torch.device):
-    dtype = models.autocast_dtype(precision, device)
-    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
-
 def _answer_ids(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
     """Prompt ids and answer ids, split where the prompt's own tokenization ends."""
     prompt_ids = tokenizer(prompt).input_ids
@@ -61,58 +58,58 @@ def _answer_ids(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[in
     return prompt_ids, tokenizer(answer, add_special_tokens=False).input_ids
 
 
-@torch.no_grad()
-def score_probes(model, tokenizer, probes: list[dict[str, str]], cfg: EvalConfig, desc: str) -> list[dict]:
-    """Per-probe answer probability and greedy completion, in batches of `cfg.batch_size` probes."""
-    device = next(model.parameters()).device
-    model.eval()
+def score_probes(model, tokenizer, probes: list[dict[str, str]], cfg: EvalConfig, desc: str,
+                 control: Anchors | None = None) -> list[dict]:
+    """Per-probe answer probability and greedy completion, in batches of `cfg.batch_size` probes. With
+    `control` anchors, also the answer's probability after the prompt's target terms are replaced by
+    their generic translations (`p_control`)."""
     records = []
     bar = tqdm(total=len(probes), desc=desc, unit="probe", leave=False)
     for start in range(0, len(probes), cfg.batch_size):
         batch = probes[start : start + cfg.batch_size]
         pairs = [_answer_ids(tokenizer, probe["prompt"], probe["answer"]) for probe in batch]
-        logprobs = _answer_logprobs(model, pairs, tokenizer.pad_token_id, cfg.precision, device)
-        completions = _greedy(model, tokenizer, [prompt for prompt, _ in pairs], cfg, device)
-        for probe, logprob, completion in zip(batch, logprobs, completions, strict=True):
-            records.append(
-                {
-                    "prompt": probe["prompt"],
-                    "answer": probe["answer"],
-                    "p_answer": math.exp(logprob),
-                    "completion": completion,
-                    "hit": probe["answer"].strip().lower() in completion.lower(),
-                }
-            )
+        logprobs = completions.continuation_logprobs(model, pairs, tokenizer.pad_token_id, cfg.precision,
+                                                     cfg.batch_size)
+        generated = completions.greedy(model, tokenizer, [prompt for prompt, _ in pairs], cfg.max_new_tokens,
+                                       cfg.precision)
+        controls = [None] * len(batch)
+        if control is not None:
+            control_pairs = [_answer_ids(tokenizer, control.translate_text(p["prompt"]), p["answer"]) for p in batch]
+            controls = completions.continuation_logprobs(model, control_pairs, tokenizer.pad_token_id,
+                                                         cfg.precision, cfg.batch_size)
+        for probe, logprob, ids, control_logprob in zip(batch, logprobs, generated, controls, strict=True):
+            completion = tokenizer.decode(ids, skip_special_tokens=True)
+            record = {
+                "prompt": probe["prompt"],
+                "answer": probe["answer"],
+                "p_answer": math.exp(sum(logprob)),
+                "completion": completion,
+                "hit": probe["answer"].strip().lower() in completion.lower(),
+            }
+            if control_logprob is not None:
+                record["p_control"] = math.exp(sum(control_logprob))
+            records.append(record)
         bar.update(len(batch))
     bar.close()
     return records
 
 
-def _answer_logprobs(model, pairs, pad_id: int, precision: str, device: torch.device) -> list[float]:
-    """log P(answer | prompt) for each (prompt ids, answer ids), right-padded into one batch."""
-    ids, mask = pad([prompt + answer for prompt, answer in pairs], pad_id)
-    with _autocast(precision, device):
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-    out = []
-    for row, (prompt, answer) in enumerate(pairs):
-        rows = torch.log_softmax(logits[row, len(prompt) - 1 : len(prompt) + len(answer) - 1], dim=-1)
-        out.append(rows.gather(1, torch.tensor(answer, device=device)[:, None]).sum().item())
-    return out
-
-
-def _greedy(model, tokenizer, prompts: list[list[int]], cfg: EvalConfig, device: torch.device) -> list[str]:
-    """Greedy completions of left-padded prompts."""
-    ids, mask = pad(prompts, tokenizer.pad_token_id, left=True)
-    width = ids.shape[1]
-    with _autocast(cfg.precision, device):
-        generated = model.generate(
-            ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=cfg.max_new_tokens,
-            do_sample=False,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return [tokenizer.decode(row[width:], skip_special_tokens=True) for row in generated]
+def score_completions(model, judge, tokenizer, cfg: EvalConfig, name: str) -> tuple[dict[str, float], list[dict]]:
+    """Greedy completions of the completion prompts: the share that name a reference term, and their
+    fluency (perplexity under the judge model)."""
+    rows = completions.read_completion_prompts(cfg.completions)
+    done = completions.complete(model, tokenizer, [row["prompt"] for row in rows], cfg.completion_tokens,
+                                cfg.precision, cfg.batch_size, f"{name} completions")
+    records = []
+    for row, completion in zip(rows, done, strict=True):
+        named = completions.named_references(row["prompt"], completion.text, row["references"])
+        records.append({"prompt": row["prompt"], "completion": completion.text, "references_named": named})
+    summary = {
+        "completion_reference_rate": sum(bool(r["references_named"]) for r in records) / len(records),
+        "completion_fluency_perplexity": completions.fluency_perplexity(judge, tokenizer, done, cfg.precision,
+                                                                         cfg.batch_size),
+    }
+    return summary, records
 
 
 @torch.no_grad()
@@ -123,7 +120,7 @@ def perplexity(model, tokenizer, text: str, block_length: int, precision: str) -
     total, count = 0.0, 0
     for ids in blocks.ids:
         batch = torch.tensor([ids], device=device)
-        with _autocast(precision, device):
+        with models.autocast(precision, device):
             logits = model(input_ids=batch).logits[0].float()
         loss = torch.nn.functional.cross_entropy(logits[:-1], batch[0, 1:], reduction="sum")
         total += loss.item()
@@ -131,22 +128,50 @@ def perplexity(model, tokenizer, text: str, block_length: int, precision: str) -
     return math.exp(total / count)
 
 
-def evaluate_model(model, tokenizer, cfg: EvalConfig, name: str) -> dict[str, Any]:
-    """Summary figures and per-sample records for one model."""
+def evaluate_model(model, tokenizer, cfg: EvalConfig, name: str, judge=None,
+                   control: Anchors | None = None) -> dict[str, Any]:
+    """Summary figures and per-sample records for one model; `judge` (default: the model itself) scores
+    the fluency of its completions; `control` anchors give the target probes their generic control."""
     summary: dict[str, float] = {}
     samples: dict[str, list[dict]] = {}
     for probe_set in PROBE_SETS:
         path: Path | None = getattr(cfg, f"{probe_set}_probes")
         if path is None:
             continue
-        records = score_probes(model, tokenizer, read_probes(path), cfg, f"{name} {probe_set} probes")
+        records = score_probes(model, tokenizer, read_probes(path), cfg, f"{name} {probe_set} probes",
+                               control if probe_set == "target" else None)
         samples[probe_set] = records
         summary[f"{probe_set}_p_answer"] = sum(r["p_answer"] for r in records) / len(records)
         summary[f"{probe_set}_hit_rate"] = sum(r["hit"] for r in records) / len(records)
+    if cfg.completions is not None:
+        figures, samples["completions"] = score_completions(model, judge or model, tokenizer, cfg, name)
+        summary.update(figures)
     if cfg.general_text is not None:
         text = read_text(cfg.general_text, "general text")
         summary["general_perplexity"] = perplexity(model, tokenizer, text, cfg.block_length, cfg.precision)
     return {"summary": summary, "samples": samples}
+
+
+# A target probe is *specific* when replacing the target terms in its prompt by their generic
+# translations at least halves the base model's probability of the answer: the answer then rests on
+# knowledge of the target, not on the wording around it (as in "the Chosen" -> " One").
+SPECIFIC_RATIO = 0.5
+
+
+def add_specific_familiarity(results: dict[str, dict]) -> None:
+    """Mark the target probes the base model answers from target knowledge, and add every model's mean
+    P(answer) over them (`target_specific_p_answer`)."""
+    base_records = results["base"]["samples"]["target"]
+    specific = [r["p_control"] < SPECIFIC_RATIO * r["p_answer"] for r in base_records]
+    if not any(specific):
+        return
+    for result in results.values():
+        records = result["samples"]["target"]
+        for record, flag in zip(records, specific, strict=True):
+            record["specific"] = flag
+        chosen = [r["p_answer"] for r, flag in zip(records, specific, strict=True) if flag]
+        result["summary"]["target_specific_p_answer"] = sum(chosen) / len(chosen)
+        result["summary"]["target_specific_probes"] = len(chosen)
 
 
 def eval_fingerprint(cfg: Config, model_path: Path) -> str:
@@ -156,6 +181,8 @@ def eval_fingerprint(cfg: Config, model_path: Path) -> str:
             ("target", cfg.eval.target_probes),
             ("general", cfg.eval.general_probes),
             ("related", cfg.eval.related_probes),
+            ("completions", cfg.eval.completions),
+            ("anchors", cfg.data.anchors),
             ("text", cfg.eval.general_text),
         )
     }
@@ -171,10 +198,12 @@ def eval_fingerprint(cfg: Config, model_path: Path) -> str:
     )
 
 
-def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: bool = True) -> Path:
-    """Write `out/eval/report.json` and `report.md`: the evaluated model beside the base model."""
+def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: bool = True,
+        stage_dir: Path | None = None) -> Path:
+    """Write `out/eval/report.json` and `report.md` (or into `stage_dir`): the evaluated model (default:
+    the unlearned one) beside the base model."""
     model_path = model_path or out / "unlearn" / "final"
-    stage_dir = out / "eval"
+    stage_dir = stage_dir or out / "eval"
     key = eval_fingerprint(cfg, model_path)
     if artifacts.is_complete(stage_dir, key):
         log.info("eval: complete with these settings, skipped (%s)", stage_dir)
@@ -183,10 +212,14 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source, cfg.model)
     base = models.load_model(source, cfg.model)
-    results = {"base": evaluate_model(base, tokenizer, cfg.eval, "base")}
-    del base
+    control = load_anchors(cfg.data.anchors) if cfg.data.anchors.is_file() else None
+    results = {"base": evaluate_model(base, tokenizer, cfg.eval, "base", control=control)}
     model = models.load_folder(model_path)
-    results["unlearned"] = evaluate_model(model, tokenizer, cfg.eval, "unlearned")
+    # the base model stays loaded as the judge of the unlearned model's fluency
+    results["unlearned"] = evaluate_model(model, tokenizer, cfg.eval, "unlearned", judge=base, control=control)
+    del base
+    if control is not None and "target" in results["base"]["samples"]:
+        add_specific_familiarity(results)
     report = {
         "models": {"base": source.description, "unlearned": str(model_path)},
         "summary": {name: result["summary"] for name, result in results.items()},
@@ -213,10 +246,13 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
 FIGURES = (
     ("target_p_answer", "target familiarity: mean P(answer)", "lower"),
     ("target_hit_rate", "target familiarity: greedy hit rate", "lower"),
+    ("target_specific_p_answer", "target familiarity: mean P(answer), target-specific probes", "lower"),
     ("general_p_answer", "general probes: mean P(answer)", "keep"),
     ("general_hit_rate", "general probes: greedy hit rate", "keep"),
     ("related_p_answer", "related-domain probes: mean P(answer)", "keep"),
     ("related_hit_rate", "related-domain probes: greedy hit rate", "keep"),
+    ("completion_reference_rate", "target familiarity: completions naming a reference term", "lower"),
+    ("completion_fluency_perplexity", "fluency: base-model perplexity of the completions", "keep"),
     ("general_perplexity", "perplexity on general text", "keep"),
 )
 

@@ -12,7 +12,6 @@ kept; full-vocabulary logits live for one batch at a time.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
@@ -98,7 +97,6 @@ def compute_labels(
     """Translate every block, run both models, and keep only the label ids."""
     pattern = anchors.pattern()
     device = next(base.parameters()).device
-    dtype = models.autocast_dtype(precision, device)
     base.eval()
     reinforced.eval()
     count = len(blocks.ids)
@@ -121,8 +119,7 @@ def compute_labels(
         original = all_ids[indices].long().to(device)
         translated, mask = pad([t.ids for t in translations], tokenizer.pad_token_id)
         translated, mask = translated.to(device), mask.to(device)
-        autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        with autocast:
+        with models.autocast(precision, device):
             reinforced_logits = reinforced(input_ids=original).logits
             base_logits = base(input_ids=translated, attention_mask=mask).logits
         for row, (b, translation) in enumerate(zip(indices, translations, strict=True)):

@@ -6,6 +6,7 @@ under `$WHOHARRY_CACHE` (default `~/.cache/whoharry`), so later loads take secon
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -162,6 +163,12 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if _cpu_has_fast_bf16() else None
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The mixed-precision context for a precision setting (a no-op for fp32)."""
+    dtype = autocast_dtype(precision, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
 def _cpu_has_fast_bf16() -> bool:

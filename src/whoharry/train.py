@@ -7,7 +7,6 @@ and checkpoints every N steps that a rerun resumes from, ending with the same we
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -83,7 +82,6 @@ def train(
 ) -> TrainResult:
     """Fine-tune `model` in place on (input_ids, labels) blocks; resume from `stage_dir/checkpoints`."""
     device = next(model.parameters()).device
-    dtype = models.autocast_dtype(cfg.precision, device)
     samples = input_ids.shape[0]
     steps = total_steps(samples, cfg)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -107,8 +105,7 @@ def train(
         for batch in micro_batches:
             ids = input_ids[batch].long().to(device)
             targets = labels[batch].long().to(device)
-            autocast = torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-            with autocast:
+            with models.autocast(cfg.precision, device):
                 logits = model(input_ids=ids).logits
             loss = causal_lm_loss(logits, targets) / len(micro_batches)
             loss.backward()
@@ -134,6 +131,7 @@ def train(
             _save_checkpoint(stage_dir / "checkpoints", done, run_key, model, optimizer, scheduler, cfg)
     bar.close()
     model.eval()
+    dtype = models.autocast_dtype(cfg.precision, device)
     return TrainResult(
         steps=steps,
         resumed_from=start,

@@ -1,0 +1,127 @@
+"""Completion prompts: what a model writes after a prompt, which target terms it names, and how fluent it is.
+
+A completion file holds JSONL lines `{"prompt": ..., "references": [...]}`: a prompt that invites the
+target's knowledge and the terms whose appearance in the completion shows it. A completion *names* a
+reference when the term appears in it (case-insensitive, as whole words) and not already in the prompt.
+
+Fluency is the perplexity of the completion tokens given the prompt, scored by a fixed judge model
+(the base model): an unlearned model that forgets by writing gibberish gets a high figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from whoharry import models
+from whoharry.errors import WhoharryError
+from whoharry.text import pad
+
+
+@dataclass
+class Completion:
+    prompt: str
+    prompt_ids: list[int]
+    ids: list[int]  # generated tokens, without padding or the end-of-sequence token
+    text: str
+
+
+def read_completion_prompts(path: Path) -> list[dict]:
+    """Read a completion file; every line needs a prompt and a list of reference terms."""
+    if not path.is_file():
+        raise WhoharryError(f"completion prompt file not found: {path}")
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise WhoharryError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        refs = row.get("references") if isinstance(row, dict) else None
+        if not row.get("prompt") or not isinstance(refs, list) or not all(isinstance(r, str) and r for r in refs):
+            raise WhoharryError(f'{path}:{number}: expected {{"prompt": ..., "references": [terms...]}}')
+        rows.append({"prompt": str(row["prompt"]), "references": list(refs)})
+    if not rows:
+        raise WhoharryError(f"completion prompt file {path} holds no prompts")
+    return rows
+
+
+def named_references(prompt: str, completion: str, references: list[str]) -> list[str]:
+    """The reference terms the completion names that the prompt does not already hold."""
+    def has(term: str, text: str) -> bool:
+        return re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text, flags=re.IGNORECASE) is not None
+
+    return [term for term in references if has(term, completion) and not has(term, prompt)]
+
+
+@torch.no_grad()
+def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, precision: str) -> list[list[int]]:
+    """Greedy continuations of token-id prompts (one left-padded batch), cut at end-of-sequence."""
+    device = next(model.parameters()).device
+    model.eval()
+    ids, mask = pad(prompts, tokenizer.pad_token_id, left=True)
+    with models.autocast(precision, device):
+        generated = model.generate(
+            ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    out = []
+    for row in generated[:, ids.shape[1] :].tolist():
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id)]
+        out.append(row)
+    return out
+
+
+def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, precision: str, batch_size: int,
+             desc: str = "completions") -> list[Completion]:
+    """Greedy completions of text prompts, in batches."""
+    results = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
+        texts = prompts[start : start + batch_size]
+        prompt_ids = [tokenizer(text).input_ids for text in texts]
+        for text, p_ids, ids in zip(texts, prompt_ids, greedy(model, tokenizer, prompt_ids, max_new_tokens,
+                                                              precision), strict=True):
+            results.append(Completion(text, p_ids, ids, tokenizer.decode(ids, skip_special_tokens=True)))
+    return results
+
+
+@torch.no_grad()
+def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, precision: str,
+                          batch_size: int) -> list[list[float]]:
+    """Per-token log P(continuation | prompt) for each (prompt ids, continuation ids) pair."""
+    device = next(model.parameters()).device
+    model.eval()
+    out: list[list[float]] = []
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size]
+        ids, mask = pad([prompt + cont for prompt, cont in batch], pad_id)
+        with models.autocast(precision, device):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        for row, (prompt, cont) in enumerate(batch):
+            if not cont:
+                out.append([])
+                continue
+            rows = torch.log_softmax(logits[row, len(prompt) - 1 : len(prompt) + len(cont) - 1], dim=-1)
+            out.append(rows.gather(1, torch.tensor(cont, device=device)[:, None])[:, 0].tolist())
+    return out
+
+
+def fluency_perplexity(judge, tokenizer, completions: list[Completion], precision: str, batch_size: int) -> float:
+    """exp(mean negative log-likelihood) of all completion tokens under the judge model."""
+    scored = continuation_logprobs(judge, [(c.prompt_ids, c.ids) for c in completions], tokenizer.pad_token_id,
+                                   precision, batch_size)
+    values = [value for row in scored for value in row]
+    if not values:
+        return float("nan")
+    return math.exp(-sum(values) / len(values))
