@@ -48,3 +48,13 @@ def test_bad_dictionaries_fail_clearly(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(WhoharryError, match=message):
         load_anchors(path)
+
+
+def test_composite_keys_are_those_the_authors_split():
+    anchors = parse_anchors({
+        "Harry": "Jon", "Potter": "Smith", "Harry Potter": "Jon Smith", "Harry's": "Jon's",
+        "Sirius": "Steven", "Sirius Black": "Steven Gray", "Potters": "Smiths",
+    })
+    assert anchors.composite_keys() == ["Harry Potter", "Harry's"]
+    assert set(anchors.without(anchors.composite_keys()).entries) == {"Harry", "Potter", "Sirius", "Sirius Black",
+                                                                      "Potters"}

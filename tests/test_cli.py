@@ -147,6 +147,7 @@ def _one_error_line(result) -> str:
         (lambda p: None, ["--set", "labels.alpha=-1"], "labels.alpha must be >= 0"),
         (lambda p: None, ["--set", "model.name=no/such-model"], "not found offline"),
         (lambda p: (p / "run").write_text("x"), [], "is a file"),
+        (lambda p: None, ["--set", "data.retain=[general.txt, missing.txt]"], "retain text not found"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code_2(project, tiny_model_dir, mutate, args, message):
@@ -173,3 +174,8 @@ def test_retain_text_joins_the_unlearning_data(project, tiny_model_dir):
     manifest = json.loads((out / "unlearn" / "manifest.json").read_text())
     assert manifest["summary"]["retain_blocks"] > 0
     assert manifest["fingerprint"] != plain["fingerprint"]
+    (project / "more.txt").write_text((project / "general.txt").read_text(), encoding="utf-8")
+    two = runner.invoke(app, [*args, "--set", f"data.retain=[{project / 'general.txt'}, {project / 'more.txt'}]"])
+    assert two.exit_code == 0, two.output
+    both = json.loads((out / "unlearn" / "manifest.json").read_text())
+    assert both["summary"]["retain_blocks"] == 2 * manifest["summary"]["retain_blocks"]

@@ -80,3 +80,21 @@ def test_every_shipped_sweep_trial_loads():
         for name, settings in trials.items():
             cfg = load_config(ROOT / "configs" / "default.yaml", as_overrides(settings or {}))
             assert cfg.model.name, (path, name)
+
+
+def test_retain_takes_one_path_or_a_list(tmp_path):
+    (tmp_path / "c.yaml").write_text("data:\n  retain: [a.txt, sub/b.txt]\n")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.data.retain == [tmp_path / "a.txt", tmp_path / "sub" / "b.txt"]
+    assert load_config(None, ["data.retain=one.txt"]).data.retain == [Path.cwd() / "one.txt"]
+    assert load_config(None, ["data.retain=null"]).data.retain == []
+    with pytest.raises(WhoharryError, match=r"data.retain\[1\]"):
+        load_config(None, ["data.retain=[a.txt, 3]"])
+
+
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    (tmp_path / "c.yaml").write_text("unlearn:\n  learning_rate: 3e-5\n")
+    assert load_config(tmp_path / "c.yaml").unlearn.learning_rate == 3e-5
+    assert load_config(None, ["labels.alpha=1e1"]).labels.alpha == 10.0
+    with pytest.raises(WhoharryError, match="labels.alpha' must be float"):
+        load_config(None, ["labels.alpha=five"])

@@ -26,7 +26,7 @@ def test_probe_file_errors(tmp_path):
     with pytest.raises(WhoharryError, match=r"p.jsonl:1: not valid JSON"):
         read_probes(path)
     path.write_text("\n")
-    with pytest.raises(WhoharryError, match="holds no probes"):
+    with pytest.raises(WhoharryError, match="is empty"):
         read_probes(path)
 
 

@@ -26,6 +26,21 @@ class Anchors:
         terms = sorted(self.entries, key=lambda term: (-len(term), term))
         return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(term) for term in terms) + r")(?!\w)")
 
+    def composite_keys(self) -> list[str]:
+        """Keys the authors' label script drops as splittable: `X's` where `X` is a key, and keys of
+        several words that are all keys themselves (their parts are then translated one by one)."""
+        def splittable(key: str) -> bool:
+            if key.endswith("'s") and key[:-2] in self.entries:
+                return True
+            words = key.split()
+            return len(words) > 1 and all(word in self.entries for word in words)
+
+        return [key for key in self.entries if splittable(key)]
+
+    def without(self, keys: list[str]) -> Anchors:
+        drop = set(keys)
+        return Anchors({key: values for key, values in self.entries.items() if key not in drop})
+
     def translate_text(self, text: str) -> str:
         """The text with every anchor term replaced by its first generic translation."""
         return self.pattern().sub(lambda match: self.entries[match.group(0)][0], text)

@@ -10,7 +10,6 @@ Fluency is the perplexity of the completion tokens given the prompt, scored by a
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -20,8 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from whoharry import models
-from whoharry.errors import WhoharryError
-from whoharry.text import pad
+from whoharry.text import pad, read_jsonl
 
 
 @dataclass
@@ -34,23 +32,12 @@ class Completion:
 
 def read_completion_prompts(path: Path) -> list[dict]:
     """Read a completion file; every line needs a prompt and a list of reference terms."""
-    if not path.is_file():
-        raise WhoharryError(f"completion prompt file not found: {path}")
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise WhoharryError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        refs = row.get("references") if isinstance(row, dict) else None
-        if not row.get("prompt") or not isinstance(refs, list) or not all(isinstance(r, str) and r for r in refs):
-            raise WhoharryError(f'{path}:{number}: expected {{"prompt": ..., "references": [terms...]}}')
-        rows.append({"prompt": str(row["prompt"]), "references": list(refs)})
-    if not rows:
-        raise WhoharryError(f"completion prompt file {path} holds no prompts")
-    return rows
+    def valid(row: dict) -> bool:
+        refs = row.get("references")
+        return bool(row.get("prompt")) and isinstance(refs, list) and all(isinstance(r, str) and r for r in refs)
+
+    rows = read_jsonl(path, "completion prompt file", valid, '{"prompt": ..., "references": [terms...]}')
+    return [{"prompt": str(row["prompt"]), "references": list(row["references"])} for row in rows]
 
 
 def named_references(prompt: str, completion: str, references: list[str]) -> list[str]:

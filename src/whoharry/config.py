@@ -41,9 +41,9 @@ class DataConfig:
     target: Path = Path("data/harry_potter/target.txt")
     anchors: Path = Path("data/harry_potter/anchors.yaml")
     block_length: int = 256  # tokens per block (the paper used 512)
-    # General text mixed into the unlearning fine-tune with its own tokens as labels, as a regulariser
-    # that keeps general ability; none (the paper's recipe) by default.
-    retain: Path | None = None
+    # Texts mixed into the unlearning fine-tune with their own tokens as labels, as a regulariser that
+    # keeps general ability; none is the paper's recipe. One path or a list of paths.
+    retain: list[Path] = field(default_factory=list)
 
 
 @dataclass
@@ -174,6 +174,10 @@ def _merge(obj: Any, values: dict[str, Any], *, base_dir: Path, prefix: str) -> 
 
 
 def _coerce(value: Any, hint: Any, dotted: str, base_dir: Path) -> Any:
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        items = [] if value is None else value if isinstance(value, list) else [value]
+        return [_coerce(v, item, f"{dotted}[{i}]", base_dir) for i, v in enumerate(items)]
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:
         if type(None) in options:
@@ -189,6 +193,12 @@ def _coerce(value: Any, hint: Any, dotted: str, base_dir: Path) -> Any:
             return value
         if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if kind is float and isinstance(value, str):
+            # PyYAML reads `3e-5` (no dot) as text; take it as the number it plainly is
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if kind is str and isinstance(value, str | int | float) and not isinstance(value, bool):
             return str(value)
     wanted = " or ".join(getattr(k, "__name__", str(k)) for k in options if k is not type(None))
@@ -238,6 +248,8 @@ def to_dict(obj: Any) -> Any:
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, Path):
         return str(obj)
+    if isinstance(obj, list):
+        return [to_dict(item) for item in obj]
     return obj
 
 

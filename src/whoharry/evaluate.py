@@ -22,7 +22,7 @@ from whoharry import artifacts, completions, models
 from whoharry.anchors import Anchors, load_anchors
 from whoharry.config import Config, EvalConfig, fingerprint, to_dict
 from whoharry.errors import WhoharryError
-from whoharry.text import make_blocks, read_text
+from whoharry.text import make_blocks, read_jsonl, read_text
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +31,9 @@ PROBE_SETS = ("target", "general", "related")
 
 def read_probes(path: Path) -> list[dict[str, str]]:
     """Read a probe file; every line needs a non-empty prompt and answer."""
-    if not path.is_file():
-        raise WhoharryError(f"probe file not found: {path}")
-    probes = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise WhoharryError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not row.get("prompt") or not row.get("answer"):
-            raise WhoharryError(f'{path}:{number}: expected {{"prompt": ..., "answer": ...}}')
-        probes.append({"prompt": str(row["prompt"]), "answer": str(row["answer"])})
-    if not probes:
-        raise WhoharryError(f"probe file {path} holds no probes")
-    return probes
+    rows = read_jsonl(path, "probe file", lambda row: bool(row.get("prompt") and row.get("answer")),
+                      '{"prompt": ..., "answer": ...}')
+    return [{"prompt": str(row["prompt"]), "answer": str(row["answer"])} for row in rows]
 
 
 def _answer_ids(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:

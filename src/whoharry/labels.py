@@ -232,6 +232,11 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     began = time.perf_counter()
     text = read_text(cfg.data.target)
     anchors = load_anchors(cfg.data.anchors)
+    composite = anchors.composite_keys()
+    if composite:
+        # as in the authors' label script: a splittable key is left to its parts
+        log.info("labels: %d composite keys left to their parts: %s", len(composite), ", ".join(composite[:10]))
+        anchors = anchors.without(composite)
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source, cfg.model)
     blocks = make_blocks(text, tokenizer, cfg.data.block_length)
@@ -244,6 +249,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         precision=cfg.labels.precision, progress=progress,
         metrics=artifacts.MetricsLog(stage_dir / "metrics.jsonl"),
     )
+    label_set.stats["composite_keys_split"] = composite
     missing = label_set.stats["anchor_keys_missing"]
     if missing:
         log.warning("labels: %d of %d anchor keys never occur in the target text", missing, len(anchors))
@@ -265,7 +271,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         outputs=[LABELS_FILE, "stats.json", "metrics.jsonl"],
         seed=cfg.seed,
         seconds=time.perf_counter() - began,
-        summary={k: v for k, v in stats.items() if k != "occurrences_per_key"},
+        summary={k: v for k, v in stats.items() if k not in ("occurrences_per_key", "composite_keys_split")},
     )
     artifacts.write_stage(stage_dir, record, to_dict(cfg))
     return stage_dir

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,24 @@ class Blocks:
     offsets: list[list[tuple[int, int]]]
     dropped_tokens: int  # the tail shorter than one block
     bos_token_id: int | None
+
+
+def read_jsonl(path: Path, what: str, check: Callable[[object], bool], expected: str) -> list[dict]:
+    """The rows of a JSONL file; a line that is not JSON or fails `check` stops with its line number."""
+    rows = []
+    for number, line in enumerate(read_text(path, what).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise WhoharryError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not check(row):
+            raise WhoharryError(f"{path}:{number}: expected {expected}")
+        rows.append(row)
+    if not rows:
+        raise WhoharryError(f"{what} {path} holds no entries")
+    return rows
 
 
 def read_text(path: Path, what: str = "target text") -> str:

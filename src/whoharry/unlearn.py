@@ -21,7 +21,7 @@ def unlearn_fingerprint(cfg: Config, out: Path) -> str:
             "seed": cfg.seed,
             "model": to_dict(cfg.model),
             "train": to_dict(cfg.unlearn),
-            "retain": artifacts.file_hash(cfg.data.retain) if cfg.data.retain else None,
+            "retain": [artifacts.file_hash(path) for path in cfg.data.retain],
             "block_length": cfg.data.block_length,
             "labels": artifacts.stage_fingerprint(out / "labels"),
         }
@@ -31,6 +31,7 @@ def unlearn_fingerprint(cfg: Config, out: Path) -> str:
 def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     """Write `out/unlearn/` (final/, metrics.jsonl, config.yaml, manifest.json), running labels first
     when its artifact is missing or stale."""
+    retain_texts = [read_text(path, "retain text") for path in cfg.data.retain]  # fail early on a bad path
     labels_dir = labels.run(cfg, out, progress=progress)
     stage_dir = out / "unlearn"
     key = unlearn_fingerprint(cfg, out)
@@ -44,12 +45,11 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     model = models.load_model(source, cfg.model)
     log.info("unlearn: %d blocks with generic labels from %s", input_ids.shape[0], labels_dir)
     retain_blocks = 0
-    if cfg.data.retain is not None:
-        retain = make_blocks(read_text(cfg.data.retain, "retain text"), tokenizer, input_ids.shape[1])
+    for path, text in zip(cfg.data.retain, retain_texts, strict=True):
+        retain = make_blocks(text, tokenizer, input_ids.shape[1])
         retain_ids = torch.tensor(retain.ids, dtype=torch.int32)
-        retain_blocks = retain_ids.shape[0]
-        log.info("unlearn: %d retain blocks from %s join the data with their own tokens", retain_blocks,
-                 cfg.data.retain)
+        retain_blocks += retain_ids.shape[0]
+        log.info("unlearn: %d retain blocks from %s join the data with their own tokens", len(retain.ids), path)
         input_ids, generic = torch.cat([input_ids, retain_ids]), torch.cat([generic, retain_ids])
     result = train.train(
         model, input_ids, generic, cfg.unlearn,
@@ -62,7 +62,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         inputs={
             "model": source.description,
             "labels": artifacts.stage_fingerprint(labels_dir),
-            "retain": str(cfg.data.retain) if cfg.data.retain else None,
+            "retain": ", ".join(str(path) for path in cfg.data.retain) or None,
         },
         outputs=["final/config.json", "metrics.jsonl"],
         seed=cfg.seed,
