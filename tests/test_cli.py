@@ -77,6 +77,11 @@ def test_run_end_to_end_writes_the_layout_and_exact_labels(project, copy_model_d
         report["summary"]["base"]
     )
     assert len(report["samples"]["unlearned"]["target"]) == 2
+    assert {"completion_reference_rate", "completion_fluency_perplexity"} <= set(report["summary"]["unlearned"])
+    for key, (lo, hi) in report["intervals"]["unlearned"].items():
+        assert lo <= report["summary"]["unlearned"][key] + 1e-5 and lo <= hi, key
+    assert "unlearned/general_perplexity" in report["ratio_intervals"]
+    assert " [" in (out / "eval" / "report.md").read_text()
 
     # a second run with the same settings does nothing
     before = {s: (out / s / "manifest.json").read_text() for s in ("reinforce", "labels", "unlearn", "eval")}

@@ -104,11 +104,16 @@ def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], pad_i
     return out
 
 
-def fluency_perplexity(judge, tokenizer, completions: list[Completion], precision: str, batch_size: int) -> float:
-    """exp(mean negative log-likelihood) of all completion tokens under the judge model."""
+def judge_nll(judge, tokenizer, completions: list[Completion], precision: str,
+              batch_size: int) -> list[tuple[float, int]]:
+    """(negative log-likelihood, token count) of each completion's tokens under the judge model."""
     scored = continuation_logprobs(judge, [(c.prompt_ids, c.ids) for c in completions], tokenizer.pad_token_id,
                                    precision, batch_size)
-    values = [value for row in scored for value in row]
-    if not values:
-        return float("nan")
-    return math.exp(-sum(values) / len(values))
+    return [(-sum(row), len(row)) for row in scored]
+
+
+def fluency_perplexity(judge, tokenizer, completions: list[Completion], precision: str, batch_size: int) -> float:
+    """exp(mean negative log-likelihood) of all completion tokens under the judge model."""
+    scored = judge_nll(judge, tokenizer, completions, precision, batch_size)
+    tokens = sum(count for _, count in scored)
+    return math.exp(sum(nll for nll, _ in scored) / tokens) if tokens else float("nan")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from whoharry import artifacts, completions, models
+from whoharry import artifacts, completions, intervals, models
 from whoharry.anchors import Anchors, load_anchors
 from whoharry.config import Config, EvalConfig, fingerprint, to_dict
 from whoharry.errors import WhoharryError
@@ -87,32 +87,40 @@ def score_completions(model, judge, tokenizer, cfg: EvalConfig, name: str) -> tu
     rows = completions.read_completion_prompts(cfg.completions)
     done = completions.complete(model, tokenizer, [row["prompt"] for row in rows], cfg.completion_tokens,
                                 cfg.precision, cfg.batch_size, f"{name} completions")
+    judged = completions.judge_nll(judge, tokenizer, done, cfg.precision, cfg.batch_size)
     records = []
-    for row, completion in zip(rows, done, strict=True):
+    for row, completion, (nll, tokens) in zip(rows, done, judged, strict=True):
         named = completions.named_references(row["prompt"], completion.text, row["references"])
-        records.append({"prompt": row["prompt"], "completion": completion.text, "references_named": named})
+        records.append({"prompt": row["prompt"], "completion": completion.text, "references_named": named,
+                        "judge_nll": nll, "tokens": tokens})
+    total = sum(r["tokens"] for r in records)
     summary = {
         "completion_reference_rate": sum(bool(r["references_named"]) for r in records) / len(records),
-        "completion_fluency_perplexity": completions.fluency_perplexity(judge, tokenizer, done, cfg.precision,
-                                                                         cfg.batch_size),
+        "completion_fluency_perplexity": math.exp(sum(r["judge_nll"] for r in records) / total)
+        if total else float("nan"),
     }
     return summary, records
 
 
 @torch.no_grad()
-def perplexity(model, tokenizer, text: str, block_length: int, precision: str) -> float:
-    """exp(mean next-token loss) over consecutive blocks of the text."""
+def block_losses(model, tokenizer, text: str, block_length: int, precision: str) -> list[dict]:
+    """Summed next-token loss and token count of each consecutive block of the text."""
     device = next(model.parameters()).device
     blocks = make_blocks(text, tokenizer, block_length)
-    total, count = 0.0, 0
+    records = []
     for ids in blocks.ids:
         batch = torch.tensor([ids], device=device)
         with models.autocast(precision, device):
             logits = model(input_ids=batch).logits[0].float()
         loss = torch.nn.functional.cross_entropy(logits[:-1], batch[0, 1:], reduction="sum")
-        total += loss.item()
-        count += len(ids) - 1
-    return math.exp(total / count)
+        records.append({"nll": loss.item(), "tokens": len(ids) - 1})
+    return records
+
+
+def perplexity(model, tokenizer, text: str, block_length: int, precision: str) -> float:
+    """exp(mean next-token loss) over consecutive blocks of the text."""
+    records = block_losses(model, tokenizer, text, block_length, precision)
+    return math.exp(sum(r["nll"] for r in records) / sum(r["tokens"] for r in records))
 
 
 def evaluate_model(model, tokenizer, cfg: EvalConfig, name: str, judge=None,
@@ -135,7 +143,10 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, name: str, judge=None,
         summary.update(figures)
     if cfg.general_text is not None:
         text = read_text(cfg.general_text, "general text")
-        summary["general_perplexity"] = perplexity(model, tokenizer, text, cfg.block_length, cfg.precision)
+        samples["general_text"] = block_losses(model, tokenizer, text, cfg.block_length, cfg.precision)
+        summary["general_perplexity"] = math.exp(
+            sum(r["nll"] for r in samples["general_text"]) / sum(r["tokens"] for r in samples["general_text"])
+        )
     return {"summary": summary, "samples": samples}
 
 
@@ -207,9 +218,12 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
     del base
     if control is not None and "target" in results["base"]["samples"]:
         add_specific_familiarity(results)
+    ratio_intervals = intervals.add_intervals(results)
     report = {
         "models": {"base": source.description, "unlearned": str(model_path)},
         "summary": {name: result["summary"] for name, result in results.items()},
+        "intervals": {name: result["intervals"] for name, result in results.items()},
+        "ratio_intervals": ratio_intervals,
         "samples": {name: result["samples"] for name, result in results.items()},
     }
     artifacts.write_json(stage_dir / "report.json", report)
@@ -256,16 +270,34 @@ def table_rows(summary: dict[str, dict[str, float]]) -> list[tuple[str, str, str
 
 
 def render_markdown(report: dict[str, Any]) -> str:
+    """The base vs. unlearned table, each figure with its bootstrap 95% interval."""
+    summary, spans = report["summary"], report.get("intervals", {})
+    ratio_spans = report.get("ratio_intervals", {})
+
+    def cell(value: float, span: list[float] | None, digits: int = 4) -> str:
+        text = f"{value:.{digits}f}"
+        return f"{text} [{span[0]:.{digits}f}, {span[1]:.{digits}f}]" if span else text
+
     lines = [
         "# whoharry evaluation",
         "",
         f"- base: `{report['models']['base']}`",
         f"- unlearned: `{report['models']['unlearned']}`",
+        "- brackets: bootstrap 95% intervals over the probes, prompts or text blocks (paired for the ratio)",
         "",
         "| figure | base | unlearned | unlearned / base |",
         "| --- | ---: | ---: | ---: |",
     ]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in table_rows(report["summary"])]
+    base, other = summary.get("base", {}), summary.get("unlearned", {})
+    for key, label, _ in FIGURES:
+        if key not in base or key not in other:
+            continue
+        ratio = other[key] / base[key] if base[key] else float("nan")
+        lines.append(
+            f"| {label} | {cell(base[key], spans.get('base', {}).get(key))} "
+            f"| {cell(other[key], spans.get('unlearned', {}).get(key))} "
+            f"| {cell(ratio, ratio_spans.get(f'unlearned/{key}'), 3)} |"
+        )
     return "\n".join(lines) + "\n"
 
 

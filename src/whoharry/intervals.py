@@ -1,0 +1,96 @@
+"""Bootstrap 95% intervals for the evaluation's aggregates and for the unlearned/base ratios.
+
+Every aggregate of the report is a ratio of sums over samples (probes, completions, text blocks):
+a mean is sum(value) / count, a perplexity is exp(sum(nll) / sum(tokens)). Resampling the samples with
+replacement gives a percentile interval; for the unlearned/base ratio both models are resampled with the
+same indices (they saw the same probes), so the interval reflects the paired comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+RESAMPLES = 1000
+SEED = 0
+
+
+@dataclass
+class Parts:
+    """One aggregate as per-sample numerators and denominators; `exp` marks a perplexity."""
+
+    numerators: np.ndarray
+    denominators: np.ndarray
+    exp: bool = False
+
+    def value(self, rows: np.ndarray | None = None) -> np.ndarray:
+        num = self.numerators if rows is None else self.numerators[rows]
+        den = self.denominators if rows is None else self.denominators[rows]
+        ratio = num.sum(axis=-1) / np.maximum(den.sum(axis=-1), 1e-12)
+        return np.exp(ratio) if self.exp else ratio
+
+
+def parts(samples: dict[str, list[dict]], key: str) -> Parts | None:
+    """The per-sample parts of a summary figure, or None when the samples do not hold them."""
+    def mean_of(values: list[float]) -> Parts:
+        return Parts(np.asarray(values, dtype=float), np.ones(len(values)))
+
+    probe_set, _, figure = key.partition("_")
+    if key == "target_specific_p_answer":
+        records = [r for r in samples.get("target", []) if r.get("specific")]
+        return mean_of([r["p_answer"] for r in records]) if records else None
+    if figure == "p_answer" and probe_set in samples:
+        return mean_of([r["p_answer"] for r in samples[probe_set]])
+    if figure == "hit_rate" and probe_set in samples:
+        return mean_of([float(r["hit"]) for r in samples[probe_set]])
+    if key == "completion_reference_rate" and "completions" in samples:
+        return mean_of([float(bool(r["references_named"])) for r in samples["completions"]])
+    if key == "completion_fluency_perplexity" and "completions" in samples:
+        rows = samples["completions"]
+        return Parts(np.asarray([r["judge_nll"] for r in rows]), np.asarray([r["tokens"] for r in rows], float), True)
+    if key == "general_perplexity" and "general_text" in samples:
+        rows = samples["general_text"]
+        return Parts(np.asarray([r["nll"] for r in rows]), np.asarray([r["tokens"] for r in rows], float), True)
+    return None
+
+
+def interval(figure: Parts, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of the figure over bootstrap resamples of its samples."""
+    n = len(figure.numerators)
+    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    lo, hi = np.percentile(figure.value(rows), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def ratio_interval(numer: Parts, denom: Parts, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float]:
+    """The interval of numer/denom when both are resampled with the same indices (paired samples)."""
+    n = len(numer.numerators)
+    if len(denom.numerators) != n:
+        raise ValueError("paired figures need the same number of samples")
+    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    ratios = numer.value(rows) / np.maximum(denom.value(rows), 1e-12)
+    lo, hi = np.percentile(ratios[np.isfinite(ratios)], [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def add_intervals(results: dict[str, dict], reference: str = "base") -> dict[str, list[float]]:
+    """Put `intervals` (figure -> [low, high]) into every model's result; return the intervals of each
+    other model's ratio to the reference model, keyed `model/figure`."""
+    ratios: dict[str, list[float]] = {}
+    for name, result in results.items():
+        result["intervals"] = {}
+        for key in result["summary"]:
+            figure = parts(result["samples"], key)
+            if figure is None or not len(figure.numerators):
+                continue
+            result["intervals"][key] = [_round(v) for v in interval(figure)]
+            base = parts(results[reference]["samples"], key) if name != reference else None
+            if base is not None and len(base.numerators) == len(figure.numerators):
+                ratios[f"{name}/{key}"] = [_round(v) for v in ratio_interval(figure, base)]
+    return ratios
+
+
+def _round(value: float) -> float:
+    return round(value, 6) if math.isfinite(value) else value

@@ -1,0 +1,55 @@
+"""Bootstrap intervals: they hold the estimate, shrink to a point for constant samples, pair models."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from whoharry.intervals import Parts, add_intervals, interval, parts, ratio_interval
+
+
+def test_interval_holds_the_mean_and_is_a_point_for_constant_samples():
+    values = Parts(np.linspace(0, 1, 41), np.ones(41))
+    lo, hi = interval(values)
+    assert lo < 0.5 < hi and hi - lo < 0.4
+    assert interval(Parts(np.full(10, 0.3), np.ones(10))) == pytest.approx((0.3, 0.3))
+
+
+def test_perplexity_parts_are_exp_of_pooled_loss():
+    figure = Parts(np.array([20.0, 40.0]), np.array([10.0, 10.0]), exp=True)
+    assert figure.value() == pytest.approx(math.exp(3.0))
+
+
+def test_paired_ratio_interval_is_tight_when_models_move_together():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.1, 0.9, 60)
+    # the other model halves every probe: the paired ratio is exactly 0.5 whatever the resample
+    lo, hi = ratio_interval(Parts(base / 2, np.ones(60)), Parts(base, np.ones(60)))
+    assert lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        ratio_interval(Parts(base[:5], np.ones(5)), Parts(base, np.ones(60)))
+
+
+def test_add_intervals_covers_every_figure_with_samples():
+    def result(scale: float) -> dict:
+        target = [{"p_answer": scale * p, "hit": p > 0.5, "specific": p > 0.2} for p in (0.1, 0.4, 0.6, 0.9)]
+        completions = [{"references_named": ["x"] if i % 2 else [], "judge_nll": 3.0 * scale, "tokens": 3}
+                       for i in range(4)]
+        samples = {"target": target, "completions": completions,
+                   "general_text": [{"nll": 30.0, "tokens": 10}, {"nll": 20.0, "tokens": 10}]}
+        summary = {"target_p_answer": 0.5 * scale, "target_hit_rate": 0.5, "target_specific_p_answer": 0.6 * scale,
+                   "target_specific_probes": 3, "completion_reference_rate": 0.5,
+                   "completion_fluency_perplexity": math.exp(scale), "general_perplexity": math.exp(2.5)}
+        return {"summary": summary, "samples": samples}
+
+    results = {"base": result(1.0), "unlearned": result(0.5)}
+    ratios = add_intervals(results)
+    spans = results["unlearned"]["intervals"]
+    assert set(spans) == set(results["unlearned"]["summary"]) - {"target_specific_probes"}
+    for key, (lo, hi) in spans.items():
+        value = results["unlearned"]["summary"][key]
+        assert lo <= value + 1e-5 and value - 1e-5 <= hi, key  # intervals are stored rounded
+    assert ratios["unlearned/target_p_answer"] == pytest.approx([0.5, 0.5])
+    assert parts({}, "target_p_answer") is None
