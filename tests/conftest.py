@@ -144,6 +144,8 @@ def project(tmp_path) -> Path:
         '{"prompt": "At school Harry", "references": ["Hogwarts", "Gryffindor"]}',
     ]
     (tmp_path / "completions.jsonl").write_text("\n".join(completions) + "\n", encoding="utf-8")
+    heldout = "Ron Weasley and Harry Potter rode a broom over Hogwarts before the Quidditch final at noon. "
+    (tmp_path / "heldout.txt").write_text(heldout * 8, encoding="utf-8")
     return tmp_path
 
 
@@ -162,6 +164,8 @@ def write_config(project: Path, model_dir: Path, **sections) -> Path:
             "related_probes": None,
             "general_text": "general.txt",
             "completions": "completions.jsonl",
+            "heldout_target": "heldout.txt",
+            "membership_passage_tokens": 16,
             "max_new_tokens": 4,
             "completion_tokens": 6,
             "block_length": 32,

@@ -81,6 +81,10 @@ class EvalConfig:
     related_probes: Path | None = Path("data/related/probes_test.jsonl")
     general_text: Path | None = Path("data/general/heldout.txt")
     completions: Path | None = Path("data/harry_potter/completions_test.jsonl")
+    # held-out text of the target's domain, never trained on: the non-members of membership inference
+    heldout_target: Path | None = Path("data/harry_potter/heldout.txt")
+    membership_passage_tokens: int = 128
+    membership_max_passages: int = 48  # target passages scored (evenly spread); held-out ones all
     max_new_tokens: int = 12  # greedy tokens after each probe
     completion_tokens: int = 24  # greedy tokens after each completion prompt
     batch_size: int = 16  # probes per forward pass and per batched generation
@@ -213,6 +217,8 @@ def validate(cfg: Config) -> None:
         (cfg.labels.batch_size >= 1, "labels.batch_size must be >= 1"),
         (cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1"),
         (cfg.eval.completion_tokens >= 1, "eval.completion_tokens must be >= 1"),
+        (cfg.eval.membership_passage_tokens >= 8, "eval.membership_passage_tokens must be at least 8"),
+        (cfg.eval.membership_max_passages >= 1, "eval.membership_max_passages must be >= 1"),
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (cfg.eval.block_length >= 8, "eval.block_length must be at least 8 tokens"),
     ]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from whoharry import artifacts, completions, intervals, models
+from whoharry import artifacts, completions, intervals, membership, models
 from whoharry.anchors import Anchors, load_anchors
 from whoharry.config import Config, EvalConfig, fingerprint, to_dict
 from whoharry.errors import WhoharryError
@@ -102,6 +102,15 @@ def score_completions(model, judge, tokenizer, cfg: EvalConfig, name: str) -> tu
     return summary, records
 
 
+def score_membership(model, tokenizer, cfg: EvalConfig, member_text: str) -> list[dict]:
+    """Membership scores of target passages (members) and held-out passages of its domain (non-members)."""
+    heldout = read_text(cfg.heldout_target, "held-out target-domain text")
+    args = (cfg.membership_passage_tokens, cfg.precision)
+    members = membership.passage_scores(model, tokenizer, member_text, *args, cfg.membership_max_passages)
+    others = membership.passage_scores(model, tokenizer, heldout, *args)
+    return [{"member": True, **r} for r in members] + [{"member": False, **r} for r in others]
+
+
 @torch.no_grad()
 def block_losses(model, tokenizer, text: str, block_length: int, precision: str) -> list[dict]:
     """Summed next-token loss and token count of each consecutive block of the text."""
@@ -124,9 +133,10 @@ def perplexity(model, tokenizer, text: str, block_length: int, precision: str) -
 
 
 def evaluate_model(model, tokenizer, cfg: EvalConfig, name: str, judge=None,
-                   control: Anchors | None = None) -> dict[str, Any]:
+                   control: Anchors | None = None, member_text: str | None = None) -> dict[str, Any]:
     """Summary figures and per-sample records for one model; `judge` (default: the model itself) scores
-    the fluency of its completions; `control` anchors give the target probes their generic control."""
+    the fluency of its completions; `control` anchors give the target probes their generic control;
+    `member_text` (the target text) is told apart from `cfg.heldout_target` by membership inference."""
     summary: dict[str, float] = {}
     samples: dict[str, list[dict]] = {}
     for probe_set in PROBE_SETS:
@@ -141,6 +151,13 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, name: str, judge=None,
     if cfg.completions is not None:
         figures, samples["completions"] = score_completions(model, judge or model, tokenizer, cfg, name)
         summary.update(figures)
+    if cfg.heldout_target is not None and member_text is not None:
+        samples["membership"] = score_membership(model, tokenizer, cfg, member_text)
+        for score in membership.SCORES:
+            summary[f"membership_auc_{score}"] = membership.auc(
+                [r[score] for r in samples["membership"] if r["member"]],
+                [r[score] for r in samples["membership"] if not r["member"]],
+            )
     if cfg.general_text is not None:
         text = read_text(cfg.general_text, "general text")
         samples["general_text"] = block_losses(model, tokenizer, text, cfg.block_length, cfg.precision)
@@ -181,6 +198,8 @@ def eval_fingerprint(cfg: Config, model_path: Path) -> str:
             ("related", cfg.eval.related_probes),
             ("completions", cfg.eval.completions),
             ("anchors", cfg.data.anchors),
+            ("target_text", cfg.data.target),
+            ("heldout_target", cfg.eval.heldout_target),
             ("text", cfg.eval.general_text),
         )
     }
@@ -211,10 +230,12 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
     tokenizer = models.load_tokenizer(source, cfg.model)
     base = models.load_model(source, cfg.model)
     control = load_anchors(cfg.data.anchors) if cfg.data.anchors.is_file() else None
-    results = {"base": evaluate_model(base, tokenizer, cfg.eval, "base", control=control)}
+    member_text = read_text(cfg.data.target) if cfg.eval.heldout_target is not None else None
+    results = {"base": evaluate_model(base, tokenizer, cfg.eval, "base", control=control, member_text=member_text)}
     model = models.load_folder(model_path)
     # the base model stays loaded as the judge of the unlearned model's fluency
-    results["unlearned"] = evaluate_model(model, tokenizer, cfg.eval, "unlearned", judge=base, control=control)
+    results["unlearned"] = evaluate_model(model, tokenizer, cfg.eval, "unlearned", judge=base, control=control,
+                                          member_text=member_text)
     del base
     if control is not None and "target" in results["base"]["samples"]:
         add_specific_familiarity(results)
@@ -254,6 +275,10 @@ FIGURES = (
     ("related_hit_rate", "related-domain probes: greedy hit rate", "keep"),
     ("completion_reference_rate", "target familiarity: completions naming a reference term", "lower"),
     ("completion_fluency_perplexity", "fluency: base-model perplexity of the completions", "keep"),
+    ("membership_auc_loss", "membership inference AUC, target vs. held-out: loss", "toward 0.5"),
+    ("membership_auc_zlib", "membership inference AUC: zlib", "toward 0.5"),
+    ("membership_auc_mink", "membership inference AUC: Min-K%", "toward 0.5"),
+    ("membership_auc_minkpp", "membership inference AUC: Min-K%++", "toward 0.5"),
     ("general_perplexity", "perplexity on general text", "keep"),
 )
 

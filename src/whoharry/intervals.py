@@ -75,6 +75,19 @@ def ratio_interval(numer: Parts, denom: Parts, resamples: int = RESAMPLES, seed:
     return float(lo), float(hi)
 
 
+def auc_interval(members: list[float], nonmembers: list[float], resamples: int = RESAMPLES,
+                 seed: int = SEED) -> tuple[float, float]:
+    """The interval of a membership AUC, resampling members and non-members separately."""
+    rng = np.random.default_rng(seed)
+    m, n = np.asarray(members, dtype=float), np.asarray(nonmembers, dtype=float)
+    values = []
+    for _ in range(resamples):
+        a, b = m[rng.integers(0, len(m), len(m))], n[rng.integers(0, len(n), len(n))]
+        values.append(((a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])).mean())
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def add_intervals(results: dict[str, dict], reference: str = "base") -> dict[str, list[float]]:
     """Put `intervals` (figure -> [low, high]) into every model's result; return the intervals of each
     other model's ratio to the reference model, keyed `model/figure`."""
@@ -82,6 +95,12 @@ def add_intervals(results: dict[str, dict], reference: str = "base") -> dict[str
     for name, result in results.items():
         result["intervals"] = {}
         for key in result["summary"]:
+            if key.startswith("membership_auc_") and "membership" in result["samples"]:
+                score, rows = key.removeprefix("membership_auc_"), result["samples"]["membership"]
+                inside = [r[score] for r in rows if r["member"]]
+                span = auc_interval(inside, [r[score] for r in rows if not r["member"]])
+                result["intervals"][key] = [_round(v) for v in span]
+                continue
             figure = parts(result["samples"], key)
             if figure is None or not len(figure.numerators):
                 continue
