@@ -80,6 +80,8 @@ def test_run_end_to_end_writes_the_layout_and_exact_labels(project, copy_model_d
     assert {"completion_reference_rate", "completion_fluency_perplexity", "membership_auc_loss",
             "membership_auc_minkpp"} <= set(report["summary"]["unlearned"])
     assert 0.0 <= report["summary"]["unlearned"]["membership_auc_zlib"] <= 1.0
+    assert len(report["samples"]["unlearned"]["verbatim"]) == 4
+    assert 0.0 <= report["summary"]["unlearned"]["verbmem_rouge_l"] <= 1.0
     for key, (lo, hi) in report["intervals"]["unlearned"].items():
         assert lo <= report["summary"]["unlearned"][key] + 1e-5 and lo <= hi, key
     assert "unlearned/general_perplexity" in report["ratio_intervals"]

@@ -85,6 +85,10 @@ class EvalConfig:
     heldout_target: Path | None = Path("data/harry_potter/heldout.txt")
     membership_passage_tokens: int = 128
     membership_max_passages: int = 48  # target passages scored (evenly spread); held-out ones all
+    # verbatim memorisation: greedy continuations of target excerpts against the true text (0 skips it)
+    verbatim_excerpts: int = 32
+    verbatim_prompt_tokens: int = 64
+    verbatim_continuation_tokens: int = 32
     max_new_tokens: int = 12  # greedy tokens after each probe
     completion_tokens: int = 24  # greedy tokens after each completion prompt
     batch_size: int = 16  # probes per forward pass and per batched generation
@@ -219,6 +223,9 @@ def validate(cfg: Config) -> None:
         (cfg.eval.completion_tokens >= 1, "eval.completion_tokens must be >= 1"),
         (cfg.eval.membership_passage_tokens >= 8, "eval.membership_passage_tokens must be at least 8"),
         (cfg.eval.membership_max_passages >= 1, "eval.membership_max_passages must be >= 1"),
+        (cfg.eval.verbatim_excerpts >= 0, "eval.verbatim_excerpts must be >= 0 (0 skips verbatim memorisation)"),
+        (cfg.eval.verbatim_prompt_tokens >= 1, "eval.verbatim_prompt_tokens must be >= 1"),
+        (cfg.eval.verbatim_continuation_tokens >= 1, "eval.verbatim_continuation_tokens must be >= 1"),
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
         (cfg.eval.block_length >= 8, "eval.block_length must be at least 8 tokens"),
     ]

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from whoharry import artifacts, completions, intervals, membership, models
+from whoharry import artifacts, completions, intervals, membership, models, verbatim
 from whoharry.anchors import Anchors, load_anchors
 from whoharry.config import Config, EvalConfig, fingerprint, to_dict
 from whoharry.errors import WhoharryError
@@ -136,7 +136,8 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, name: str, judge=None,
                    control: Anchors | None = None, member_text: str | None = None) -> dict[str, Any]:
     """Summary figures and per-sample records for one model; `judge` (default: the model itself) scores
     the fluency of its completions; `control` anchors give the target probes their generic control;
-    `member_text` (the target text) is told apart from `cfg.heldout_target` by membership inference."""
+    `member_text` (the target text) is told apart from `cfg.heldout_target` by membership inference
+    and its excerpts are continued for verbatim memorisation."""
     summary: dict[str, float] = {}
     samples: dict[str, list[dict]] = {}
     for probe_set in PROBE_SETS:
@@ -158,6 +159,12 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, name: str, judge=None,
                 [r[score] for r in samples["membership"] if r["member"]],
                 [r[score] for r in samples["membership"] if not r["member"]],
             )
+    if cfg.verbatim_excerpts > 0 and member_text is not None:
+        samples["verbatim"] = verbatim.verbatim_records(
+            model, tokenizer, member_text, cfg.verbatim_prompt_tokens, cfg.verbatim_continuation_tokens,
+            cfg.verbatim_excerpts, cfg.precision, cfg.batch_size,
+        )
+        summary["verbmem_rouge_l"] = sum(r["rouge_l"] for r in samples["verbatim"]) / len(samples["verbatim"])
     if cfg.general_text is not None:
         text = read_text(cfg.general_text, "general text")
         samples["general_text"] = block_losses(model, tokenizer, text, cfg.block_length, cfg.precision)
@@ -230,7 +237,8 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
     tokenizer = models.load_tokenizer(source, cfg.model)
     base = models.load_model(source, cfg.model)
     control = load_anchors(cfg.data.anchors) if cfg.data.anchors.is_file() else None
-    member_text = read_text(cfg.data.target) if cfg.eval.heldout_target is not None else None
+    uses_target = cfg.eval.heldout_target is not None or cfg.eval.verbatim_excerpts > 0
+    member_text = read_text(cfg.data.target) if uses_target else None
     results = {"base": evaluate_model(base, tokenizer, cfg.eval, "base", control=control, member_text=member_text)}
     model = models.load_folder(model_path)
     # the base model stays loaded as the judge of the unlearned model's fluency
@@ -275,6 +283,7 @@ FIGURES = (
     ("related_hit_rate", "related-domain probes: greedy hit rate", "keep"),
     ("completion_reference_rate", "target familiarity: completions naming a reference term", "lower"),
     ("completion_fluency_perplexity", "fluency: base-model perplexity of the completions", "keep"),
+    ("verbmem_rouge_l", "verbatim memorisation: ROUGE-L of target continuations", "lower"),
     ("membership_auc_loss", "membership inference AUC, target vs. held-out: loss", "toward 0.5"),
     ("membership_auc_zlib", "membership inference AUC: zlib", "toward 0.5"),
     ("membership_auc_mink", "membership inference AUC: Min-K%", "toward 0.5"),

@@ -50,6 +50,8 @@ def parts(samples: dict[str, list[dict]], key: str) -> Parts | None:
     if key == "completion_fluency_perplexity" and "completions" in samples:
         rows = samples["completions"]
         return Parts(np.asarray([r["judge_nll"] for r in rows]), np.asarray([r["tokens"] for r in rows], float), True)
+    if key == "verbmem_rouge_l" and "verbatim" in samples:
+        return mean_of([r["rouge_l"] for r in samples["verbatim"]])
     if key == "general_perplexity" and "general_text" in samples:
         rows = samples["general_text"]
         return Parts(np.asarray([r["nll"] for r in rows]), np.asarray([r["tokens"] for r in rows], float), True)
