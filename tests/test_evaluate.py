@@ -17,17 +17,23 @@ from whoharry.evaluate import add_specific_familiarity, perplexity, read_probes,
 from .conftest import make_copy_model
 
 
-def test_probe_file_errors(tmp_path):
-    path = tmp_path / "p.jsonl"
-    path.write_text('{"prompt": "a"}\n')
-    with pytest.raises(WhoharryError, match=r"p.jsonl:1: expected"):
-        read_probes(path)
-    path.write_text("not json\n")
-    with pytest.raises(WhoharryError, match=r"p.jsonl:1: not valid JSON"):
-        read_probes(path)
-    path.write_text("\n")
-    with pytest.raises(WhoharryError, match="is empty"):
-        read_probes(path)
+@pytest.mark.parametrize(
+    ("reader", "content", "message"),
+    [
+        (read_probes, '{"prompt": "a"}', r"f.jsonl:1: expected"),
+        (read_probes, "not json", r"f.jsonl:1: not valid JSON"),
+        (read_probes, "", "is empty"),
+        (read_completion_prompts, '{"prompt": "a", "references": "Hogwarts"}', r"f.jsonl:1: expected"),
+        (read_completion_prompts, '{"prompt": "a", "references": ["Hogwarts", ""]}', r"f.jsonl:1: expected"),
+        (read_completion_prompts, None, "not found"),
+    ],
+)
+def test_probe_and_completion_file_errors(tmp_path, reader, content, message):
+    path = tmp_path / "f.jsonl"
+    if content is not None:
+        path.write_text(content + "\n")
+    with pytest.raises(WhoharryError, match=message):
+        reader(path)
 
 
 def test_answer_probability_and_greedy_hit_on_a_copy_model(tokenizer):
@@ -54,18 +60,6 @@ def test_perplexity_matches_the_mean_loss(tokenizer):
     first_block = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(ids[1:])).item()
     assert value > 1 and math.isfinite(value)
     assert abs(math.log(value) - first_block) < 2.0
-
-
-def test_completion_file_errors(tmp_path):
-    path = tmp_path / "c.jsonl"
-    path.write_text('{"prompt": "a", "references": "Hogwarts"}\n')
-    with pytest.raises(WhoharryError, match=r"c.jsonl:1: expected"):
-        read_completion_prompts(path)
-    path.write_text('{"prompt": "a", "references": ["Hogwarts", ""]}\n')
-    with pytest.raises(WhoharryError, match=r"c.jsonl:1: expected"):
-        read_completion_prompts(path)
-    with pytest.raises(WhoharryError, match="not found"):
-        read_completion_prompts(tmp_path / "missing.jsonl")
 
 
 def test_named_references_are_new_whole_words():
