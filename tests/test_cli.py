@@ -188,3 +188,20 @@ def test_retain_text_joins_the_unlearning_data(project, tiny_model_dir):
     assert two.exit_code == 0, two.output
     both = json.loads((out / "unlearn" / "manifest.json").read_text())
     assert both["summary"]["retain_blocks"] == 2 * manifest["summary"]["retain_blocks"]
+
+
+def test_eval_with_a_reference_model_adds_its_column_and_privleak(project, tiny_model_dir, trained_model_dir):
+    config = write_config(project, tiny_model_dir)
+    out = project / "run"
+    args = ["--config", str(config), "--out", str(out), "--max-steps", "1", "-q"]
+    assert runner.invoke(app, ["run", *args]).exit_code == 0
+    result = runner.invoke(app, ["eval", *args, "--reference", str(trained_model_dir)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert set(report["summary"]) == {"base", "unlearned", "reference"}
+    unlearned, reference = report["summary"]["unlearned"], report["summary"]["reference"]
+    expected = (unlearned["membership_auc_loss"] - reference["membership_auc_loss"]) / reference["membership_auc_loss"]
+    assert unlearned["privleak_loss"] == pytest.approx(expected)
+    table = (out / "eval" / "report.md").read_text()
+    assert "| figure | base | unlearned | reference | unlearned / base |" in table
+    assert "PrivLeak" in table

@@ -187,6 +187,13 @@ def eval_(
     model: Annotated[
         Path | None, typer.Option("--model", "-m", help="Model folder to evaluate (default: OUT/unlearn/final).")
     ] = None,
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="The model to compare with (default: the config's model.name).")
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option("--reference", help="A model that never saw the target, scored beside (eval.reference)."),
+    ] = None,
     config: ConfigOption = None,
     set_: SetOption = None,
     out: OutOption = DEFAULT_OUT,
@@ -196,6 +203,9 @@ def eval_(
 ) -> None:
     """Familiarity and general figures of a model beside the base model's → [bold]OUT/eval/report.md[/bold]."""
     from whoharry import evaluate
+
+    set_ = [*(set_ or []), *([f"model.name={baseline}"] if baseline else []),
+            *([f"eval.reference={reference}"] if reference else [])]
 
     def action(cfg: Config) -> str:
         target = model or out / "unlearn" / "final"

@@ -85,6 +85,9 @@ class EvalConfig:
     heldout_target: Path | None = Path("data/harry_potter/heldout.txt")
     membership_passage_tokens: int = 128
     membership_max_passages: int = 48  # target passages scored (evenly spread); held-out ones all
+    # a model that never saw the target (folder, .gguf, alias or hub id; the base model's tokenizer is
+    # used), scored beside the others: the mark forgetting should reach, and the PrivLeak reference
+    reference: str | None = None
     # verbatim memorisation: greedy continuations of target excerpts against the true text (0 skips it)
     verbatim_excerpts: int = 32
     verbatim_prompt_tokens: int = 64

@@ -8,6 +8,7 @@ fluency judged by the base model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -196,6 +197,16 @@ def add_specific_familiarity(results: dict[str, dict]) -> None:
         result["summary"]["target_specific_probes"] = len(chosen)
 
 
+def add_privleak(results: dict[str, dict]) -> None:
+    """MUSE's PrivLeak of the unlearned model: (AUC − reference AUC) / reference AUC for each membership
+    score; 0 is the reference's behaviour, negative is over-unlearning, positive is leakage."""
+    unlearned, reference = results["unlearned"]["summary"], results["reference"]["summary"]
+    for score in membership.SCORES:
+        key = f"membership_auc_{score}"
+        if key in unlearned and reference.get(key):
+            unlearned[f"privleak_{score}"] = (unlearned[key] - reference[key]) / reference[key]
+
+
 def eval_fingerprint(cfg: Config, model_path: Path) -> str:
     files = {
         name: artifacts.file_hash(path) if path is not None and path.is_file() else None
@@ -244,12 +255,21 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
     # the base model stays loaded as the judge of the unlearned model's fluency
     results["unlearned"] = evaluate_model(model, tokenizer, cfg.eval, "unlearned", judge=base, control=control,
                                           member_text=member_text)
+    del model
+    if cfg.eval.reference is not None:
+        reference_cfg = dataclasses.replace(cfg.model, name=cfg.eval.reference, revision=None)
+        reference = models.load_model(models.resolve(reference_cfg), reference_cfg)
+        results["reference"] = evaluate_model(reference, tokenizer, cfg.eval, "reference", judge=base,
+                                              control=control, member_text=member_text)
+        del reference
+        add_privleak(results)
     del base
     if control is not None and "target" in results["base"]["samples"]:
         add_specific_familiarity(results)
     ratio_intervals = intervals.add_intervals(results)
     report = {
-        "models": {"base": source.description, "unlearned": str(model_path)},
+        "models": {"base": source.description, "unlearned": str(model_path),
+                   **({"reference": cfg.eval.reference} if cfg.eval.reference else {})},
         "summary": {name: result["summary"] for name, result in results.items()},
         "intervals": {name: result["intervals"] for name, result in results.items()},
         "ratio_intervals": ratio_intervals,
@@ -288,6 +308,10 @@ FIGURES = (
     ("membership_auc_zlib", "membership inference AUC: zlib", "toward 0.5"),
     ("membership_auc_mink", "membership inference AUC: Min-K%", "toward 0.5"),
     ("membership_auc_minkpp", "membership inference AUC: Min-K%++", "toward 0.5"),
+    ("privleak_loss", "PrivLeak against the reference: loss", "toward 0"),
+    ("privleak_zlib", "PrivLeak: zlib", "toward 0"),
+    ("privleak_mink", "PrivLeak: Min-K%", "toward 0"),
+    ("privleak_minkpp", "PrivLeak: Min-K%++", "toward 0"),
     ("general_perplexity", "perplexity on general text", "keep"),
 )
 
@@ -304,34 +328,35 @@ def table_rows(summary: dict[str, dict[str, float]]) -> list[tuple[str, str, str
 
 
 def render_markdown(report: dict[str, Any]) -> str:
-    """The base vs. unlearned table, each figure with its bootstrap 95% interval."""
+    """One table: every figure for every model (base, unlearned, reference when given) with bootstrap
+    95% intervals, and the unlearned/base ratio."""
     summary, spans = report["summary"], report.get("intervals", {})
     ratio_spans = report.get("ratio_intervals", {})
+    names = list(summary)
 
-    def cell(value: float, span: list[float] | None, digits: int = 4) -> str:
+    def cell(value: float | None, span: list[float] | None, digits: int = 4) -> str:
+        if value is None:
+            return ""
         text = f"{value:.{digits}f}"
         return f"{text} [{span[0]:.{digits}f}, {span[1]:.{digits}f}]" if span else text
 
-    lines = [
-        "# whoharry evaluation",
+    lines = ["# whoharry evaluation", ""]
+    lines += [f"- {name}: `{where}`" for name, where in report["models"].items()]
+    lines += [
+        "- brackets: bootstrap 95% intervals over the probes, prompts, passages or text blocks "
+        "(paired for the ratio)",
         "",
-        f"- base: `{report['models']['base']}`",
-        f"- unlearned: `{report['models']['unlearned']}`",
-        "- brackets: bootstrap 95% intervals over the probes, prompts or text blocks (paired for the ratio)",
-        "",
-        "| figure | base | unlearned | unlearned / base |",
-        "| --- | ---: | ---: | ---: |",
+        "| figure | " + " | ".join(names) + " | unlearned / base |",
+        "|" + " --- |" + " ---: |" * (len(names) + 1),
     ]
     base, other = summary.get("base", {}), summary.get("unlearned", {})
     for key, label, _ in FIGURES:
-        if key not in base or key not in other:
+        if not any(key in summary[name] for name in names):
             continue
-        ratio = other[key] / base[key] if base[key] else float("nan")
-        lines.append(
-            f"| {label} | {cell(base[key], spans.get('base', {}).get(key))} "
-            f"| {cell(other[key], spans.get('unlearned', {}).get(key))} "
-            f"| {cell(ratio, ratio_spans.get(f'unlearned/{key}'), 3)} |"
-        )
+        cells = [cell(summary[name].get(key), spans.get(name, {}).get(key)) for name in names]
+        ratio = other[key] / base[key] if base.get(key) and key in other else None
+        cells.append(cell(ratio, ratio_spans.get(f"unlearned/{key}"), 3))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
