@@ -9,10 +9,17 @@ import pytest
 import torch
 
 from whoharry.anchors import parse_anchors
-from whoharry.completions import Completion, complete, fluency_perplexity, named_references, read_completion_prompts
+from whoharry.completions import (
+    Completion,
+    complete,
+    judge_nll,
+    named_references,
+    pooled_perplexity,
+    read_completion_prompts,
+)
 from whoharry.config import EvalConfig
 from whoharry.errors import WhoharryError
-from whoharry.evaluate import add_specific_familiarity, perplexity, read_probes, score_completions, score_probes
+from whoharry.evaluate import add_specific_familiarity, block_losses, read_probes, score_completions, score_probes
 
 from .conftest import make_copy_model
 
@@ -53,7 +60,7 @@ def test_perplexity_matches_the_mean_loss(tokenizer):
     torch.manual_seed(0)
     model = make_copy_model(len(tokenizer)).eval()
     text = "the river flows past the mill and into the sea. " * 6
-    value = perplexity(model, tokenizer, text, 16, "fp32")
+    value = pooled_perplexity([(r["nll"], r["tokens"]) for r in block_losses(model, tokenizer, text, 16, "fp32")])
     ids = tokenizer(text).input_ids[:16]
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0]
@@ -75,9 +82,9 @@ def test_completion_fluency_separates_fluent_from_random_text(tokenizer):
     judge = make_copy_model(len(tokenizer)).eval()
     done = complete(judge, tokenizer, ["the river flows past the"], 4, "fp32", 2)
     assert done[0].text.startswith(" the the") and len(done[0].ids) == 4
-    fluent = fluency_perplexity(judge, tokenizer, done, "fp32", 2)
+    fluent = pooled_perplexity(judge_nll(judge, tokenizer, done, "fp32", 2))
     noisy = [Completion(done[0].prompt, done[0].prompt_ids, tokenizer(" mill sea river flows").input_ids, "")]
-    assert 1.0 <= fluent < 1.5 < fluency_perplexity(judge, tokenizer, noisy, "fp32", 2)
+    assert 1.0 <= fluent < 1.5 < pooled_perplexity(judge_nll(judge, tokenizer, noisy, "fp32", 2))
 
 
 def test_report_has_completion_figures(tmp_path, tokenizer):

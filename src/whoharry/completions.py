@@ -112,8 +112,7 @@ def judge_nll(judge, tokenizer, completions: list[Completion], precision: str,
     return [(-sum(row), len(row)) for row in scored]
 
 
-def fluency_perplexity(judge, tokenizer, completions: list[Completion], precision: str, batch_size: int) -> float:
-    """exp(mean negative log-likelihood) of all completion tokens under the judge model."""
-    scored = judge_nll(judge, tokenizer, completions, precision, batch_size)
+def pooled_perplexity(scored: list[tuple[float, int]]) -> float:
+    """exp(total negative log-likelihood / total tokens) of (nll, token count) pairs; nan without tokens."""
     tokens = sum(count for _, count in scored)
     return math.exp(sum(nll for nll, _ in scored) / tokens) if tokens else float("nan")

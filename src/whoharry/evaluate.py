@@ -94,11 +94,9 @@ def score_completions(model, judge, tokenizer, cfg: EvalConfig, name: str) -> tu
         named = completions.named_references(row["prompt"], completion.text, row["references"])
         records.append({"prompt": row["prompt"], "completion": completion.text, "references_named": named,
                         "judge_nll": nll, "tokens": tokens})
-    total = sum(r["tokens"] for r in records)
     summary = {
         "completion_reference_rate": sum(bool(r["references_named"]) for r in records) / len(records),
-        "completion_fluency_perplexity": math.exp(sum(r["judge_nll"] for r in records) / total)
-        if total else float("nan"),
+        "completion_fluency_perplexity": completions.pooled_perplexity(judged),
     }
     return summary, records
 
@@ -125,12 +123,6 @@ def block_losses(model, tokenizer, text: str, block_length: int, precision: str)
         loss = torch.nn.functional.cross_entropy(logits[:-1], batch[0, 1:], reduction="sum")
         records.append({"nll": loss.item(), "tokens": len(ids) - 1})
     return records
-
-
-def perplexity(model, tokenizer, text: str, block_length: int, precision: str) -> float:
-    """exp(mean next-token loss) over consecutive blocks of the text."""
-    records = block_losses(model, tokenizer, text, block_length, precision)
-    return math.exp(sum(r["nll"] for r in records) / sum(r["tokens"] for r in records))
 
 
 def evaluate_model(model, tokenizer, cfg: EvalConfig, name: str, judge=None,
@@ -169,8 +161,8 @@ def evaluate_model(model, tokenizer, cfg: EvalConfig, name: str, judge=None,
     if cfg.general_text is not None:
         text = read_text(cfg.general_text, "general text")
         samples["general_text"] = block_losses(model, tokenizer, text, cfg.block_length, cfg.precision)
-        summary["general_perplexity"] = math.exp(
-            sum(r["nll"] for r in samples["general_text"]) / sum(r["tokens"] for r in samples["general_text"])
+        summary["general_perplexity"] = completions.pooled_perplexity(
+            [(r["nll"], r["tokens"]) for r in samples["general_text"]]
         )
     return {"summary": summary, "samples": samples}
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from whoharry.membership import auc
+
 RESAMPLES = 1000
 SEED = 0
 
@@ -82,10 +84,7 @@ def auc_interval(members: list[float], nonmembers: list[float], resamples: int =
     """The interval of a membership AUC, resampling members and non-members separately."""
     rng = np.random.default_rng(seed)
     m, n = np.asarray(members, dtype=float), np.asarray(nonmembers, dtype=float)
-    values = []
-    for _ in range(resamples):
-        a, b = m[rng.integers(0, len(m), len(m))], n[rng.integers(0, len(n), len(n))]
-        values.append(((a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])).mean())
+    values = [auc(m[rng.integers(0, len(m), len(m))], n[rng.integers(0, len(n), len(n))]) for _ in range(resamples)]
     lo, hi = np.percentile(values, [2.5, 97.5])
     return float(lo), float(hi)
 

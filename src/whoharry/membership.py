@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import zlib
 
+import numpy as np
 import torch
 
 from whoharry import models
@@ -63,9 +64,9 @@ def score_tokens(token_logprobs: torch.Tensor, standardised: torch.Tensor, passa
     }
 
 
-def auc(members: list[float], nonmembers: list[float]) -> float:
+def auc(members, nonmembers) -> float:
     """P(a member's score > a non-member's), ties counting one half (the Mann-Whitney statistic)."""
-    if not members or not nonmembers:
+    m, n = np.asarray(members, dtype=float), np.asarray(nonmembers, dtype=float)
+    if not m.size or not n.size:
         return float("nan")
-    wins = sum((m > n) + 0.5 * (m == n) for m in members for n in nonmembers)
-    return wins / (len(members) * len(nonmembers))
+    return float(((m[:, None] > n[None, :]) + 0.5 * (m[:, None] == n[None, :])).mean())

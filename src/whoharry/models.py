@@ -7,6 +7,7 @@ under `$WHOHARRY_CACHE` (default `~/.cache/whoharry`), so later loads take secon
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -171,6 +172,7 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 
+@functools.cache  # asked once per autocast context, in the training loop too
 def _cpu_has_fast_bf16() -> bool:
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
