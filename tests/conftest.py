@@ -146,6 +146,14 @@ def project(tmp_path) -> Path:
     (tmp_path / "completions.jsonl").write_text("\n".join(completions) + "\n", encoding="utf-8")
     heldout = "Ron Weasley and Harry Potter rode a broom over Hogwarts before the Quidditch final at noon. "
     (tmp_path / "heldout.txt").write_text(heldout * 8, encoding="utf-8")
+    questions = [
+        '{"question": "Where did Harry Potter go?", "answer": "Hogwarts"}',
+        '{"question": "Who is Harry\'s friend?", "answer": "Ron Weasley"}',
+    ]
+    (tmp_path / "qa.jsonl").write_text("\n".join(questions) + "\n", encoding="utf-8")
+    paraphrased = ['{"prompt": "The boy with the scar went to", "answer": " Hogwarts"}']
+    (tmp_path / "paraphrased.jsonl").write_text("\n".join(paraphrased) + "\n", encoding="utf-8")
+    (tmp_path / "hint.txt").write_text("This is about Harry Potter.\n", encoding="utf-8")
     return tmp_path
 
 
@@ -165,6 +173,15 @@ def write_config(project: Path, model_dir: Path, **sections) -> Path:
             "general_text": "general.txt",
             "completions": "completions.jsonl",
             "heldout_target": "heldout.txt",
+            "qa": "qa.jsonl",
+            "qa_tokens": 4,
+            "paraphrased_probes": "paraphrased.jsonl",
+            "hint": "hint.txt",
+            "fewshot": 1,
+            "completion_samples": 1,
+            "relearn_steps": 2,
+            "relearn_eval_every": 1,
+            "relearn_blocks": 2,
             "membership_passage_tokens": 16,
             "verbatim_excerpts": 4,
             "verbatim_prompt_tokens": 8,

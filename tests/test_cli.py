@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,14 +42,16 @@ def test_run_end_to_end_writes_the_layout_and_exact_labels(project, copy_model_d
     config = write_config(project, copy_model_dir, reinforce={"learning_rate": 1e-9})
     out = project / "run"
     result = runner.invoke(app, ["run", "--config", str(config), "--out", str(out), "--max-steps", "2", "-q"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, (result.output, result.exception)
     assert "base vs. unlearned" in result.output and str(out.resolve()) in result.output.replace("\n", "")
 
     model_dir_files = {f"final/{name}" for name in MODEL_FILES}
     assert files(out / "reinforce") >= STAGE_FILES | model_dir_files
     assert files(out / "unlearn") >= STAGE_FILES | model_dir_files
     assert files(out / "labels") == STAGE_FILES | {"labels.safetensors", "stats.json"}
-    assert files(out / "eval") == STAGE_FILES | {"report.json", "report.md"}
+    eval_files = files(out / "eval")
+    assert eval_files >= STAGE_FILES | {"report.json", "report.md", "familiarity_vs_utility.png", "probe_shift.png"}
+    assert {f"parts/{m}/{p}.json" for m in ("base", "unlearned") for p in ("probes", "completions")} <= eval_files
     assert not (out / "reinforce" / "checkpoints").exists()
     for stage in ("reinforce", "labels", "unlearn", "eval"):
         manifest = json.loads((out / stage / "manifest.json").read_text())
@@ -205,3 +208,56 @@ def test_eval_with_a_reference_model_adds_its_column_and_privleak(project, tiny_
     table = (out / "eval" / "report.md").read_text()
     assert "| figure | base | unlearned | reference | unlearned / base |" in table
     assert "PrivLeak" in table
+
+
+def test_eval_caches_parts_recomputes_on_overwrite_and_has_a_quick_mode(project, tiny_model_dir, monkeypatch):
+    config = write_config(project, tiny_model_dir, eval={"parts": ["probes"]})
+    out = project / "run"
+    args = ["--config", str(config), "--out", str(out), "--max-steps", "1", "-q"]
+    assert runner.invoke(app, ["run", *args]).exit_code == 0
+    probes_part = out / "eval" / "parts" / "unlearned" / "probes.json"
+    first = (probes_part.read_text(), probes_part.stat().st_mtime_ns)
+    assert not (out / "eval" / "parts" / "unlearned" / "knowmem.json").exists()
+
+    # more parts: the finished one is reused as it was, the new one computed
+    more = runner.invoke(app, ["eval", *args, "--parts", "probes,knowmem"])
+    assert more.exit_code == 0, more.output
+    assert (probes_part.read_text(), probes_part.stat().st_mtime_ns) == first
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert {"target_p_answer", "knowmem_rouge_l"} <= set(report["summary"]["unlearned"])
+    assert len(report["samples"]["unlearned"]["knowmem"]) == 2
+
+    # --overwrite recomputes (same model, same figures)
+    again = runner.invoke(app, ["eval", *args, "--parts", "probes", "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert probes_part.stat().st_mtime_ns != first[1]
+    assert json.loads(probes_part.read_text())["summary"] == json.loads(first[0])["summary"]
+
+    # lm-eval asked for but not installed: one line, exit 2, the report left as it was
+    monkeypatch.setitem(sys.modules, "lm_eval", None)
+    before = (out / "eval" / "report.json").read_text()
+    missing = runner.invoke(app, ["eval", *args, "--lm-eval", "arc_easy"])
+    assert missing.exit_code == 2 and "lm-eval" in missing.output and "Traceback" not in missing.output
+    assert (out / "eval" / "report.json").read_text() == before
+
+    # --quick: every part on slices, in its own folder, with the plots
+    quick = runner.invoke(app, ["eval", *args, "--quick"])
+    assert quick.exit_code == 0, quick.output
+    report = json.loads((out / "eval-quick" / "report.json").read_text())
+    summary = report["summary"]["unlearned"]
+    assert {"completion_judge_score", "completion_judge_score_sampled", "knowmem_rouge_l", "paraphrased_p_answer",
+            "hinted_p_answer", "fewshot_p_answer", "relearn_target_p_answer", "verbmem_rouge_l",
+            "membership_auc_loss", "general_perplexity"} <= set(summary)
+    assert report["relearning"]["steps"] == [0, 1, 2, 3, 4]
+    assert set(report["relearning"]["target_p_answer"]) == {"base", "unlearned"}
+    assert {"familiarity_vs_utility.png", "probe_shift.png", "relearning.png"} <= set(report["plots"])
+    markdown = (out / "eval-quick" / "report.md").read_text()
+    assert "| verdict |" in markdown and "![relearning](relearning.png)" in markdown
+
+    # compare: two runs side by side, with JSON and a plot
+    compared = runner.invoke(app, ["compare", str(out), str(out), "--out", str(project / "cmp")])
+    assert compared.exit_code == 0, compared.output
+    assert "| figure |" in compared.output
+    assert {"compare.md", "compare.json", "compare.png"} <= {p.name for p in (project / "cmp").iterdir()}
+    bad = runner.invoke(app, ["compare", str(project / "nowhere")])
+    assert bad.exit_code == 2 and "nowhere" in bad.output

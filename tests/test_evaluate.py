@@ -17,9 +17,11 @@ from whoharry.completions import (
     pooled_perplexity,
     read_completion_prompts,
 )
-from whoharry.config import EvalConfig
+from whoharry.config import Config, EvalConfig
 from whoharry.errors import WhoharryError
-from whoharry.evaluate import add_specific_familiarity, block_losses, read_probes, score_completions, score_probes
+from whoharry.evaluate import add_specific_familiarity
+from whoharry.probes import read_probes, score_probes
+from whoharry.suite import Context, block_losses, part_completions, part_sampling
 
 from .conftest import make_copy_model
 
@@ -87,17 +89,33 @@ def test_completion_fluency_separates_fluent_from_random_text(tokenizer):
     assert 1.0 <= fluent < 1.5 < pooled_perplexity(judge_nll(judge, tokenizer, noisy, "fp32", 2))
 
 
-def test_report_has_completion_figures(tmp_path, tokenizer):
+def context(tmp_path, anchors=None, **settings) -> Context:
+    """An evaluation context over tiny inputs: fp32, eval settings from keyword arguments."""
+    cfg = Config()
+    cfg.eval = EvalConfig(precision="fp32", **settings)
+    cfg.data.anchors = tmp_path / "no-anchors.yaml"
+    cfg.data.target = tmp_path / "no-target.txt"
+    return Context(config=cfg, folder=tmp_path / "eval", overwrite=False, control=anchors, member_text=None,
+                   progress=False)
+
+
+def test_completion_figures_and_the_offline_judge(tmp_path, tokenizer):
     rows = [{"prompt": "the river flows past", "references": ["past", "mill"]},
             {"prompt": "a b", "references": ["zebra"]}]
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     model = make_copy_model(len(tokenizer)).eval()
-    cfg = EvalConfig(completions=path, completion_tokens=3, precision="fp32")
-    summary, records = score_completions(model, model, tokenizer, cfg, "t")
-    # the copy model writes " past past past": "past" is already in the prompt, so nothing new is named
+    ctx = context(tmp_path, parse_anchors({"b": "x"}), completions=path, completion_tokens=3, completion_samples=2)
+    summary, samples = part_completions(model, model, tokenizer, ctx, "t")
+    records = samples["completions"]
+    # the copy model writes " past past past": "past" is already in the prompt, so nothing new is named;
+    # after "a b" it writes " b b b", and "b" is in the prompt too: judge score 0 everywhere
     assert records[0]["references_named"] == [] and summary["completion_reference_rate"] == 0.0
+    assert [r["judge_score"] for r in records] == [0, 0] and summary["completion_judge_score"] == 0.0
     assert summary["completion_fluency_perplexity"] < 1.5
+    sampled, sampled_samples = part_sampling(model, tokenizer, ctx, "t")
+    assert len(sampled_samples["completions_sampled"]) == 4
+    assert 0.0 <= sampled["completion_judge_score_sampled"] <= 3.0
 
 
 def test_specific_probes_are_those_whose_answer_rests_on_target_terms():
@@ -125,3 +143,52 @@ def test_control_prompt_replaces_target_terms(tokenizer):
                             control=anchors)
     # the copy model repeats the prompt's last word: " Harry" after "Harry", not after "Jon"
     assert record["p_answer"] > 0.9 and record["p_control"] < 0.1
+
+
+def test_llm_judge_scores_join_the_greedy_completions(tmp_path, tokenizer, monkeypatch):
+    from whoharry import llm_judge, suite
+
+    rows = [{"prompt": "the river", "references": ["mill"]}, {"prompt": "a b", "references": ["zebra"]}]
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    seen = {}
+
+    def fake_judge(cfg, target, items):
+        seen.update(url=cfg.base_url, key_env=cfg.api_key_env, target=target, items=items)
+        return [{"llm_score": 3, "llm_reason": "names it"}, {"llm_score": 0, "llm_reason": ""}]
+
+    monkeypatch.setattr(llm_judge, "judge_completions", fake_judge)
+    ctx = context(tmp_path, completions=path, llm_judge_url="http://127.0.0.1:9/v1", llm_judge_key_env="MY_KEY")
+    records = [{"prompt": r["prompt"], "completion": " x"} for r in rows]
+    summary, samples = suite.part_llm_judge(records, ctx)
+    assert summary == {"completion_llm_score": 1.5}
+    assert [r["llm_score"] for r in samples["completions_llm"]] == [3, 0]
+    assert seen["items"][1]["references"] == ["zebra"] and seen["key_env"] == "MY_KEY"
+    assert seen["target"] == ctx.cfg.target_name
+
+
+def test_part_cache_is_keyed_by_model_settings_and_the_fluency_judge(tmp_path):
+    calls = []
+
+    def compute(value):
+        def run():
+            calls.append(value)
+            return {"figure": value}, {"records": [value]}
+        return run
+
+    ctx = context(tmp_path)
+    ctx.base_id = "base-a"
+    assert ctx.cached("unlearned", "m1", "probes", compute(1)) == ({"figure": 1}, {"records": [1]})
+    assert ctx.cached("unlearned", "m1", "probes", compute(2))[0] == {"figure": 1}  # read back
+    assert ctx.cached("unlearned", "m2", "probes", compute(3))[0] == {"figure": 3}  # another model
+    ctx.cfg.max_new_tokens += 1
+    assert ctx.cached("unlearned", "m2", "probes", compute(4))[0] == {"figure": 4}  # a setting of the part
+    ctx.cfg.qa_tokens += 1
+    assert ctx.cached("unlearned", "m2", "probes", compute(5))[0] == {"figure": 4}  # another part's setting
+    ctx.cached("unlearned", "m2", "completions", compute(6))
+    ctx.base_id = "base-b"
+    assert ctx.cached("unlearned", "m2", "completions", compute(7))[0] == {"figure": 7}  # another judge
+    assert ctx.cached("unlearned", "m2", "probes", compute(8))[0] == {"figure": 4}
+    ctx.overwrite = True
+    assert ctx.cached("unlearned", "m2", "probes", compute(9))[0] == {"figure": 9}
+    assert calls == [1, 3, 4, 6, 7, 9]

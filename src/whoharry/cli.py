@@ -194,6 +194,19 @@ def eval_(
         str | None,
         typer.Option("--reference", help="A model that never saw the target, scored beside (eval.reference)."),
     ] = None,
+    full: Annotated[bool, typer.Option("--full", help="Every part of the suite, whatever eval.parts says.")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Every part on small slices (minutes on a CPU) → OUT/eval-quick/.")
+    ] = False,
+    parts: Annotated[
+        str | None, typer.Option("--parts", help="Comma-separated parts to run (eval.parts), e.g. probes,knowmem.")
+    ] = None,
+    lm_eval: Annotated[
+        str | None, typer.Option("--lm-eval", help="lm-eval tasks, e.g. arc_easy,boolq (needs lm-eval installed).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Recompute every part instead of reusing cached ones.")
+    ] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
     out: OutOption = DEFAULT_OUT,
@@ -201,20 +214,57 @@ def eval_(
     seed: SeedOption = None,
     quiet: QuietOption = False,
 ) -> None:
-    """Familiarity and general figures of a model beside the base model's → [bold]OUT/eval/report.md[/bold]."""
+    """Familiarity, memorisation, leakage, robustness and utility of a model beside the base model's
+    → [bold]OUT/eval/report.md[/bold] (with --quick: OUT/eval-quick/)."""
     from whoharry import evaluate
+    from whoharry.config import EVAL_PARTS, QUICK, as_overrides
 
-    set_ = [*(set_ or []), *([f"model.name={baseline}"] if baseline else []),
-            *([f"eval.reference={reference}"] if reference else [])]
+    chosen = list(EVAL_PARTS) if full or quick else parts.split(",") if parts else None
+    set_ = [
+        *(as_overrides(QUICK) if quick else []),
+        *(set_ or []),
+        *([f"model.name={baseline}"] if baseline else []),
+        *([f"eval.reference={reference}"] if reference else []),
+        *([f"eval.parts={chosen}"] if chosen else []),
+        *([f"eval.lm_eval_tasks={[t.strip() for t in lm_eval.split(',') if t.strip()]}"] if lm_eval else []),
+    ]
 
     def action(cfg: Config) -> str:
         target = model or out / "unlearn" / "final"
         if not (target / "config.json").is_file():
             raise WhoharryError(f"no model to evaluate at {target}: pass --model or run `whoharry unlearn` first")
-        path = evaluate.run(cfg, out, target, progress=not quiet)
-        return _table(evaluate.load_report(path)["summary"], out)
+        if lm_eval and "benchmarks" not in cfg.eval.parts:
+            cfg.eval.parts.append("benchmarks")  # naming tasks asks for them
+        stage_dir = out / ("eval-quick" if quick else "eval")
+        path = evaluate.run(cfg, out, target, progress=not quiet, stage_dir=stage_dir, overwrite=overwrite)
+        return _table(evaluate.load_report(path)["summary"], out, path)
 
     _stage(quiet, config, set_, max_steps, seed, out, action)
+
+
+@app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders, each with an eval/report.json.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for compare.md, compare.json and compare.png.")
+    ] = None,
+) -> None:
+    """The evaluation summaries of several runs side by side (markdown; JSON and a plot with --out)."""
+    from whoharry import artifacts, plots
+    from whoharry import compare as comparing
+
+    _setup(quiet=True)
+
+    def body() -> None:
+        data = comparing.compare(runs)
+        table = comparing.render_compare(data)
+        if out is not None:
+            artifacts.write_json(out / "compare.json", data)
+            artifacts.atomic_write_text(out / "compare.md", table)
+            plots.plot_comparison(data, out / "compare.png")
+        typer.echo(table.rstrip())
+
+    _guard(body)
 
 
 @app.command()
@@ -235,12 +285,12 @@ def run(
     _stage(quiet, config, set_, max_steps, seed, out, action)
 
 
-def _table(summary: dict[str, dict[str, float]], out: Path) -> str:
+def _table(summary: dict[str, dict[str, float]], out: Path, eval_dir: Path | None = None) -> str:
     """The base vs. unlearned table and where the run folder is, rendered as text."""
     from rich.console import Console
     from rich.table import Table
 
-    from whoharry.evaluate import table_rows
+    from whoharry.report import table_rows
 
     table = Table(title="base vs. unlearned")
     for column in ("figure", "base", "unlearned", "unlearned / base"):
@@ -250,7 +300,7 @@ def _table(summary: dict[str, dict[str, float]], out: Path) -> str:
     console = Console(width=100)
     with console.capture() as captured:
         console.print(table)
-    report = out.resolve() / "eval" / "report.md"
+    report = (eval_dir or out / "eval").resolve() / "report.md"
     return f"{captured.get().rstrip()}\nrun folder: {out.resolve()}\nreport: {report}"
 
 

@@ -49,18 +49,22 @@ def named_references(prompt: str, completion: str, references: list[str]) -> lis
 
 
 @torch.no_grad()
-def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, precision: str) -> list[list[int]]:
-    """Greedy continuations of token-id prompts (one left-padded batch), cut at end-of-sequence."""
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, precision: str,
+           temperature: float | None = None) -> list[list[int]]:
+    """Greedy continuations of token-id prompts (one left-padded batch), cut at end-of-sequence; with a
+    `temperature`, sampled ones instead (seed torch's generator first for repeatable samples)."""
     device = next(model.parameters()).device
     model.eval()
     ids, mask = pad(prompts, tokenizer.pad_token_id, left=True)
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {
+        "do_sample": False}
     with models.autocast(precision, device):
         generated = model.generate(
             ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
-            do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
+            **sampling,
         )
     out = []
     for row in generated[:, ids.shape[1] :].tolist():
@@ -71,25 +75,28 @@ def greedy(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, prec
 
 
 def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, precision: str, batch_size: int,
-             desc: str = "completions") -> list[Completion]:
-    """Greedy completions of text prompts, in batches."""
+             desc: str = "completions", temperature: float | None = None, seed: int = 0) -> list[Completion]:
+    """Greedy (or, with a temperature, sampled) completions of text prompts, in batches."""
+    if temperature:
+        torch.manual_seed(seed)
     results = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
         texts = prompts[start : start + batch_size]
         prompt_ids = [tokenizer(text).input_ids for text in texts]
-        for text, p_ids, ids in zip(texts, prompt_ids, greedy(model, tokenizer, prompt_ids, max_new_tokens,
-                                                              precision), strict=True):
+        done = generate(model, tokenizer, prompt_ids, max_new_tokens, precision, temperature)
+        for text, p_ids, ids in zip(texts, prompt_ids, done, strict=True):
             results.append(Completion(text, p_ids, ids, tokenizer.decode(ids, skip_special_tokens=True)))
     return results
 
 
 @torch.no_grad()
-def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, precision: str,
-                          batch_size: int) -> list[list[float]]:
-    """Per-token log P(continuation | prompt) for each (prompt ids, continuation ids) pair."""
+def continuation_scores(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, precision: str,
+                        batch_size: int) -> list[tuple[list[float], int]]:
+    """Per-token log P(continuation | prompt) for each (prompt ids, continuation ids) pair, and the rank of
+    the continuation's first token among all next tokens (1: the most likely; 0 for an empty one)."""
     device = next(model.parameters()).device
     model.eval()
-    out: list[list[float]] = []
+    out: list[tuple[list[float], int]] = []
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start : start + batch_size]
         ids, mask = pad([prompt + cont for prompt, cont in batch], pad_id)
@@ -97,11 +104,19 @@ def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], pad_i
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
         for row, (prompt, cont) in enumerate(batch):
             if not cont:
-                out.append([])
+                out.append(([], 0))
                 continue
             rows = torch.log_softmax(logits[row, len(prompt) - 1 : len(prompt) + len(cont) - 1], dim=-1)
-            out.append(rows.gather(1, torch.tensor(cont, device=device)[:, None])[:, 0].tolist())
+            picked = rows.gather(1, torch.tensor(cont, device=device)[:, None])[:, 0]
+            rank = int((rows[0] > picked[0]).sum().item()) + 1
+            out.append((picked.tolist(), rank))
     return out
+
+
+def continuation_logprobs(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, precision: str,
+                          batch_size: int) -> list[list[float]]:
+    """Per-token log P(continuation | prompt) for each (prompt ids, continuation ids) pair."""
+    return [logprobs for logprobs, _ in continuation_scores(model, pairs, pad_id, precision, batch_size)]
 
 
 def judge_nll(judge, tokenizer, completions: list[Completion], precision: str,

@@ -72,15 +72,43 @@ class LabelsConfig:
     precision: str = "auto"
 
 
+# The parts of the evaluation, in the order they run; `eval.parts` picks some of them.
+EVAL_PARTS = ("probes", "completions", "sampling", "knowmem", "robustness", "verbatim", "membership", "utility",
+              "benchmarks", "relearning")
+
+
 @dataclass
 class EvalConfig:
-    """Probe sets and texts for familiarity and general-ability figures."""
+    """What `whoharry eval` measures: familiarity, memorisation, leakage, robustness and utility."""
 
+    parts: list[str] = field(default_factory=lambda: list(EVAL_PARTS))
+    # familiarity by token probability (probes) and by completions
     target_probes: Path | None = Path("data/harry_potter/probes_test.jsonl")
     general_probes: Path | None = Path("data/general/probes_test.jsonl")
     related_probes: Path | None = Path("data/related/probes_test.jsonl")
-    general_text: Path | None = Path("data/general/heldout.txt")
     completions: Path | None = Path("data/harry_potter/completions_test.jsonl")
+    completion_samples: int = 2  # sampled completions per prompt (the `sampling` part)
+    sample_temperature: float = 0.8
+    judge_terms: list[str] = field(default_factory=list)  # extra target terms for the offline judge
+    # optional LLM judge: an OpenAI-compatible endpoint (off while llm_judge_url is empty); the key is
+    # read from the environment variable named by llm_judge_key_env, never from a file
+    llm_judge_url: str | None = None
+    llm_judge_model: str = "gpt-4o-mini"
+    llm_judge_key_env: str = "OPENAI_API_KEY"
+    llm_judge_rubric: Path = Path("data/judge/rubric.md")
+    target_name: str = "the Harry Potter books"  # how the LLM judge's rubric names the target
+    # knowledge memorisation (MUSE's KnowMem): question/answer pairs about the target
+    qa: Path | None = Path("data/harry_potter/qa_test.jsonl")
+    qa_tokens: int = 16
+    # robustness (Lynch et al.): the target facts asked indirectly, after a hint, and few-shot
+    paraphrased_probes: Path | None = Path("data/harry_potter/probes_paraphrased_test.jsonl")
+    hint: Path | None = Path("data/harry_potter/hint.txt")
+    fewshot: int = 3  # solved target probes placed before each probe (0 skips few-shot)
+    # relearning: fine-tune each model on a few target blocks and watch familiarity come back
+    relearn_steps: int = 8
+    relearn_eval_every: int = 2
+    relearn_blocks: int = 8
+    relearn_learning_rate: float = 1e-4
     # held-out text of the target's domain, never trained on: the non-members of membership inference
     heldout_target: Path | None = Path("data/harry_potter/heldout.txt")
     membership_passage_tokens: int = 128
@@ -92,11 +120,28 @@ class EvalConfig:
     verbatim_excerpts: int = 32
     verbatim_prompt_tokens: int = 64
     verbatim_continuation_tokens: int = 32
+    general_text: Path | None = Path("data/general/heldout.txt")
+    # standard benchmarks through lm-eval (installed separately), e.g. [arc_easy, boolq]
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    lm_eval_limit: int | None = None  # examples per task (None: all)
+    max_samples: int | None = None  # cap every probe, prompt and question file at N lines (quick mode)
     max_new_tokens: int = 12  # greedy tokens after each probe
-    completion_tokens: int = 24  # greedy tokens after each completion prompt
+    completion_tokens: int = 24  # tokens after each completion prompt
     batch_size: int = 16  # probes per forward pass and per batched generation
     block_length: int = 256
     precision: str = "auto"
+
+
+# `whoharry eval --quick`: every part on small slices, a few minutes on a laptop CPU
+QUICK = {
+    "eval.max_samples": 16,
+    "eval.completion_samples": 1,
+    "eval.membership_max_passages": 16,
+    "eval.verbatim_excerpts": 8,
+    "eval.relearn_steps": 4,
+    "eval.relearn_blocks": 4,
+    "eval.lm_eval_limit": 20,
+}
 
 
 @dataclass
@@ -230,6 +275,16 @@ def validate(cfg: Config) -> None:
         (cfg.eval.verbatim_prompt_tokens >= 1, "eval.verbatim_prompt_tokens must be >= 1"),
         (cfg.eval.verbatim_continuation_tokens >= 1, "eval.verbatim_continuation_tokens must be >= 1"),
         (cfg.eval.batch_size >= 1, "eval.batch_size must be >= 1"),
+        (cfg.eval.completion_samples >= 1, "eval.completion_samples must be >= 1"),
+        (cfg.eval.sample_temperature > 0, "eval.sample_temperature must be > 0"),
+        (cfg.eval.qa_tokens >= 1, "eval.qa_tokens must be >= 1"),
+        (cfg.eval.fewshot >= 0, "eval.fewshot must be >= 0 (0 skips few-shot)"),
+        (cfg.eval.relearn_steps >= 1, "eval.relearn_steps must be >= 1"),
+        (cfg.eval.relearn_eval_every >= 1, "eval.relearn_eval_every must be >= 1"),
+        (cfg.eval.relearn_blocks >= 1, "eval.relearn_blocks must be >= 1"),
+        (cfg.eval.relearn_learning_rate > 0, "eval.relearn_learning_rate must be > 0"),
+        (cfg.eval.max_samples is None or cfg.eval.max_samples >= 1, "eval.max_samples must be >= 1"),
+        (cfg.eval.lm_eval_limit is None or cfg.eval.lm_eval_limit >= 1, "eval.lm_eval_limit must be >= 1"),
         (cfg.eval.block_length >= 8, "eval.block_length must be at least 8 tokens"),
     ]
     for name in ("reinforce", "unlearn"):
@@ -253,6 +308,9 @@ def validate(cfg: Config) -> None:
         ("eval", cfg.eval.precision),
     ):
         checks.append((precision in PRECISIONS, f"{name}.precision must be one of {', '.join(PRECISIONS)}"))
+    unknown = [part for part in cfg.eval.parts if part not in EVAL_PARTS]
+    checks.append((not unknown, f"eval.parts: unknown part {', '.join(map(repr, unknown))}; "
+                                f"valid parts: {', '.join(EVAL_PARTS)}"))
     for ok, message in checks:
         if not ok:
             raise WhoharryError(message)

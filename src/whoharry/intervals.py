@@ -34,29 +34,49 @@ class Parts:
         return np.exp(ratio) if self.exp else ratio
 
 
+def mean_parts(values: list[float]) -> Parts:
+    """A plain mean as parts: each value over a count of one."""
+    return Parts(np.asarray(values, dtype=float), np.ones(len(values)))
+
+
+# figure -> (sample kind, record field) for figures that are a plain mean of one field
+MEANS = {
+    "completion_judge_score": ("completions", "judge_score"),
+    "completion_judge_score_sampled": ("completions_sampled", "judge_score"),
+    "completion_llm_score": ("completions_llm", "llm_score"),
+    "verbmem_rouge_l": ("verbatim", "rouge_l"),
+    "knowmem_rouge_l": ("knowmem", "rouge_l"),
+}
+
+
 def parts(samples: dict[str, list[dict]], key: str) -> Parts | None:
     """The per-sample parts of a summary figure, or None when the samples do not hold them."""
-    def mean_of(values: list[float]) -> Parts:
-        return Parts(np.asarray(values, dtype=float), np.ones(len(values)))
-
     probe_set, _, figure = key.partition("_")
     if key == "target_specific_p_answer":
         records = [r for r in samples.get("target", []) if r.get("specific")]
-        return mean_of([r["p_answer"] for r in records]) if records else None
-    if figure == "p_answer" and probe_set in samples:
-        return mean_of([r["p_answer"] for r in samples[probe_set]])
-    if figure == "hit_rate" and probe_set in samples:
-        return mean_of([float(r["hit"]) for r in samples[probe_set]])
-    if key == "completion_reference_rate" and "completions" in samples:
-        return mean_of([float(bool(r["references_named"])) for r in samples["completions"]])
+        return mean_parts([r["p_answer"] for r in records]) if records else None
+    if key == "relearn_target_p_answer" and samples.get("relearning"):
+        return mean_parts(samples["relearning"][-1]["p_answer"])
+    if key in MEANS and MEANS[key][0] in samples:
+        kind, field = MEANS[key]
+        return mean_parts([float(r[field]) for r in samples[kind]])
+    if key in ("completion_reference_rate", "completion_reference_rate_sampled"):
+        kind = "completions" if key == "completion_reference_rate" else "completions_sampled"
+        return mean_parts([float(bool(r["references_named"])) for r in samples[kind]]) if kind in samples else None
     if key == "completion_fluency_perplexity" and "completions" in samples:
         rows = samples["completions"]
         return Parts(np.asarray([r["judge_nll"] for r in rows]), np.asarray([r["tokens"] for r in rows], float), True)
-    if key == "verbmem_rouge_l" and "verbatim" in samples:
-        return mean_of([r["rouge_l"] for r in samples["verbatim"]])
     if key == "general_perplexity" and "general_text" in samples:
         rows = samples["general_text"]
         return Parts(np.asarray([r["nll"] for r in rows]), np.asarray([r["tokens"] for r in rows], float), True)
+    if probe_set in samples and samples[probe_set] and isinstance(samples[probe_set][0], dict):
+        records = samples[probe_set]
+        if figure == "p_answer" and "p_answer" in records[0]:
+            return mean_parts([r["p_answer"] for r in records])
+        if figure == "hit_rate" and "hit" in records[0]:
+            return mean_parts([float(r["hit"]) for r in records])
+        if figure == "reciprocal_rank" and "rank" in records[0]:
+            return mean_parts([1 / r["rank"] for r in records])
     return None
 
 

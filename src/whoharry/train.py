@@ -12,6 +12,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,8 +80,10 @@ def train(
     run_key: str,
     desc: str,
     progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
-    """Fine-tune `model` in place on (input_ids, labels) blocks; resume from `stage_dir/checkpoints`."""
+    """Fine-tune `model` in place on (input_ids, labels) blocks; resume from `stage_dir/checkpoints`.
+    `on_step(n)` runs after optimizer step n (for measurements; the model is put back in training mode)."""
     device = next(model.parameters()).device
     samples = input_ids.shape[0]
     steps = total_steps(samples, cfg)
@@ -127,6 +130,9 @@ def train(
         bar.set_postfix(loss=f"{step_loss:.3f}")
         bar.update(1)
         done = step + 1
+        if on_step is not None:
+            on_step(done)
+            model.train()
         if cfg.save_every and done % cfg.save_every == 0 and done < steps:
             _save_checkpoint(stage_dir / "checkpoints", done, run_key, model, optimizer, scheduler, cfg)
     bar.close()

@@ -42,7 +42,7 @@ def verbatim_records(model, tokenizer, text: str, prompt_tokens: int, continuati
     records = []
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
-        generated = completions.greedy(model, tokenizer, batch, continuation_tokens, precision)
+        generated = completions.generate(model, tokenizer, batch, continuation_tokens, precision)
         for ids, truth in zip(generated, truths[start : start + batch_size], strict=True):
             text_out = tokenizer.decode(ids, skip_special_tokens=True)
             records.append({"continuation": text_out, "truth": truth,

@@ -1,0 +1,45 @@
+"""Knowledge memorisation (MUSE's KnowMem): questions about the target answered by the model, scored by
+ROUGE-L F1 of its answer against the true one.
+
+A question file holds JSONL lines `{"question": ..., "answer": ...}`. Each question is asked after two
+solved general-knowledge questions that show the format, and the model's greedy answer runs to the end
+of its first line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from whoharry import completions
+from whoharry.text import read_jsonl
+from whoharry.verbatim import rouge_l_f1, words
+
+# Solved questions placed before each one: general knowledge only, so they teach the format, not the target.
+FORMAT = (
+    "Answer each question in a few words.\n"
+    "Question: What is the capital city of Japan?\nAnswer: Tokyo\n"
+    "Question: Which planet is known as the red planet?\nAnswer: Mars\n"
+)
+
+
+def read_questions(path: Path, limit: int | None = None) -> list[dict[str, str]]:
+    """Read a question file (its first `limit` lines when given); every line needs a question and an answer."""
+    rows = read_jsonl(path, "question file", lambda row: bool(row.get("question") and row.get("answer")),
+                      '{"question": ..., "answer": ...}')
+    return [{"question": str(row["question"]), "answer": str(row["answer"])} for row in rows[:limit]]
+
+
+def prompt_for(question: str) -> str:
+    return f"{FORMAT}Question: {question.strip()}\nAnswer:"
+
+
+def knowmem_records(model, tokenizer, questions: list[dict[str, str]], max_new_tokens: int, precision: str,
+                    batch_size: int, desc: str = "questions") -> list[dict]:
+    """Each question with the model's answer (its first line) and that answer's ROUGE-L F1."""
+    done = completions.complete(model, tokenizer, [prompt_for(q["question"]) for q in questions], max_new_tokens,
+                                precision, batch_size, desc)
+    records = []
+    for question, completion in zip(questions, done, strict=True):
+        reply = completion.text.strip().split("\n", 1)[0].strip()
+        records.append({**question, "reply": reply, "rouge_l": rouge_l_f1(words(reply), words(question["answer"]))})
+    return records

@@ -1,0 +1,148 @@
+"""The evaluation report: which figures it shows, `report.md` rendered from `report.json`, and reading
+a report back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from whoharry.errors import WhoharryError
+
+# (summary key, label, what unlearning should do to it): "lower" (forgetting), "keep" (general ability),
+# "toward 0.5" (a membership AUC) or "toward 0" (PrivLeak). lm-eval figures (`lmeval_*`) are "keep".
+FIGURES = (
+    ("target_p_answer", "target familiarity: mean P(answer)", "lower"),
+    ("target_reciprocal_rank", "target familiarity: mean reciprocal rank of the answer", "lower"),
+    ("target_hit_rate", "target familiarity: greedy hit rate", "lower"),
+    ("target_specific_p_answer", "target familiarity: mean P(answer), target-specific probes", "lower"),
+    ("completion_reference_rate", "target familiarity: greedy completions naming a reference term", "lower"),
+    ("completion_judge_score", "target familiarity: judge score of greedy completions (0-3)", "lower"),
+    ("completion_reference_rate_sampled", "target familiarity: sampled completions naming a reference", "lower"),
+    ("completion_judge_score_sampled", "target familiarity: judge score of sampled completions (0-3)", "lower"),
+    ("completion_llm_score", "target familiarity: LLM judge score of greedy completions (0-3)", "lower"),
+    ("completion_fluency_perplexity", "fluency: base-model perplexity of the completions", "keep"),
+    ("verbmem_rouge_l", "verbatim memorisation: ROUGE-L of target continuations", "lower"),
+    ("knowmem_rouge_l", "knowledge memorisation: ROUGE-L of answers to target questions", "lower"),
+    ("paraphrased_p_answer", "robustness: mean P(answer), paraphrased probes", "lower"),
+    ("paraphrased_hit_rate", "robustness: greedy hit rate, paraphrased probes", "lower"),
+    ("hinted_p_answer", "robustness: mean P(answer) after a hint", "lower"),
+    ("hinted_hit_rate", "robustness: greedy hit rate after a hint", "lower"),
+    ("fewshot_p_answer", "robustness: mean P(answer), few-shot", "lower"),
+    ("fewshot_hit_rate", "robustness: greedy hit rate, few-shot", "lower"),
+    ("relearn_target_p_answer", "relearning: mean P(answer) after fine-tuning on a target slice", "lower"),
+    ("membership_auc_loss", "membership inference AUC, target vs. held-out: loss", "toward 0.5"),
+    ("membership_auc_zlib", "membership inference AUC: zlib", "toward 0.5"),
+    ("membership_auc_mink", "membership inference AUC: Min-K%", "toward 0.5"),
+    ("membership_auc_minkpp", "membership inference AUC: Min-K%++", "toward 0.5"),
+    ("privleak_loss", "PrivLeak against the reference: loss", "toward 0"),
+    ("privleak_zlib", "PrivLeak: zlib", "toward 0"),
+    ("privleak_mink", "PrivLeak: Min-K%", "toward 0"),
+    ("privleak_minkpp", "PrivLeak: Min-K%++", "toward 0"),
+    ("general_p_answer", "general probes: mean P(answer)", "keep"),
+    ("general_hit_rate", "general probes: greedy hit rate", "keep"),
+    ("related_p_answer", "related-domain probes: mean P(answer)", "keep"),
+    ("related_hit_rate", "related-domain probes: greedy hit rate", "keep"),
+    ("general_perplexity", "perplexity on general text", "keep"),
+)
+
+# A "keep" figure counts as kept within this relative change of the base model's value.
+KEEP_TOLERANCE = 0.05
+
+
+def figures(summary: dict[str, dict[str, float]]) -> list[tuple[str, str, str]]:
+    """FIGURES present in any model's summary, then the lm-eval figures found there."""
+    present = [row for row in FIGURES if any(row[0] in values for values in summary.values())]
+    extra = sorted({key for values in summary.values() for key in values if key.startswith("lmeval_")})
+    return present + [(key, f"lm-eval {key.removeprefix('lmeval_')}", "keep") for key in extra]
+
+
+def verdict(key: str, direction: str, summary: dict[str, dict[str, float]], spans: dict[str, dict[str, list]],
+            ratio_span: list[float] | None) -> str:
+    """What happened to one figure of the unlearned model, judged by its direction and its interval."""
+    base, value = summary.get("base", {}).get(key), summary.get("unlearned", {}).get(key)
+    if value is None:
+        return ""
+    if direction == "toward 0":
+        if abs(value) <= KEEP_TOLERANCE:
+            return "like the reference"
+        return "below the reference: over-unlearning" if value < 0 else "above the reference: leaks"
+    if base is None or not base:
+        return ""
+    ratio = value / base
+    low, high = ratio_span or [ratio, ratio]
+    if direction == "lower":
+        if high < 1:
+            return f"lower ({ratio - 1:+.0%})"
+        return f"higher ({ratio - 1:+.0%})" if low > 1 else "no clear change"
+    if direction == "keep":
+        if low <= 1 <= high or abs(ratio - 1) <= KEEP_TOLERANCE:
+            return "kept"
+        return f"changed ({ratio - 1:+.0%})"
+    span = spans.get("unlearned", {}).get(key)
+    if span and span[1] < 0.5:
+        return "below 0.5: over-unlearning"
+    return "closer to 0.5" if abs(value - 0.5) < abs(base - 0.5) else "not closer to 0.5"
+
+
+def table_rows(summary: dict[str, dict[str, float]]) -> list[tuple[str, str, str, str]]:
+    """(figure, base, unlearned, unlearned/base) rows for every figure both models have."""
+    base, other = summary.get("base", {}), summary.get("unlearned", {})
+    rows = []
+    for key, label, _ in figures(summary):
+        if key in base and key in other:
+            ratio = other[key] / base[key] if base[key] else float("nan")
+            rows.append((label, f"{base[key]:.4f}", f"{other[key]:.4f}", f"{ratio:.3f}"))
+    return rows
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """One table: every figure for every model (base, unlearned, reference when given) with bootstrap
+    95% intervals, the unlearned/base ratio, and a verdict; then the plots."""
+    summary, spans = report["summary"], report.get("intervals", {})
+    ratio_spans = report.get("ratio_intervals", {})
+    names = list(summary)
+
+    def cell(value: float | None, span: list[float] | None, digits: int = 4) -> str:
+        if value is None:
+            return ""
+        text = f"{value:.{digits}f}"
+        return f"{text} [{span[0]:.{digits}f}, {span[1]:.{digits}f}]" if span else text
+
+    lines = ["# whoharry evaluation", ""]
+    lines += [f"- {name}: `{where}`" for name, where in report["models"].items()]
+    lines += [
+        "- brackets: bootstrap 95% intervals over the probes, prompts, passages or text blocks "
+        "(paired for the ratio; ± 1.96 standard errors for lm-eval)",
+        "",
+        "| figure | " + " | ".join(names) + " | unlearned / base | verdict |",
+        "|" + " --- |" + " ---: |" * (len(names) + 1) + " --- |",
+    ]
+    base, other = summary.get("base", {}), summary.get("unlearned", {})
+    for key, label, direction in figures(summary):
+        cells = [cell(summary[name].get(key), spans.get(name, {}).get(key)) for name in names]
+        ratio = other[key] / base[key] if base.get(key) and key in other else None
+        ratio_span = ratio_spans.get(f"unlearned/{key}")
+        cells.append(cell(ratio, ratio_span, 3))
+        cells.append(verdict(key, direction, summary, spans, ratio_span))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    relearning = report.get("relearning")
+    if relearning:
+        lines += ["", f"Relearning: mean target P(answer) after each of {relearning['steps'][-1]} fine-tuning steps "
+                  "on a slice of the target text", "",
+                  "| step | " + " | ".join(relearning["target_p_answer"]) + " |",
+                  "|" + " ---: |" * (len(relearning["target_p_answer"]) + 1)]
+        for i, step in enumerate(relearning["steps"]):
+            values = [f"{curve[i]:.4f}" for curve in relearning["target_p_answer"].values()]
+            lines.append(f"| {step} | " + " | ".join(values) + " |")
+    plots = report.get("plots", [])
+    if plots:
+        lines += ["", *[f"![{Path(name).stem}]({name})" for name in plots]]
+    return "\n".join(lines) + "\n"
+
+
+def load_report(stage_dir: Path) -> dict[str, Any]:
+    path = stage_dir / "report.json"
+    if not path.is_file():
+        raise WhoharryError(f"no evaluation report in {stage_dir}: run `whoharry eval` first")
+    return json.loads(path.read_text(encoding="utf-8"))
