@@ -222,6 +222,7 @@ def test_eval_caches_parts_recomputes_on_overwrite_and_has_a_quick_mode(project,
     # more parts: the finished one is reused as it was, the new one computed
     more = runner.invoke(app, ["eval", *args, "--parts", "probes,knowmem"])
     assert more.exit_code == 0, more.output
+    assert "probe/s" not in more.output and "batch/s" not in more.output  # -q: no progress bars
     assert (probes_part.read_text(), probes_part.stat().st_mtime_ns) == first
     report = json.loads((out / "eval" / "report.json").read_text())
     assert {"target_p_answer", "knowmem_rouge_l"} <= set(report["summary"]["unlearned"])

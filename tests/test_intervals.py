@@ -53,3 +53,13 @@ def test_add_intervals_covers_every_figure_with_samples():
         assert lo <= value + 1e-5 and value - 1e-5 <= hi, key  # intervals are stored rounded
     assert ratios["unlearned/target_p_answer"] == pytest.approx([0.5, 0.5])
     assert parts({}, "target_p_answer") is None
+
+
+def test_ratio_interval_skips_resamples_whose_base_is_zero():
+    from whoharry.intervals import mean_parts
+
+    base = mean_parts([0.0, 0.0, 0.0, 0.5])  # most resamples of the base figure are 0
+    unlearned = mean_parts([0.1, 0.0, 0.0, 0.5])
+    low, high = ratio_interval(unlearned, base)
+    assert 1.0 <= low <= high < 10.0
+    assert all(math.isnan(v) for v in ratio_interval(unlearned, mean_parts([0.0, 0.0, 0.0, 0.0])))

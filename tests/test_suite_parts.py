@@ -132,7 +132,10 @@ def test_verdicts_follow_direction_and_interval():
     assert verdict("f", "lower", summary, {}, [0.1, 0.4]).startswith("lower (-75%")
     assert verdict("f", "lower", summary, {}, [0.1, 1.2]) == "no clear change"
     assert verdict("g", "keep", summary, {}, [0.9, 1.05]) == "kept"
-    assert verdict("g", "keep", {"base": {"g": 0.5}, "unlearned": {"g": 0.3}}, {}, [0.5, 0.7]).startswith("changed")
+    assert verdict("g", "keep", {"base": {"g": 0.5}, "unlearned": {"g": 0.3}}, {}, [0.5, 0.7]) == "worse (-40%)"
+    assert verdict("g", "keep", {"base": {"g": 0.5}, "unlearned": {"g": 0.6}}, {}, [1.1, 1.3]) == "better (+20%)"
+    assert verdict("g", "keep low", {"base": {"g": 0.5}, "unlearned": {"g": 0.6}}, {}, [1.1, 1.3]) == "worse (+20%)"
+    assert verdict("g", "keep low", {"base": {"g": 0.5}, "unlearned": {"g": 0.4}}, {}, [0.7, 0.9]) == "better (-20%)"
     assert verdict("auc", "toward 0.5", summary, {"unlearned": {"auc": [0.2, 0.4]}}, None).startswith("below 0.5")
     assert verdict("leak", "toward 0", summary, {}, None).startswith("below the reference")
 

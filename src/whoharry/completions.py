@@ -75,12 +75,13 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, pr
 
 
 def complete(model, tokenizer, prompts: list[str], max_new_tokens: int, precision: str, batch_size: int,
-             desc: str = "completions", temperature: float | None = None, seed: int = 0) -> list[Completion]:
+             desc: str = "completions", temperature: float | None = None, seed: int = 0,
+             progress: bool = True) -> list[Completion]:
     """Greedy (or, with a temperature, sampled) completions of text prompts, in batches."""
     if temperature:
         torch.manual_seed(seed)
     results = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
         texts = prompts[start : start + batch_size]
         prompt_ids = [tokenizer(text).input_ids for text in texts]
         done = generate(model, tokenizer, prompt_ids, max_new_tokens, precision, temperature)

@@ -94,8 +94,11 @@ def ratio_interval(numer: Parts, denom: Parts, resamples: int = RESAMPLES, seed:
     if len(denom.numerators) != n:
         raise ValueError("paired figures need the same number of samples")
     rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    ratios = numer.value(rows) / np.maximum(denom.value(rows), 1e-12)
-    lo, hi = np.percentile(ratios[np.isfinite(ratios)], [2.5, 97.5])
+    below = denom.value(rows)
+    defined = below > 0  # a resample whose base figure is 0 has no ratio
+    if not defined.any():
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(numer.value(rows)[defined] / below[defined], [2.5, 97.5])
     return float(lo), float(hi)
 
 
@@ -128,7 +131,9 @@ def add_intervals(results: dict[str, dict], reference: str = "base") -> dict[str
             result["intervals"][key] = [_round(v) for v in interval(figure)]
             base = parts(results[reference]["samples"], key) if name != reference else None
             if base is not None and len(base.numerators) == len(figure.numerators):
-                ratios[f"{name}/{key}"] = [_round(v) for v in ratio_interval(figure, base)]
+                span = ratio_interval(figure, base)
+                if all(math.isfinite(v) for v in span):
+                    ratios[f"{name}/{key}"] = [_round(v) for v in span]
     return ratios
 
 

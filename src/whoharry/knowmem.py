@@ -34,10 +34,10 @@ def prompt_for(question: str) -> str:
 
 
 def knowmem_records(model, tokenizer, questions: list[dict[str, str]], max_new_tokens: int, precision: str,
-                    batch_size: int, desc: str = "questions") -> list[dict]:
+                    batch_size: int, desc: str = "questions", progress: bool = True) -> list[dict]:
     """Each question with the model's answer (its first line) and that answer's ROUGE-L F1."""
     done = completions.complete(model, tokenizer, [prompt_for(q["question"]) for q in questions], max_new_tokens,
-                                precision, batch_size, desc)
+                                precision, batch_size, desc, progress=progress)
     records = []
     for question, completion in zip(questions, done, strict=True):
         reply = completion.text.strip().split("\n", 1)[0].strip()

@@ -55,12 +55,12 @@ def few_shot(probes: list[dict[str, str]], shots: int) -> list[dict[str, str]]:
 
 
 def score_probes(model, tokenizer, probes: list[dict[str, str]], cfg: EvalConfig, desc: str,
-                 control: Anchors | None = None, greedy: bool = True) -> list[dict]:
+                 control: Anchors | None = None, greedy: bool = True, progress: bool = True) -> list[dict]:
     """Per-probe answer probability, first-token rank and (with `greedy`) greedy completion, in batches of
     `cfg.batch_size`. With `control` anchors, also the answer's probability after the prompt's target
     terms are replaced by their generic translations (`p_control`)."""
     records = []
-    bar = tqdm(total=len(probes), desc=desc, unit="probe", leave=False)
+    bar = tqdm(total=len(probes), desc=desc, unit="probe", leave=False, disable=not progress)
     for start in range(0, len(probes), cfg.batch_size):
         batch = probes[start : start + cfg.batch_size]
         pairs = [answer_ids(tokenizer, probe["prompt"], probe["answer"]) for probe in batch]

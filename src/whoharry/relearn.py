@@ -42,7 +42,8 @@ def relearn_curve(model, tokenizer, text: str, probe_rows: list[dict[str, str]],
     )
 
     def measure(step: int) -> dict:
-        records = probes.score_probes(model, tokenizer, probe_rows, cfg, f"{desc} step {step}", greedy=False)
+        records = probes.score_probes(model, tokenizer, probe_rows, cfg, f"{desc} step {step}", greedy=False,
+                                      progress=progress)
         return {"step": step, "p_answer": [r["p_answer"] for r in records]}
 
     curve = [measure(0)]

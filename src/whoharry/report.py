@@ -9,8 +9,9 @@ from typing import Any
 
 from whoharry.errors import WhoharryError
 
-# (summary key, label, what unlearning should do to it): "lower" (forgetting), "keep" (general ability),
-# "toward 0.5" (a membership AUC) or "toward 0" (PrivLeak). lm-eval figures (`lmeval_*`) are "keep".
+# (summary key, label, what unlearning should do to it): "lower" (forgetting), "keep" (general ability,
+# higher is better), "keep low" (general ability, lower is better: perplexities), "toward 0.5" (a
+# membership AUC) or "toward 0" (PrivLeak). lm-eval figures (`lmeval_*`) are "keep".
 FIGURES = (
     ("target_p_answer", "target familiarity: mean P(answer)", "lower"),
     ("target_reciprocal_rank", "target familiarity: mean reciprocal rank of the answer", "lower"),
@@ -21,7 +22,7 @@ FIGURES = (
     ("completion_reference_rate_sampled", "target familiarity: sampled completions naming a reference", "lower"),
     ("completion_judge_score_sampled", "target familiarity: judge score of sampled completions (0-3)", "lower"),
     ("completion_llm_score", "target familiarity: LLM judge score of greedy completions (0-3)", "lower"),
-    ("completion_fluency_perplexity", "fluency: base-model perplexity of the completions", "keep"),
+    ("completion_fluency_perplexity", "fluency: base-model perplexity of the completions", "keep low"),
     ("verbmem_rouge_l", "verbatim memorisation: ROUGE-L of target continuations", "lower"),
     ("knowmem_rouge_l", "knowledge memorisation: ROUGE-L of answers to target questions", "lower"),
     ("paraphrased_p_answer", "robustness: mean P(answer), paraphrased probes", "lower"),
@@ -43,10 +44,10 @@ FIGURES = (
     ("general_hit_rate", "general probes: greedy hit rate", "keep"),
     ("related_p_answer", "related-domain probes: mean P(answer)", "keep"),
     ("related_hit_rate", "related-domain probes: greedy hit rate", "keep"),
-    ("general_perplexity", "perplexity on general text", "keep"),
+    ("general_perplexity", "perplexity on general text", "keep low"),
 )
 
-# A "keep" figure counts as kept within this relative change of the base model's value.
+# A "keep" or "keep low" figure counts as kept within this relative change of the base model's value.
 KEEP_TOLERANCE = 0.05
 
 
@@ -75,10 +76,11 @@ def verdict(key: str, direction: str, summary: dict[str, dict[str, float]], span
         if high < 1:
             return f"lower ({ratio - 1:+.0%})"
         return f"higher ({ratio - 1:+.0%})" if low > 1 else "no clear change"
-    if direction == "keep":
+    if direction in ("keep", "keep low"):
         if low <= 1 <= high or abs(ratio - 1) <= KEEP_TOLERANCE:
             return "kept"
-        return f"changed ({ratio - 1:+.0%})"
+        better = ratio > 1 if direction == "keep" else ratio < 1
+        return f"{'better' if better else 'worse'} ({ratio - 1:+.0%})"
     span = spans.get("unlearned", {}).get(key)
     if span and span[1] < 0.5:
         return "below 0.5: over-unlearning"

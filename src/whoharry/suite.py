@@ -151,7 +151,8 @@ def part_probes(model, tokenizer, ctx: Context, name: str) -> Part:
             continue
         rows = probes.read_probes(path, ctx.cfg.max_samples)
         control = ctx.control if probe_set == "target" else None
-        samples[probe_set] = probes.score_probes(model, tokenizer, rows, ctx.cfg, f"{name} {probe_set} probes", control)
+        samples[probe_set] = probes.score_probes(model, tokenizer, rows, ctx.cfg, f"{name} {probe_set} probes", control,
+                                                 progress=ctx.progress)
         summary.update(probes.summarize(probe_set, samples[probe_set]))
     return summary, samples
 
@@ -174,7 +175,7 @@ def part_completions(model, judge_model, tokenizer, ctx: Context, name: str) -> 
     cfg = ctx.cfg
     rows = completions.read_completion_prompts(cfg.completions)[: cfg.max_samples]
     done = completions.complete(model, tokenizer, [row["prompt"] for row in rows], cfg.completion_tokens,
-                                cfg.precision, cfg.batch_size, f"{name} completions")
+                                cfg.precision, cfg.batch_size, f"{name} completions", progress=ctx.progress)
     records = _judged(ctx, done, rows)
     judged = completions.judge_nll(judge_model, tokenizer, done, cfg.precision, cfg.batch_size)
     for record, (nll, tokens) in zip(records, judged, strict=True):
@@ -194,7 +195,7 @@ def part_sampling(model, tokenizer, ctx: Context, name: str) -> Part:
     rows = [row for row in rows for _ in range(cfg.completion_samples)]
     done = completions.complete(model, tokenizer, [row["prompt"] for row in rows], cfg.completion_tokens,
                                 cfg.precision, cfg.batch_size, f"{name} sampled completions",
-                                cfg.sample_temperature, ctx.seed)
+                                cfg.sample_temperature, ctx.seed, progress=ctx.progress)
     records = _judged(ctx, done, rows)
     summary = {"completion_reference_rate_sampled": _naming_share(records),
                "completion_judge_score_sampled": _mean(records, "judge_score")}
@@ -217,7 +218,7 @@ def part_llm_judge(records: list[dict], ctx: Context) -> Part:
 def part_knowmem(model, tokenizer, ctx: Context, name: str) -> Part:
     questions = knowmem.read_questions(ctx.cfg.qa, ctx.cfg.max_samples)
     records = knowmem.knowmem_records(model, tokenizer, questions, ctx.cfg.qa_tokens, ctx.cfg.precision,
-                                      ctx.cfg.batch_size, f"{name} questions")
+                                      ctx.cfg.batch_size, f"{name} questions", progress=ctx.progress)
     return {"knowmem_rouge_l": _mean(records, "rouge_l")}, {"knowmem": records}
 
 
@@ -234,7 +235,8 @@ def part_robustness(model, tokenizer, ctx: Context, name: str) -> Part:
         variants["fewshot"] = probes.few_shot(target, cfg.fewshot)
     summary, samples = {}, {}
     for variant, rows in variants.items():
-        samples[variant] = probes.score_probes(model, tokenizer, rows, cfg, f"{name} {variant} probes")
+        samples[variant] = probes.score_probes(model, tokenizer, rows, cfg, f"{name} {variant} probes",
+                                               progress=ctx.progress)
         summary.update(probes.summarize(variant, samples[variant]))
     return summary, samples
 
