@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -154,11 +155,22 @@ def _one_error_line(result) -> str:
         (lambda p: (p / "target.txt").write_bytes(b"\xff\xfe bad"), [], "not UTF-8"),
         (lambda p: (p / "target.txt").write_text("   \n"), [], "is empty"),
         (lambda p: (p / "target.txt").write_text("Harry."), [], "fewer than one block"),
+        (lambda p: (p / "target.txt").write_bytes(b"Harry\x00\x01\x02 Potter"), [], "looks binary"),
         (lambda p: (p / "anchors.yaml").write_text("Harry: [Jon\n"), [], "YAML syntax error at line"),
+        (lambda p: (p / "anchors.yaml").write_text("Harry: Jon\nHarry: Sam\n"), [], "duplicate anchor key 'Harry'"),
+        (lambda p: (p / "anchors.yaml").write_text("Harry: ''\n"), [], "empty translation"),
+        (lambda p: (p / "anchors.yaml").write_text("'': Jon\n"), [], "key is empty"),
+        (lambda p: (p / "anchors.yaml").unlink(), [], "not found"),
+        (lambda p: (p / "config.yaml").write_text("seed: [\n"), [], "YAML syntax error at line"),
+        (lambda p: None, ["--set", "unlearn.epochs=two"], "'unlearn.epochs' must be float"),
         (lambda p: None, ["--set", "labels.alpah=2"], "did you mean 'labels.alpha'"),
         (lambda p: None, ["--set", "labels.alpha=-1"], "labels.alpha must be >= 0"),
         (lambda p: None, ["--set", "model.name=no/such-model"], "not found offline"),
         (lambda p: (p / "run").write_text("x"), [], "is a file"),
+        (lambda p: (p / "run").mkdir() or (p / "run" / "notes.txt").write_text("x"), [], "not a whoharry run"),
+        (lambda p: None, ["--set", "unlearn.learning_rate=0"], "unlearn.learning_rate must be > 0"),
+        (lambda p: (p / "target.txt").write_text((p / "target.txt").read_text() * 3),
+         ["--set", "data.block_length=1024"], "beyond the model's context of 512 tokens"),
         (lambda p: None, ["--set", "data.retain=[general.txt, missing.txt]"], "retain text not found"),
     ],
 )
@@ -262,3 +274,124 @@ def test_eval_caches_parts_recomputes_on_overwrite_and_has_a_quick_mode(project,
     assert {"compare.md", "compare.json", "compare.png"} <= {p.name for p in (project / "cmp").iterdir()}
     bad = runner.invoke(app, ["compare", str(project / "nowhere")])
     assert bad.exit_code == 2 and "nowhere" in bad.output
+
+
+def test_a_second_process_on_the_same_run_folder_is_refused_and_stale_locks_are_taken_over(project, tiny_model_dir):
+    import socket
+    import subprocess
+
+    config = write_config(project, tiny_model_dir)
+    out = project / "run"
+    out.mkdir()
+    lock = out / ".whoharry.lock"
+    args = ["labels", "--config", str(config), "--out", str(out), "--max-steps", "1", "-q"]
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(), "started": "then"}))
+        line = _one_error_line(runner.invoke(app, args))
+        assert f"in use by another whoharry process (pid {holder.pid}" in line and str(lock) in line
+        assert not (out / "reinforce").exists() and lock.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale, the run takes it over and releases it at the end
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "labels" / "manifest.json").is_file() and not lock.exists()
+    # a lock file left half-written by a killed process is stale too
+    lock.write_text('{"pid": ')
+    assert runner.invoke(app, args).exit_code == 0 and not lock.exists()
+
+
+def test_labels_resume_by_block_after_an_interruption(project, tiny_model_dir, monkeypatch):
+    from whoharry import labels as labels_module
+
+    config = write_config(project, tiny_model_dir, labels={"save_every": 1})
+    clean, broken = project / "clean", project / "broken"
+    base_args = ["--config", str(config), "--max-steps", "1", "-q"]
+    assert runner.invoke(app, ["labels", *base_args, "--out", str(clean)]).exit_code == 0
+
+    real, calls = labels_module._block_labels, []
+
+    def interrupted_after_two_batches(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2 * 3:  # 3 blocks a batch
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(labels_module, "_block_labels", interrupted_after_two_batches)
+    stopped = runner.invoke(app, ["labels", *base_args, "--out", str(broken)])
+    assert stopped.exit_code == 130 and "resume" in stopped.output
+    assert (broken / "labels" / "partial.safetensors").is_file()
+    assert not (broken / "labels" / "manifest.json").exists()
+
+    calls.clear()
+    monkeypatch.setattr(labels_module, "_block_labels", lambda *a, **k: calls.append(1) or real(*a, **k))
+    resumed = runner.invoke(app, ["labels", *base_args, "--out", str(broken)])
+    assert resumed.exit_code == 0, resumed.output
+    blocks = json.loads((clean / "labels" / "stats.json").read_text())["blocks"]
+    assert len(calls) == blocks - 2 * 3  # only the blocks not saved before were computed
+    done, again = load_file(str(clean / "labels" / "labels.safetensors")), load_file(
+        str(broken / "labels" / "labels.safetensors"))
+    assert torch.equal(done["labels"], again["labels"]) and torch.equal(done["input_ids"], again["input_ids"])
+    assert (clean / "labels" / "stats.json").read_text() == (broken / "labels" / "stats.json").read_text()
+    assert (clean / "labels" / "metrics.jsonl").read_text().count("\n") == (
+        broken / "labels" / "metrics.jsonl").read_text().count("\n")
+    assert not (broken / "labels" / "partial.safetensors").exists()
+
+
+def test_anchors_absent_from_the_text_are_a_warning_with_their_count(project, tiny_model_dir):
+    import yaml
+
+    anchors = yaml.safe_load((project / "anchors.yaml").read_text())
+    anchors.update({"Dumbledore": "the headmaster", "Gryffindor": "the red house", "Café Müller": "a café"})
+    (project / "anchors.yaml").write_text(yaml.safe_dump(anchors, allow_unicode=True), encoding="utf-8")
+    config = write_config(project, tiny_model_dir)
+    result = runner.invoke(app, ["labels", "--config", str(config), "--out", str(project / "run"), "--max-steps", "1",
+                                 "-q"])
+    assert result.exit_code == 0, result.output
+    assert "3 of 10 anchor keys never occur in the target text" in result.output
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(project, tiny_model_dir, monkeypatch):
+    import errno
+
+    from whoharry import train
+
+    config = write_config(project, tiny_model_dir, reinforce={"save_every": 1})
+    out = project / "run"
+    real, saves = train.save_file, []
+
+    def fills_the_disk(tensors, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(train, "save_file", fills_the_disk)
+    result = runner.invoke(app, ["reinforce", "--config", str(config), "--out", str(out), "-q"])
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "free some space" in lines[0]
+    assert sorted(p.name for p in (out / "reinforce" / "checkpoints").iterdir() if not p.name.startswith(".")) == [
+        "step-1", "step-2"]
+    assert not (out / "reinforce" / "manifest.json").exists() and not (out / ".whoharry.lock").exists()
+    monkeypatch.setattr(train, "save_file", real)
+    resumed = runner.invoke(app, ["reinforce", "--config", str(config), "--out", str(out), "-q"])
+    assert resumed.exit_code == 0, resumed.output
+
+
+def test_a_tokenizer_without_offsets_is_refused(project, tiny_model_dir, monkeypatch):
+    from transformers import AutoTokenizer
+
+    real = AutoTokenizer.from_pretrained
+
+    def slow(*args, **kwargs):
+        tokenizer = real(*args, **kwargs)
+        monkeypatch.setattr(type(tokenizer), "is_fast", property(lambda self: False))
+        return tokenizer
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", slow)
+    config = write_config(project, tiny_model_dir)
+    result = runner.invoke(app, ["run", "--config", str(config), "--out", str(project / "run"), "-q"])
+    assert "has no fast tokenizer; whoharry aligns tokens by character offsets" in _one_error_line(result)

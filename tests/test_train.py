@@ -88,3 +88,22 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
           stage_dir=tmp_path, run_key="old", desc="x", progress=False)
     result = train(_model(300), ids, labels, cfg, seed=0, stage_dir=tmp_path, run_key="new", desc="x", progress=False)
     assert result.resumed_from == 0
+
+
+def test_a_loss_gone_nan_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    from whoharry import train as train_module
+    from whoharry.errors import WhoharryError
+
+    ids, labels = _data(300)
+    cfg = TrainConfig(epochs=3, batch_size=2, precision="fp32", save_every=1)
+    real, calls = train_module.causal_lm_loss, []
+
+    def nan_at_the_third_step(logits, targets):
+        calls.append(1)
+        loss = real(logits, targets)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(train_module, "causal_lm_loss", nan_at_the_third_step)
+    with pytest.raises(WhoharryError, match=r"loss became nan at step 3; lower the learning rate or use precision"):
+        train(_model(300), ids, labels, cfg, seed=0, stage_dir=tmp_path, run_key="k", desc="t", progress=False)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-1", "step-2"]

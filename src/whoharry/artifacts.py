@@ -84,6 +84,22 @@ class MetricsLog:
             handle.write(json.dumps(record) + "\n")
 
 
+def truncate_metrics(path: Path, field: str, last: int) -> None:
+    """Keep the records of `metrics.jsonl` whose `field` is at most `last` (a resumed stage logs the rest
+    again); a line cut short by a killed process is dropped too."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get(field, 0) <= last:
+            kept.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
 @dataclass
 class StageRecord:
     """What a stage's manifest says about it."""

@@ -6,6 +6,7 @@ Every command takes the same options: `--config`, `--set key.sub=value` (repeata
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -101,14 +102,16 @@ def _stage(
     action: Callable[[Config], str],
 ) -> None:
     """The common shape of a command: set up logging, resolve the config, check --out, act, report."""
-    from whoharry import pipeline
+    from whoharry import pipeline, runlock
 
     _setup(quiet)
 
     def body() -> None:
         cfg = _config(config, overrides, max_steps, seed)
         pipeline.check_out_dir(out)
-        typer.echo(action(cfg))
+        with runlock.hold(out):
+            text = action(cfg)
+        typer.echo(text)
 
     _guard(body)
 
@@ -123,6 +126,11 @@ def _guard(body: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         typer.echo("interrupted; rerun the same command to resume from the last checkpoint", err=True)
         raise typer.Exit(130) from None
+    except OSError as exc:  # the machine, not the input: a full disk, a folder without write permission
+        where = f" ({exc.filename})" if exc.filename else ""
+        hint = "; free some space and rerun to resume" if exc.errno == errno.ENOSPC else ""
+        typer.echo(f"error: {exc.strerror or exc}{where}{hint}", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

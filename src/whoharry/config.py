@@ -70,6 +70,7 @@ class LabelsConfig:
     alpha: float = 5.0
     batch_size: int = 4
     precision: str = "auto"
+    save_every: int = 8  # batches between saves of the labels made so far, for a rerun to resume (0: none)
 
 
 # The parts of the evaluation, in the order they run; `eval.parts` picks some of them.
@@ -267,6 +268,7 @@ def validate(cfg: Config) -> None:
         (cfg.data.block_length >= 8, "data.block_length must be at least 8 tokens"),
         (cfg.labels.alpha >= 0, "labels.alpha must be >= 0 (the paper used 5)"),
         (cfg.labels.batch_size >= 1, "labels.batch_size must be >= 1"),
+        (cfg.labels.save_every >= 0, "labels.save_every must be >= 0 (0 keeps no progress)"),
         (cfg.eval.max_new_tokens >= 1, "eval.max_new_tokens must be >= 1"),
         (cfg.eval.completion_tokens >= 1, "eval.completion_tokens must be >= 1"),
         (cfg.eval.membership_passage_tokens >= 8, "eval.membership_passage_tokens must be at least 8"),

@@ -12,7 +12,9 @@ kept; full-vocabulary logits live for one batch at a time.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import random
 import time
 from collections import Counter
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -79,6 +82,42 @@ def block_rng(seed: int, block: int) -> random.Random:
     return random.Random(f"whoharry-{seed}-{block}")
 
 
+@dataclass
+class Partial:
+    """The labels made so far, saved every `every` batches to `path` under the stage's key."""
+
+    path: Path
+    key: str
+    every: int
+
+    def save(self, blocks_done: int, labels: torch.Tensor, found: Counter[str], unaligned: int) -> None:
+        meta = {"key": self.key, "blocks_done": str(blocks_done), "unaligned": str(unaligned),
+                "found": json.dumps(dict(found))}
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"labels": labels}, str(tmp), metadata=meta)
+        os.replace(tmp, self.path)
+
+    def load(self) -> tuple[int, torch.Tensor, Counter[str], int] | None:
+        """(blocks done, labels, anchor occurrences, unaligned positions), or None when there is no
+        progress saved under this key."""
+        if not self.path.is_file():
+            return None
+        try:
+            with safe_open(str(self.path), "pt") as handle:
+                meta = handle.metadata() or {}
+                if meta.get("key") != self.key:
+                    return None
+                labels = handle.get_tensor("labels")
+            return int(meta["blocks_done"]), labels, Counter(json.loads(meta["found"])), int(meta["unaligned"])
+        except (OSError, ValueError, KeyError, SafetensorError):
+            log.info("labels: ignoring unreadable progress file %s", self.path)
+            return None
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 @torch.no_grad()
 def compute_labels(
     base: torch.nn.Module,
@@ -93,8 +132,10 @@ def compute_labels(
     precision: str = "auto",
     progress: bool = True,
     metrics: artifacts.MetricsLog | None = None,
+    partial: Partial | None = None,
 ) -> LabelSet:
-    """Translate every block, run both models, and keep only the label ids."""
+    """Translate every block, run both models, and keep only the label ids. With `partial`, the labels
+    made so far are saved every few batches and a rerun with the same key continues from them."""
     pattern = anchors.pattern()
     device = next(base.parameters()).device
     base.eval()
@@ -103,11 +144,17 @@ def compute_labels(
     all_ids = torch.tensor(blocks.ids, dtype=torch.int32)
     all_labels = torch.full_like(all_ids, IGNORE)
     found: Counter[str] = Counter()
-    unaligned = 0
-    bar = tqdm(total=count, desc="labels", unit="block", disable=not progress)
+    unaligned = first = 0
+    saved = partial.load() if partial is not None else None
+    if saved is not None:
+        first, all_labels, found, unaligned = saved
+        log.info("labels: resuming at block %d of %d", first, count)
+    bar = tqdm(total=count, initial=first, desc="labels", unit="block", disable=not progress)
     began = time.perf_counter()
-    labelled_so_far = changed_so_far = 0
-    for start in range(0, count, batch_size):
+    done = all_labels[:first] != IGNORE
+    labelled_so_far = int(done.sum())
+    changed_so_far = int((done & (all_labels[:first] != all_ids[:first])).sum())
+    for batch_number, start in enumerate(range(first, count, batch_size), start=1):
         indices = list(range(start, min(start + batch_size, count)))
         translations = [
             translate_block(
@@ -138,6 +185,8 @@ def compute_labels(
                 positions_changed=changed_so_far,
                 seconds=round(time.perf_counter() - began, 3),
             )
+        if partial is not None and partial.every and batch_number % partial.every == 0 and indices[-1] + 1 < count:
+            partial.save(indices[-1] + 1, all_labels, found, unaligned)
     bar.close()
     labelled = all_labels != IGNORE
     changed = labelled & (all_labels != all_ids)
@@ -211,7 +260,8 @@ def labels_fingerprint(cfg: Config, out: Path) -> str:
             "seed": cfg.seed,
             "model": to_dict(cfg.model),
             "block_length": cfg.data.block_length,
-            "labels": to_dict(cfg.labels),
+            # how often progress is saved does not change the labels
+            "labels": {k: v for k, v in to_dict(cfg.labels).items() if k != "save_every"},
             "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
             "anchors": artifacts.file_hash(cfg.data.anchors) if cfg.data.anchors.is_file() else "missing",
             "reinforced": artifacts.stage_fingerprint(out / "reinforce"),
@@ -241,13 +291,18 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     tokenizer = models.load_tokenizer(source, cfg.model)
     blocks = make_blocks(text, tokenizer, cfg.data.block_length)
     base = models.load_model(source, cfg.model)
-    _check_context(base, cfg.data.block_length)
+    models.check_context(base, cfg.data.block_length)
     reinforced = models.load_folder(out / "reinforce" / "final", next(base.parameters()).device)
+    partial = Partial(stage_dir / "partial.safetensors", key, cfg.labels.save_every)
+    saved = partial.load()
+    metrics_path = stage_dir / "metrics.jsonl"
+    if saved is not None:
+        artifacts.truncate_metrics(metrics_path, "blocks", saved[0])
     label_set = compute_labels(
         base, reinforced, tokenizer, blocks, anchors,
         alpha=cfg.labels.alpha, seed=cfg.seed, batch_size=cfg.labels.batch_size,
         precision=cfg.labels.precision, progress=progress,
-        metrics=artifacts.MetricsLog(stage_dir / "metrics.jsonl"),
+        metrics=artifacts.MetricsLog(metrics_path, append=saved is not None), partial=partial,
     )
     label_set.stats["composite_keys_split"] = composite
     missing = label_set.stats["anchor_keys_missing"]
@@ -274,12 +329,5 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         summary={k: v for k, v in stats.items() if k not in ("occurrences_per_key", "composite_keys_split")},
     )
     artifacts.write_stage(stage_dir, record, to_dict(cfg))
+    partial.clear()
     return stage_dir
-
-
-def _check_context(model: torch.nn.Module, block_length: int) -> None:
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and block_length > limit:
-        raise WhoharryError(
-            f"data.block_length {block_length} exceeds the model's context of {limit} tokens; lower it"
-        )

@@ -141,6 +141,16 @@ def load_model(source: ModelSource, cfg: ModelConfig, device: torch.device | Non
     return model.to(device or default_device())
 
 
+def check_context(model: PreTrainedModel, block_length: int) -> None:
+    """Blocks must fit the model's context window."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(context, int) and block_length > context:
+        raise WhoharryError(
+            f"data.block_length {block_length} is beyond the model's context of {context} tokens; "
+            f"set data.block_length to {context} or less"
+        )
+
+
 def load_folder(path: Path, device: torch.device | None = None) -> PreTrainedModel:
     """Load a model this project saved (a stage's `final/` folder)."""
     if not (path / "config.json").is_file():

@@ -44,6 +44,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     tokenizer = models.load_tokenizer(source, cfg.model)
     blocks = make_blocks(text, tokenizer, cfg.data.block_length)
     model = models.load_model(source, cfg.model)
+    models.check_context(model, cfg.data.block_length)
     input_ids = torch.tensor(blocks.ids, dtype=torch.int32)
     log.info("reinforce: %d blocks of %d tokens from %s", len(blocks.ids), cfg.data.block_length, cfg.data.target)
     result = train.train(

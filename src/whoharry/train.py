@@ -93,7 +93,7 @@ def train(
     metrics_path = stage_dir / "metrics.jsonl"
     if start:
         log.info("%s: resuming from checkpoint step-%d", desc, start)
-        _truncate_metrics(metrics_path, start)
+        artifacts.truncate_metrics(metrics_path, "step", start)
     else:
         torch.manual_seed(seed)
     metrics = artifacts.MetricsLog(metrics_path, append=start > 0)
@@ -205,15 +205,6 @@ def _resume(root: Path, run_key: str, model, optimizer, scheduler) -> int:
         torch.set_rng_state(extra["rng"])
         return step
     return 0
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop the records of steps after the checkpoint a run resumes from."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    artifacts.atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def clear_checkpoints(stage_dir: Path) -> None:

@@ -43,6 +43,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source, cfg.model)
     model = models.load_model(source, cfg.model)
+    models.check_context(model, cfg.data.block_length)
     log.info("unlearn: %d blocks with generic labels from %s", input_ids.shape[0], labels_dir)
     retain_blocks = 0
     for path, text in zip(cfg.data.retain, retain_texts, strict=True):
