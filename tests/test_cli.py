@@ -395,3 +395,21 @@ def test_a_tokenizer_without_offsets_is_refused(project, tiny_model_dir, monkeyp
     config = write_config(project, tiny_model_dir)
     result = runner.invoke(app, ["run", "--config", str(config), "--out", str(project / "run"), "-q"])
     assert "has no fast tokenizer; whoharry aligns tokens by character offsets" in _one_error_line(result)
+
+
+def test_an_unforeseen_error_is_one_line_and_a_traceback_on_request(project, tiny_model_dir, monkeypatch):
+    from whoharry import train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    monkeypatch.setattr(train, "causal_lm_loss", broken)
+    config = write_config(project, tiny_model_dir)
+    args = ["reinforce", "--config", str(config), "--out", str(project / "run"), "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert lines == ["error: RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (finished stages and "
+                     "checkpoints are kept; WHOHARRY_DEBUG=1 shows the traceback)"]
+    monkeypatch.setenv("WHOHARRY_DEBUG", "1")
+    assert isinstance(runner.invoke(app, args).exception, RuntimeError)

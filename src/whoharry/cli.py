@@ -131,6 +131,13 @@ def _guard(body: Callable[[], Any]) -> Any:
         hint = "; free some space and rerun to resume" if exc.errno == errno.ENOSPC else ""
         typer.echo(f"error: {exc.strerror or exc}{where}{hint}", err=True)
         raise typer.Exit(1) from None
+    except Exception as exc:  # anything unforeseen: one line, the finished work kept for a rerun
+        if os.environ.get("WHOHARRY_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        typer.echo(f"error: {type(exc).__name__}: {first} (finished stages and checkpoints are kept; "
+                   "WHOHARRY_DEBUG=1 shows the traceback)", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()

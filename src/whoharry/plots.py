@@ -8,6 +8,7 @@ the others with a log line.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,12 @@ FLOOR = 1e-6  # probabilities below this are drawn at it on log scales
 
 
 def _save(fig: Figure, path: Path) -> Path:
+    """Write the figure under a temporary name, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
