@@ -340,17 +340,24 @@ def test_labels_resume_by_block_after_an_interruption(project, tiny_model_dir, m
     assert not (broken / "labels" / "partial.safetensors").exists()
 
 
-def test_anchors_absent_from_the_text_are_a_warning_with_their_count(project, tiny_model_dir):
+def test_absent_unicode_and_regex_anchor_keys_through_the_cli(project, tiny_model_dir):
     import yaml
 
     anchors = yaml.safe_load((project / "anchors.yaml").read_text())
-    anchors.update({"Dumbledore": "the headmaster", "Gryffindor": "the red house", "Café Müller": "a café"})
+    # absent keys, a Unicode key, and a key of regex metacharacters overlapping the key "Ron"
+    anchors.update({"Dumbledore": "the headmaster", "Gryffindor": "the red house", "Café Müller": "a café",
+                    "Ron (the Weasley boy)": "Tom (the baker's boy)"})
     (project / "anchors.yaml").write_text(yaml.safe_dump(anchors, allow_unicode=True), encoding="utf-8")
+    story = (project / "target.txt").read_text(encoding="utf-8")
+    (project / "target.txt").write_text("They ate at the Café Müller. " * 3 + story, encoding="utf-8")
     config = write_config(project, tiny_model_dir)
     result = runner.invoke(app, ["labels", "--config", str(config), "--out", str(project / "run"), "--max-steps", "1",
                                  "-q"])
     assert result.exit_code == 0, result.output
-    assert "3 of 10 anchor keys never occur in the target text" in result.output
+    assert "2 of 11 anchor keys never occur in the target text" in result.output
+    found = json.loads((project / "run" / "labels" / "stats.json").read_text())["occurrences_per_key"]
+    # an occurrence split by a block boundary, or in the dropped tail, is not counted
+    assert 2 <= found["Café Müller"] <= 3 and 0 < found["Ron (the Weasley boy)"] <= story.count("Ron (the Weasley boy)")
 
 
 def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(project, tiny_model_dir, monkeypatch):
