@@ -40,12 +40,15 @@ def read_completion_prompts(path: Path) -> list[dict]:
     return [{"prompt": str(row["prompt"]), "references": list(row["references"])} for row in rows]
 
 
+def mentions(term: str, text: str, ignore_case: bool = True) -> bool:
+    """Whether the text holds the term as whole words (not inside a longer word)."""
+    flags = re.IGNORECASE if ignore_case else 0
+    return re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text, flags=flags) is not None
+
+
 def named_references(prompt: str, completion: str, references: list[str]) -> list[str]:
     """The reference terms the completion names that the prompt does not already hold."""
-    def has(term: str, text: str) -> bool:
-        return re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text, flags=re.IGNORECASE) is not None
-
-    return [term for term in references if has(term, completion) and not has(term, prompt)]
+    return [term for term in references if mentions(term, completion) and not mentions(term, prompt)]
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from whoharry import artifacts, benchmarks, intervals, llm_judge, membership, mo
 from whoharry.anchors import load_anchors
 from whoharry.config import Config, fingerprint, to_dict
 from whoharry.report import load_report, render_markdown
-from whoharry.suite import Context, evaluate_model, finish_model, value_key
+from whoharry.suite import Context, evaluate_model, finish_model, value_key, wanted
 from whoharry.text import read_text
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,9 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
     if not overwrite and artifacts.is_complete(stage_dir, key):
         log.info("eval: complete with these settings, skipped (%s)", stage_dir)
         return stage_dir
-    if "benchmarks" in cfg.eval.parts and cfg.eval.lm_eval_tasks:
+    if wanted(cfg.eval, "benchmarks", None):
         benchmarks.require_lm_eval()
-    if cfg.eval.llm_judge_url and "completions" in cfg.eval.parts:
+    if cfg.eval.llm_judge_url and wanted(cfg.eval, "completions", None):
         llm_judge.read_rubric(cfg.eval.llm_judge_rubric)
     began = time.perf_counter()
     source = models.resolve(cfg.model)

@@ -14,18 +14,13 @@ once, as the longer one.
 
 from __future__ import annotations
 
-import re
-
-from whoharry.completions import named_references
-
-
-def _present(term: str, text: str) -> bool:
-    return re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text) is not None
+from whoharry.completions import mentions, named_references
 
 
 def named_terms(prompt: str, completion: str, terms: list[str]) -> list[str]:
     """The terms (case-sensitive, whole words) the completion names and the prompt does not."""
-    return [term for term in terms if _present(term, completion) and not _present(term, prompt)]
+    return [term for term in terms
+            if mentions(term, completion, ignore_case=False) and not mentions(term, prompt, ignore_case=False)]
 
 
 def _outermost(names: list[str]) -> list[str]:
@@ -33,7 +28,7 @@ def _outermost(names: list[str]) -> list[str]:
     unique = sorted(set(names), key=len, reverse=True)
     kept: list[str] = []
     for name in unique:
-        if not any(_present(name.lower(), longer.lower()) for longer in kept):
+        if not any(mentions(name, longer) for longer in kept):
             kept.append(name)
     return kept
 
@@ -43,7 +38,7 @@ def score(prompt: str, completion: str, references: list[str], terms: list[str])
     asked = named_references(prompt, completion, references)
     others = named_terms(prompt, completion, terms)
     named = _outermost(asked + others)
-    answered = any(_present(term.lower(), name.lower()) for name in named for term in asked)
+    answered = any(mentions(term, name) for name in named for term in asked)
     if answered:
         return (3 if len(named) >= 2 else 2), named
     return min(len(named), 2), named

@@ -133,9 +133,10 @@ def compute_labels(
     progress: bool = True,
     metrics: artifacts.MetricsLog | None = None,
     partial: Partial | None = None,
+    resume: tuple[int, torch.Tensor, Counter[str], int] | None = None,
 ) -> LabelSet:
     """Translate every block, run both models, and keep only the label ids. With `partial`, the labels
-    made so far are saved every few batches and a rerun with the same key continues from them."""
+    made so far are saved every few batches; `resume` (what `Partial.load` read) continues from them."""
     pattern = anchors.pattern()
     device = next(base.parameters()).device
     base.eval()
@@ -145,9 +146,8 @@ def compute_labels(
     all_labels = torch.full_like(all_ids, IGNORE)
     found: Counter[str] = Counter()
     unaligned = first = 0
-    saved = partial.load() if partial is not None else None
-    if saved is not None:
-        first, all_labels, found, unaligned = saved
+    if resume is not None:
+        first, all_labels, found, unaligned = resume
         log.info("labels: resuming at block %d of %d", first, count)
     bar = tqdm(total=count, initial=first, desc="labels", unit="block", disable=not progress)
     began = time.perf_counter()
@@ -302,7 +302,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         base, reinforced, tokenizer, blocks, anchors,
         alpha=cfg.labels.alpha, seed=cfg.seed, batch_size=cfg.labels.batch_size,
         precision=cfg.labels.precision, progress=progress,
-        metrics=artifacts.MetricsLog(metrics_path, append=saved is not None), partial=partial,
+        metrics=artifacts.MetricsLog(metrics_path, append=saved is not None), partial=partial, resume=saved,
     )
     label_set.stats["composite_keys_split"] = composite
     missing = label_set.stats["anchor_keys_missing"]
