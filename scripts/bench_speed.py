@@ -7,7 +7,11 @@
   `--steps` optimizer steps, divided by a bare forward + backward + AdamW step loop of the same model,
   batches and precision (target ≥ 0.90);
 - labels: tokens per second of the label computation over `--blocks` blocks, divided by two bare
-  forward passes (base and reinforced) of the same blocks (target ≥ 0.85).
+  forward passes (base and reinforced) of the same blocks (target ≥ 0.85);
+- labels memory: the peak memory the label computation adds to a fresh process, divided by what two
+  models and one batch's forward pass add to another fresh process (target ≤ 1.3). On a CPU it is
+  the resident-set high-water mark (VmHWM) over the process's size before loading; on a GPU, the
+  allocator's peak.
 
 Each bare loop runs one warm-up step first, then the timed steps, then whoharry's side on the same
 data; on a busy machine rerun it, as the ratios move by several percent between runs.
@@ -17,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,11 +69,63 @@ def bare_forwards(base, reinforced, batches, precision: str) -> float:
     return time.perf_counter() - began
 
 
+def _resident_kib(field: str) -> int:
+    """A /proc/self/status field (VmRSS, VmHWM) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def peak_memory(config: Path, overrides: list[str], blocks: int, labels_stage: bool) -> dict:
+    """In a fresh process: the peak memory added by loading two models and running either the label
+    computation over `blocks` blocks or one bare batch through both models (bytes)."""
+    import torch
+
+    from whoharry import labels, models
+    from whoharry.anchors import load_anchors
+    from whoharry.cli import _setup
+    from whoharry.config import load_config
+    from whoharry.text import Blocks, make_blocks, read_text
+
+    _setup(quiet=True)
+    cfg = load_config(config, overrides)
+    source = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(source, cfg.model)
+    device = models.default_device()
+    gpu = device.type == "cuda"
+    before = torch.cuda.memory_allocated() if gpu else _resident_kib("VmRSS") * 1024
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    base = models.load_model(source, cfg.model, inference=True).requires_grad_(False)
+    reinforced = models.load_model(source, cfg.model, inference=True).requires_grad_(False)
+    weights = sum(p.numel() * p.element_size() for model in (base, reinforced) for p in model.parameters())
+    size = cfg.labels.batch_size
+    if labels_stage:
+        text = read_text(cfg.data.target)
+        every = make_blocks(text, tokenizer, cfg.data.block_length)
+        count = min(blocks, len(every.ids))
+        subset = Blocks(every.text, every.ids[:count], every.offsets[:count], every.dropped_tokens,
+                        every.bos_token_id)
+        anchors = load_anchors(cfg.data.anchors)
+        labels.compute_labels(base, reinforced, tokenizer, subset, anchors.without(anchors.composite_keys()),
+                              alpha=cfg.labels.alpha, seed=0, batch_size=size, precision=cfg.labels.precision,
+                              progress=False)
+    else:
+        ids = torch.randint(0, len(tokenizer), (size, cfg.data.block_length), device=device)
+        with torch.no_grad(), models.autocast(cfg.labels.precision, device):
+            both = base(input_ids=ids).logits, reinforced(input_ids=ids).logits  # noqa: F841 - alive at once
+    peak = torch.cuda.max_memory_allocated() if gpu else _resident_kib("VmHWM") * 1024
+    return {"peak_bytes": peak - before, "weights_bytes": weights}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps timed on each side")
     parser.add_argument("--blocks", type=int, default=16, help="blocks labelled on each side")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides, as whoharry's --set")
     args = parser.parse_args(argv)
 
     import torch
@@ -79,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     from whoharry.text import Blocks, make_blocks, read_text
 
     _setup(quiet=True)
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source, cfg.model)
     blocks = make_blocks(read_text(cfg.data.target), tokenizer, cfg.data.block_length)
@@ -116,8 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     count = min(args.blocks, len(blocks.ids))
     subset = Blocks(blocks.text, blocks.ids[:count], blocks.offsets[:count], blocks.dropped_tokens,
                     blocks.bos_token_id)
-    base = models.load_model(source, cfg.model)
-    reinforced = models.load_model(source, cfg.model)
+    base = models.load_model(source, cfg.model, inference=True).requires_grad_(False)
+    reinforced = models.load_model(source, cfg.model, inference=True).requires_grad_(False)
     anchors = load_anchors(cfg.data.anchors)
     anchors = anchors.without(anchors.composite_keys())
     size = cfg.labels.batch_size
@@ -135,6 +193,20 @@ def main(argv: list[str] | None = None) -> dict:
         "bare_tokens_per_second": round(tokens / bare, 1),
         "ratio": round(bare / seconds, 3),
         "target": ">= 0.85",
+    }
+    del base, reinforced
+
+    # labels memory: each side in a fresh process, so one's peak cannot hide in the other's
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        stage = pool.submit(peak_memory, args.config, args.overrides, args.blocks, True).result()
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        bare_peak = pool.submit(peak_memory, args.config, args.overrides, args.blocks, False).result()
+    result["labels_memory"] = {
+        "labels_peak_mib": round(stage["peak_bytes"] / 2**20, 1),
+        "two_models_one_batch_peak_mib": round(bare_peak["peak_bytes"] / 2**20, 1),
+        "two_models_weights_mib": round(stage["weights_bytes"] / 2**20, 1),
+        "ratio": round(stage["peak_bytes"] / bare_peak["peak_bytes"], 3),
+        "target": "<= 1.3",
     }
     print(json.dumps(result))
     return result

@@ -363,19 +363,19 @@ def test_absent_unicode_and_regex_anchor_keys_through_the_cli(project, tiny_mode
 def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(project, tiny_model_dir, monkeypatch):
     import errno
 
-    from whoharry import train
+    from accelerate import Accelerator
 
     config = write_config(project, tiny_model_dir, reinforce={"save_every": 1})
     out = project / "run"
-    real, saves = train.save_file, []
+    real, saves = Accelerator.save_state, []
 
-    def fills_the_disk(tensors, path, *args, **kwargs):
+    def fills_the_disk(self, path, *args, **kwargs):
         saves.append(path)
         if len(saves) > 2:
             raise OSError(errno.ENOSPC, "No space left on device", path)
-        return real(tensors, path, *args, **kwargs)
+        return real(self, path, *args, **kwargs)
 
-    monkeypatch.setattr(train, "save_file", fills_the_disk)
+    monkeypatch.setattr(Accelerator, "save_state", fills_the_disk)
     result = runner.invoke(app, ["reinforce", "--config", str(config), "--out", str(out), "-q"])
     assert result.exit_code == 1, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
@@ -383,7 +383,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(project, 
     assert sorted(p.name for p in (out / "reinforce" / "checkpoints").iterdir() if not p.name.startswith(".")) == [
         "step-1", "step-2"]
     assert not (out / "reinforce" / "manifest.json").exists() and not (out / ".whoharry.lock").exists()
-    monkeypatch.setattr(train, "save_file", real)
+    monkeypatch.setattr(Accelerator, "save_state", real)
     resumed = runner.invoke(app, ["reinforce", "--config", str(config), "--out", str(out), "-q"])
     assert resumed.exit_code == 0, resumed.output
 

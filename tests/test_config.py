@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,34 @@ def test_exponent_without_a_dot_is_a_number(tmp_path):
     assert load_config(None, ["labels.alpha=1e1"]).labels.alpha == 10.0
     with pytest.raises(WhoharryError, match="labels.alpha' must be float"):
         load_config(None, ["labels.alpha=five"])
+
+
+def test_the_paper_config_with_the_paper_scripts_settings():
+    """configs/llama2-7b.yaml with what scripts/paper_run.sh sets: one step sees 16 blocks of 512."""
+    script = (ROOT / "scripts" / "paper_run.sh").read_text(encoding="utf-8")
+    keys = set(re.findall(r'--set "([a-z_.]+)=', script))
+    assert {"data.target", "reinforce.grad_accum", "unlearn.grad_accum", "reinforce.lora_rank"} <= keys
+    cfg = load_config(ROOT / "configs" / "llama2-7b.yaml", [
+        "data.target=README.md", "reinforce.grad_accum=4", "unlearn.grad_accum=4", "reinforce.lora_rank=64",
+        "unlearn.lora_rank=64", "reinforce.learning_rate=1e-4", "unlearn.learning_rate=3e-5"])
+    assert cfg.model.name == "meta-llama/Llama-2-7b-chat-hf" and cfg.data.block_length == 512
+    assert cfg.labels.alpha == 5.0 and cfg.data.retain == []
+    assert cfg.unlearn.batch_size * cfg.unlearn.grad_accum == 16 and cfg.unlearn.max_steps == 512
+    assert cfg.reinforce.lora_rank == 64 and cfg.model.inference_dtype == "bf16"
+
+
+def test_the_accelerate_configs_name_their_engines():
+    engines = {path.stem: yaml.safe_load(path.read_text(encoding="utf-8"))
+               for path in (ROOT / "configs" / "accelerate").glob("*.yaml")}
+    assert engines["ddp"]["distributed_type"] == "MULTI_GPU"
+    assert engines["fsdp"]["distributed_type"] == "FSDP" and engines["fsdp"]["fsdp_config"]["fsdp_version"] == 2
+    assert engines["zero3"]["distributed_type"] == "DEEPSPEED"
+    assert engines["zero3"]["deepspeed_config"]["zero_stage"] == 3
+
+
+def test_training_options_are_checked():
+    with pytest.raises(WhoharryError, match="unlearn.lora_rank must be >= 0"):
+        load_config(None, ["unlearn.lora_rank=-1"])
+    with pytest.raises(WhoharryError, match="model.inference_dtype must be one of fp32, bf16, fp16"):
+        load_config(None, ["model.inference_dtype=int8"])
+    assert load_config(None, ["reinforce.gradient_checkpointing=true"]).reinforce.gradient_checkpointing

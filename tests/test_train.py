@@ -98,9 +98,9 @@ def test_a_loss_gone_nan_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_p
     cfg = TrainConfig(epochs=3, batch_size=2, precision="fp32", save_every=1)
     real, calls = train_module.causal_lm_loss, []
 
-    def nan_at_the_third_step(logits, targets):
+    def nan_at_the_third_step(logits, targets, **kwargs):
         calls.append(1)
-        loss = real(logits, targets)
+        loss = real(logits, targets, **kwargs)
         return loss * float("nan") if len(calls) == 3 else loss
 
     monkeypatch.setattr(train_module, "causal_lm_loss", nan_at_the_third_step)

@@ -84,6 +84,7 @@ def _setup(quiet: bool) -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    logging.getLogger("accelerate").setLevel(logging.ERROR)  # e.g. notes on tied weights in checkpoints
 
 
 def _config(config: Path | None, overrides: list[str] | None, max_steps: int | None, seed: int | None) -> Config:
@@ -102,26 +103,31 @@ def _stage(
     action: Callable[[Config], str],
 ) -> None:
     """The common shape of a command: set up logging, resolve the config, check --out, act, report."""
-    from whoharry import pipeline, runlock
+    from whoharry import distributed, pipeline, runlock
 
-    _setup(quiet)
+    _setup(quiet or not distributed.is_main())  # under accelerate launch, the main process speaks
 
     def body() -> None:
         cfg = _config(config, overrides, max_steps, seed)
         pipeline.check_out_dir(out)
-        with runlock.hold(out):
+        with distributed.main_holds(lambda: runlock.hold(out)):
             text = action(cfg)
-        typer.echo(text)
+        if distributed.is_main():
+            typer.echo(text)
 
     _guard(body)
 
 
 def _guard(body: Callable[[], Any]) -> Any:
-    """Run a command body; input problems end with one line on stderr and exit code 2."""
+    """Run a command body; input problems end with one line on stderr and exit code 2 (under
+    accelerate launch, every process stops and the main process says why)."""
+    from whoharry import distributed
+
     try:
         return body()
     except WhoharryError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        if distributed.is_main():
+            typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo("interrupted; rerun the same command to resume from the last checkpoint", err=True)
@@ -245,6 +251,10 @@ def eval_(
     ]
 
     def action(cfg: Config) -> str:
+        from whoharry import distributed
+
+        if distributed.world() > 1:
+            raise WhoharryError("whoharry eval runs in one process; start it without accelerate launch")
         target = model or out / "unlearn" / "final"
         if not (target / "config.json").is_file():
             raise WhoharryError(f"no model to evaluate at {target}: pass --model or run `whoharry unlearn` first")
@@ -295,7 +305,8 @@ def run(
     from whoharry import pipeline
 
     def action(cfg: Config) -> str:
-        return _table(pipeline.run(cfg, out, progress=not quiet), out)
+        summary = pipeline.run(cfg, out, progress=not quiet)
+        return _table(summary, out) if summary else ""  # empty in the processes that do not evaluate
 
     _stage(quiet, config, set_, max_steps, seed, out, action)
 

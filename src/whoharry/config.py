@@ -32,6 +32,11 @@ class ModelConfig:
     revision: str | None = None  # hub revision, when downloads are allowed
     allow_download: bool = False  # let transformers reach the model hub
     trust_remote_code: bool = False  # run code shipped with a hub model
+    # the weights of the models the labels and eval stages only read (training keeps fp32 master
+    # weights): bf16 halves their memory on a GPU; fp32 | bf16 | fp16
+    inference_dtype: str = "fp32"
+    # "auto": spread those models over every visible GPU (one process), for models one GPU cannot hold
+    device_map: str | None = None
 
 
 @dataclass
@@ -60,7 +65,14 @@ class TrainConfig:
     max_steps: int | None = None  # caps the number of optimizer steps
     save_every: int = 0  # steps between checkpoints; 0 keeps no intermediate checkpoints
     keep_checkpoints: int = 2
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; weights stay fp32)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (mixed precision; master weights stay fp32)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
+    compile: bool = False  # torch.compile the model before training
+    # LoRA through peft (0: full fine-tuning); the adapters are merged into a plain model at the end
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
 
 
 @dataclass
@@ -302,6 +314,10 @@ def validate(cfg: Config) -> None:
             (train.max_steps is None or train.max_steps >= 1, f"{name}.max_steps must be >= 1"),
             (train.save_every >= 0, f"{name}.save_every must be >= 0"),
             (train.keep_checkpoints >= 1, f"{name}.keep_checkpoints must be >= 1"),
+            (train.lora_rank >= 0, f"{name}.lora_rank must be >= 0 (0 fine-tunes every weight)"),
+            (train.lora_alpha > 0, f"{name}.lora_alpha must be > 0"),
+            (0 <= train.lora_dropout < 1, f"{name}.lora_dropout must be in [0, 1)"),
+            (bool(train.lora_target_modules), f"{name}.lora_target_modules must name at least one module"),
         ]
     for name, precision in (
         ("reinforce", cfg.reinforce.precision),
@@ -310,6 +326,8 @@ def validate(cfg: Config) -> None:
         ("eval", cfg.eval.precision),
     ):
         checks.append((precision in PRECISIONS, f"{name}.precision must be one of {', '.join(PRECISIONS)}"))
+    checks.append((cfg.model.inference_dtype in PRECISIONS[1:],
+                   f"model.inference_dtype must be one of {', '.join(PRECISIONS[1:])}"))
     unknown = [part for part in cfg.eval.parts if part not in EVAL_PARTS]
     checks.append((not unknown, f"eval.parts: unknown part {', '.join(map(repr, unknown))}; "
                                 f"valid parts: {', '.join(EVAL_PARTS)}"))
@@ -327,6 +345,13 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, list):
         return [to_dict(item) for item in obj]
     return obj
+
+
+def model_key(model: ModelConfig, *, reading: bool) -> dict[str, Any]:
+    """The model settings a stage's result depends on: where the read-only models sit never matters,
+    and their weight dtype only to the stages that read them (`reading`)."""
+    skipped = {"device_map"} if reading else {"device_map", "inference_dtype"}
+    return {key: value for key, value in to_dict(model).items() if key not in skipped}
 
 
 def fingerprint(data: Any) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from whoharry import artifacts, benchmarks, intervals, llm_judge, membership, models, plots, report
 from whoharry.anchors import load_anchors
-from whoharry.config import Config, fingerprint, to_dict
+from whoharry.config import Config, fingerprint, model_key, to_dict
 from whoharry.report import load_report, render_markdown
 from whoharry.suite import Context, evaluate_model, finish_model, value_key, wanted
 from whoharry.text import read_text
@@ -85,7 +85,7 @@ def model_identity(path: Path) -> str:
 def eval_fingerprint(cfg: Config, model_path: Path) -> str:
     return fingerprint({"eval": {name: value_key(value) for name, value in vars(cfg.eval).items()},
                         "seed": cfg.seed, "anchors": value_key(cfg.data.anchors),
-                        "target": value_key(cfg.data.target), "baseline": to_dict(cfg.model),
+                        "target": value_key(cfg.data.target), "baseline": model_key(cfg.model, reading=True),
                         "model": model_identity(model_path)})
 
 
@@ -107,20 +107,20 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source, cfg.model)
     uses_target = any(part in cfg.eval.parts for part in ("verbatim", "membership", "relearning"))
-    base_id = f"{source.description}:{fingerprint(to_dict(cfg.model))}"
+    base_id = f"{source.description}:{fingerprint(model_key(cfg.model, reading=True))}"
     ctx = Context(
         config=cfg, folder=stage_dir, overwrite=overwrite,
         control=load_anchors(cfg.data.anchors) if cfg.data.anchors.is_file() else None,
         member_text=read_text(cfg.data.target) if uses_target else None, progress=progress, base_id=base_id,
     )
-    base = models.load_model(source, cfg.model)
+    base = models.load_model(source, cfg.model, inference=True)
     results = {"base": evaluate_model(base, tokenizer, ctx, "base", base_id)}
     # the base model stays loaded as the judge of the other models' fluency
-    others = [("unlearned", model_identity(model_path), lambda: models.load_folder(model_path))]
+    others = [("unlearned", model_identity(model_path), lambda: models.load_folder(model_path, cfg=cfg.model))]
     if cfg.eval.reference is not None:
         reference_cfg = dataclasses.replace(cfg.model, name=cfg.eval.reference, revision=None)
         others.append(("reference", f"{cfg.eval.reference}:{fingerprint(to_dict(reference_cfg))}",
-                       lambda: models.load_model(models.resolve(reference_cfg), reference_cfg)))
+                       lambda: models.load_model(models.resolve(reference_cfg), reference_cfg, inference=True)))
     for name, model_id, load in others:
         model = load()
         results[name] = evaluate_model(model, tokenizer, ctx, name, model_id, judge_model=base)

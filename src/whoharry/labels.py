@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -27,9 +28,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from whoharry import artifacts, models
+from whoharry import artifacts, distributed, models
 from whoharry.anchors import Anchors, load_anchors
-from whoharry.config import Config, fingerprint, to_dict
+from whoharry.config import Config, fingerprint, model_key, to_dict
 from whoharry.errors import WhoharryError
 from whoharry.text import Blocks, make_blocks, pad, read_text
 from whoharry.translate import NO_LABEL, BlockTranslation, translate_block
@@ -83,39 +84,60 @@ def block_rng(seed: int, block: int) -> random.Random:
 
 
 @dataclass
+class Shard:
+    """One process's labels: rows of the blocks it did (the others -100), anchor counts, unaligned positions."""
+
+    labels: torch.Tensor
+    found: Counter[str]
+    unaligned: int
+
+
+def batches_of(count: int, batch_size: int) -> list[list[int]]:
+    """Block indices in batches, in order; process r of N takes batches r, r + N, r + 2N, ..."""
+    return [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
+
+
+@dataclass
 class Partial:
-    """The labels made so far, saved every `every` batches to `path` under the stage's key."""
+    """One process's labels made so far, saved every `every` batches to `path` under the stage's key."""
 
     path: Path
     key: str
     every: int
 
-    def save(self, blocks_done: int, labels: torch.Tensor, found: Counter[str], unaligned: int) -> None:
-        meta = {"key": self.key, "blocks_done": str(blocks_done), "unaligned": str(unaligned),
-                "found": json.dumps(dict(found))}
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"labels": labels}, str(tmp), metadata=meta)
-        os.replace(tmp, self.path)
+    def save(self, batches_done: int, shard: Shard) -> None:
+        _save_shard(self.path, shard, {"key": self.key, "batches_done": str(batches_done)})
 
-    def load(self) -> tuple[int, torch.Tensor, Counter[str], int] | None:
-        """(blocks done, labels, anchor occurrences, unaligned positions), or None when there is no
-        progress saved under this key."""
-        if not self.path.is_file():
-            return None
-        try:
-            with safe_open(str(self.path), "pt") as handle:
-                meta = handle.metadata() or {}
-                if meta.get("key") != self.key:
-                    return None
-                labels = handle.get_tensor("labels")
-            return int(meta["blocks_done"]), labels, Counter(json.loads(meta["found"])), int(meta["unaligned"])
-        except (OSError, ValueError, KeyError, SafetensorError):
-            log.info("labels: ignoring unreadable progress file %s", self.path)
-            return None
+    def load(self) -> tuple[int, Shard] | None:
+        """(batches done, the shard so far), or None when there is no progress saved under this key."""
+        loaded = _load_shard(self.path, self.key)
+        return None if loaded is None else (int(loaded[1]["batches_done"]), loaded[0])
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _save_shard(path: Path, shard: Shard, meta: dict[str, str]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    meta = {**meta, "unaligned": str(shard.unaligned), "found": json.dumps(dict(shard.found))}
+    save_file({"labels": shard.labels}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def _load_shard(path: Path, key: str) -> tuple[Shard, dict[str, str]] | None:
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata() or {}
+            if meta.get("key") != key:
+                return None
+            labels = handle.get_tensor("labels")
+        return Shard(labels, Counter(json.loads(meta["found"])), int(meta["unaligned"])), meta
+    except (OSError, ValueError, KeyError, SafetensorError):
+        log.info("labels: ignoring unreadable file %s", path)
+        return None
 
 
 @torch.no_grad()
@@ -131,31 +153,52 @@ def compute_labels(
     batch_size: int = 4,
     precision: str = "auto",
     progress: bool = True,
+) -> LabelSet:
+    """Translate every block, run both models, and keep only the label ids (one process, no saving)."""
+    shard = label_shard(base, reinforced, tokenizer, blocks, anchors, batches_of(len(blocks.ids), batch_size),
+                        alpha=alpha, seed=seed, precision=precision, progress=progress)
+    return finish(blocks, anchors, [shard], alpha)
+
+
+@torch.no_grad()
+def label_shard(
+    base: torch.nn.Module,
+    reinforced: torch.nn.Module,
+    tokenizer,
+    blocks: Blocks,
+    anchors: Anchors,
+    batches: list[list[int]],
+    *,
+    alpha: float,
+    seed: int,
+    precision: str = "auto",
+    progress: bool = True,
     metrics: artifacts.MetricsLog | None = None,
     partial: Partial | None = None,
-    resume: tuple[int, torch.Tensor, Counter[str], int] | None = None,
-) -> LabelSet:
-    """Translate every block, run both models, and keep only the label ids. With `partial`, the labels
-    made so far are saved every few batches; `resume` (what `Partial.load` read) continues from them."""
+    resume: tuple[int, Shard] | None = None,
+) -> Shard:
+    """Label the blocks of `batches`. With `partial`, the labels made so far are saved every few
+    batches; `resume` (what `Partial.load` read) continues after them. Translation choices depend on
+    the seed and the block alone, so any split of the batches gives the same labels."""
     pattern = anchors.pattern()
     device = next(base.parameters()).device
     base.eval()
     reinforced.eval()
-    count = len(blocks.ids)
     all_ids = torch.tensor(blocks.ids, dtype=torch.int32)
-    all_labels = torch.full_like(all_ids, IGNORE)
-    found: Counter[str] = Counter()
-    unaligned = first = 0
+    shard = Shard(torch.full_like(all_ids, IGNORE), Counter(), 0)
+    first = 0
     if resume is not None:
-        first, all_labels, found, unaligned = resume
-        log.info("labels: resuming at block %d of %d", first, count)
-    bar = tqdm(total=count, initial=first, desc="labels", unit="block", disable=not progress)
-    began = time.perf_counter()
-    done = all_labels[:first] != IGNORE
+        first, shard = resume
+        log.info("labels: resuming after batch %d of %d", first, len(batches))
+    done_blocks = [b for batch in batches[:first] for b in batch]
+    done = shard.labels[done_blocks] != IGNORE
     labelled_so_far = int(done.sum())
-    changed_so_far = int((done & (all_labels[:first] != all_ids[:first])).sum())
-    for batch_number, start in enumerate(range(first, count, batch_size), start=1):
-        indices = list(range(start, min(start + batch_size, count)))
+    changed_so_far = int((done & (shard.labels[done_blocks] != all_ids[done_blocks])).sum())
+    bar = tqdm(total=sum(map(len, batches)), initial=len(done_blocks), desc="labels", unit="block",
+               disable=not progress)
+    began = time.perf_counter()
+    for number in range(first, len(batches)):
+        indices = batches[number]
         translations = [
             translate_block(
                 blocks.text, blocks.ids[b], blocks.offsets[b], anchors, pattern, tokenizer,
@@ -170,28 +213,43 @@ def compute_labels(
             reinforced_logits = reinforced(input_ids=original).logits
             base_logits = base(input_ids=translated, attention_mask=mask).logits
         for row, (b, translation) in enumerate(zip(indices, translations, strict=True)):
-            found.update(occ.key for occ in translation.occurrences)
-            unaligned += _count_unaligned(translation)
-            all_labels[b] = _block_labels(translation, base_logits[row], reinforced_logits[row], alpha)
+            shard.found.update(occ.key for occ in translation.occurrences)
+            shard.unaligned += _count_unaligned(translation)
+            shard.labels[b] = _block_labels(translation, base_logits[row], reinforced_logits[row], alpha)
         bar.update(len(indices))
         if metrics is not None:
-            batch_labels = all_labels[indices]
+            batch_labels = shard.labels[indices]
             batch_labelled = batch_labels != IGNORE
             labelled_so_far += int(batch_labelled.sum())
             changed_so_far += int((batch_labelled & (batch_labels != all_ids[indices])).sum())
             metrics.log(
-                blocks=indices[-1] + 1,
+                batches=number + 1,
+                blocks=sum(map(len, batches[: number + 1])),
                 positions_labelled=labelled_so_far,
                 positions_changed=changed_so_far,
                 seconds=round(time.perf_counter() - began, 3),
             )
-        if partial is not None and partial.every and batch_number % partial.every == 0 and indices[-1] + 1 < count:
-            partial.save(indices[-1] + 1, all_labels, found, unaligned)
+        if partial is not None and partial.every and (number + 1) % partial.every == 0 and number + 1 < len(batches):
+            partial.save(number + 1, shard)
     bar.close()
+    return shard
+
+
+def finish(blocks: Blocks, anchors: Anchors, shards: list[Shard], alpha: float) -> LabelSet:
+    """Merge the processes' shards (each block's row from the shard that labelled it) and count."""
+    all_ids = torch.tensor(blocks.ids, dtype=torch.int32)
+    all_labels = torch.full_like(all_ids, IGNORE)
+    found: Counter[str] = Counter()
+    unaligned = 0
+    for shard in shards:
+        rows = (shard.labels != IGNORE).any(dim=1)
+        all_labels[rows] = shard.labels[rows]
+        found.update(shard.found)
+        unaligned += shard.unaligned
     labelled = all_labels != IGNORE
     changed = labelled & (all_labels != all_ids)
     stats = {
-        "blocks": count,
+        "blocks": len(blocks.ids),
         "block_length": all_ids.shape[1],
         "tokens": int(all_ids.numel()),
         "tokens_dropped": blocks.dropped_tokens,
@@ -258,7 +316,7 @@ def labels_fingerprint(cfg: Config, out: Path) -> str:
     return fingerprint(
         {
             "seed": cfg.seed,
-            "model": to_dict(cfg.model),
+            "model": model_key(cfg.model, reading=True),
             "block_length": cfg.data.block_length,
             # how often progress is saved does not change the labels
             "labels": {k: v for k, v in to_dict(cfg.labels).items() if k != "save_every"},
@@ -290,24 +348,54 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source, cfg.model)
     blocks = make_blocks(text, tokenizer, cfg.data.block_length)
-    base = models.load_model(source, cfg.model)
+    base = models.load_model(source, cfg.model, inference=True).requires_grad_(False)  # no autocast weight cache
     models.check_context(base, cfg.data.block_length)
-    reinforced = models.load_folder(out / "reinforce" / "final", next(base.parameters()).device)
-    partial = Partial(stage_dir / "partial.safetensors", key, cfg.labels.save_every)
+    reinforced = models.load_folder(out / "reinforce" / "final", next(base.parameters()).device, cfg.model)
+    reinforced.requires_grad_(False)
+    # under `accelerate launch`, each process labels every N-th batch and the main process merges
+    processes, rank, main = distributed.world(), distributed.rank(), distributed.is_main()
+    mine = batches_of(len(blocks.ids), cfg.labels.batch_size)[rank::processes]
+    suffix = "" if processes == 1 else f"-{rank}-of-{processes}"
+    partial = Partial(stage_dir / f"partial{suffix}.safetensors", key, cfg.labels.save_every)
     saved = partial.load()
-    metrics_path = stage_dir / "metrics.jsonl"
-    if saved is not None:
-        artifacts.truncate_metrics(metrics_path, "blocks", saved[0])
-    label_set = compute_labels(
-        base, reinforced, tokenizer, blocks, anchors,
-        alpha=cfg.labels.alpha, seed=cfg.seed, batch_size=cfg.labels.batch_size,
-        precision=cfg.labels.precision, progress=progress,
-        metrics=artifacts.MetricsLog(metrics_path, append=saved is not None), partial=partial, resume=saved,
+    metrics_path = stage_dir / "metrics.jsonl"  # the main process's batches
+    if saved is not None and main:
+        artifacts.truncate_metrics(metrics_path, "batches", saved[0])
+    shard = label_shard(
+        base, reinforced, tokenizer, blocks, anchors, mine,
+        alpha=cfg.labels.alpha, seed=cfg.seed, precision=cfg.labels.precision, progress=progress and main,
+        metrics=artifacts.MetricsLog(metrics_path, append=saved is not None) if main else None,
+        partial=partial, resume=saved,
     )
+    del base, reinforced
+    shards_dir = stage_dir / "shards"
+    if processes > 1:
+        _save_shard(shards_dir / f"rank-{rank}-of-{processes}.safetensors", shard, {"key": key})
+        distributed.barrier()
+    if main:
+        shards = [shard] if processes == 1 else [_read_shard(shards_dir, r, processes, key) for r in range(processes)]
+        _write(cfg, out, stage_dir, key, source.description, finish(blocks, anchors, shards, cfg.labels.alpha),
+               composite, len(anchors), time.perf_counter() - began)
+        shutil.rmtree(shards_dir, ignore_errors=True)
+    distributed.barrier()
+    partial.clear()
+    return stage_dir
+
+
+def _read_shard(folder: Path, rank: int, processes: int, key: str) -> Shard:
+    loaded = _load_shard(folder / f"rank-{rank}-of-{processes}.safetensors", key)
+    if loaded is None:
+        raise WhoharryError(f"labels: process {rank} of {processes} left no readable shard in {folder}")
+    return loaded[0]
+
+
+def _write(cfg: Config, out: Path, stage_dir: Path, key: str, model: str, label_set: LabelSet,
+           composite: list[str], keys: int, seconds: float) -> None:
+    """labels.safetensors, stats.json, config.yaml and manifest.json (last)."""
     label_set.stats["composite_keys_split"] = composite
     missing = label_set.stats["anchor_keys_missing"]
     if missing:
-        log.warning("labels: %d of %d anchor keys never occur in the target text", missing, len(anchors))
+        log.warning("labels: %d of %d anchor keys never occur in the target text", missing, keys)
     save_labels(stage_dir, label_set)
     stats = label_set.stats
     log.info(
@@ -320,14 +408,13 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         inputs={
             "target": str(cfg.data.target),
             "anchors": str(cfg.data.anchors),
-            "model": source.description,
+            "model": model,
             "reinforced": artifacts.stage_fingerprint(out / "reinforce"),
         },
         outputs=[LABELS_FILE, "stats.json", "metrics.jsonl"],
         seed=cfg.seed,
-        seconds=time.perf_counter() - began,
-        summary={k: v for k, v in stats.items() if k not in ("occurrences_per_key", "composite_keys_split")},
+        seconds=seconds,
+        summary={**{k: v for k, v in stats.items() if k not in ("occurrences_per_key", "composite_keys_split")},
+                 "processes": distributed.world()},
     )
     artifacts.write_stage(stage_dir, record, to_dict(cfg))
-    partial.clear()
-    return stage_dir

@@ -129,15 +129,53 @@ def load_tokenizer(source: ModelSource, cfg: ModelConfig) -> PreTrainedTokenizer
     return tokenizer
 
 
-def load_model(source: ModelSource, cfg: ModelConfig, device: torch.device | None = None) -> PreTrainedModel:
-    """Load fp32 weights (training keeps fp32 master weights; compute precision is set per stage)."""
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load_model(
+    source: ModelSource, cfg: ModelConfig, device: torch.device | None = None, *, inference: bool = False
+) -> PreTrainedModel:
+    """Load a model to train (fp32 master weights; the compute precision is set per stage) or, with
+    `inference`, one to read only (`cfg.inference_dtype`, spread over GPUs by `cfg.device_map`)."""
     model = AutoModelForCausalLM.from_pretrained(
         source.path,
         revision=cfg.revision,
         local_files_only=source.local or not cfg.allow_download,
         trust_remote_code=cfg.trust_remote_code,
-        dtype=torch.float32,
+        **_placement(cfg if inference else None),
     )
+    return _place(model, device, cfg if inference else None)
+
+
+def load_folder(path: Path, device: torch.device | None = None, cfg: ModelConfig | None = None) -> PreTrainedModel:
+    """Load a model this project saved (a stage's `final/` folder); with `cfg`, to read only, as
+    `load_model(..., inference=True)` does."""
+    if not (path / "config.json").is_file():
+        raise WhoharryError(f"no model in {path}: run the stage that writes it first")
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **_placement(cfg))
+    return _place(model, device, cfg)
+
+
+def _placement(inference: ModelConfig | None) -> dict:
+    if inference is None:
+        return {"dtype": torch.float32}
+    if inference.device_map:
+        from whoharry import distributed
+
+        if distributed.world() > 1:
+            raise WhoharryError("model.device_map spreads one model over the GPUs of one process; "
+                                "start this stage without accelerate launch")
+        return {"dtype": WEIGHT_DTYPES[inference.inference_dtype], "device_map": inference.device_map}
+    return {"dtype": WEIGHT_DTYPES[inference.inference_dtype]}
+
+
+def _place(model: PreTrainedModel, device: torch.device | None, inference: ModelConfig | None) -> PreTrainedModel:
+    from whoharry import distributed
+
+    if inference is not None and inference.device_map:
+        return model  # already spread by transformers
+    if inference is None and distributed.sharded():
+        return model  # FSDP or DeepSpeed places (and shards) it when the training loop prepares it
     return model.to(device or default_device())
 
 
@@ -151,16 +189,11 @@ def check_context(model: PreTrainedModel, block_length: int) -> None:
         )
 
 
-def load_folder(path: Path, device: torch.device | None = None) -> PreTrainedModel:
-    """Load a model this project saved (a stage's `final/` folder)."""
-    if not (path / "config.json").is_file():
-        raise WhoharryError(f"no model in {path}: run the stage that writes it first")
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-    return model.to(device or default_device())
-
-
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's device: its own GPU under `accelerate launch`, else the GPU if any, else the CPU."""
+    from whoharry import distributed
+
+    return distributed.device()
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

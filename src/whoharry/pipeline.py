@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from whoharry import evaluate, unlearn
+from whoharry import distributed, evaluate, unlearn
 from whoharry.config import Config
 from whoharry.errors import WhoharryError
 from whoharry.runlock import LOCK
@@ -33,6 +33,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> dict[str, Any]:
     check_out_dir(out)
     # unlearn.run runs labels.run first, which runs reinforce.run first; each skips when complete
     unlearn.run(cfg, out, progress=progress)
+    if not distributed.is_main():
+        return {}  # under accelerate launch the main process evaluates, alone
     eval_dir = evaluate.run(cfg, out, progress=progress)
     report = evaluate.load_report(eval_dir)
     return report["summary"]

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from whoharry import artifacts, models, train
-from whoharry.config import Config, fingerprint, to_dict
+from whoharry import artifacts, distributed, models, train
+from whoharry.config import Config, fingerprint, model_key, to_dict
 from whoharry.text import make_blocks, read_text
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ def reinforce_fingerprint(cfg: Config) -> str:
     return fingerprint(
         {
             "seed": cfg.seed,
-            "model": to_dict(cfg.model),
+            "model": model_key(cfg.model, reading=False),
             "block_length": cfg.data.block_length,
             "train": to_dict(cfg.reinforce),
             "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
@@ -50,8 +50,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     result = train.train(
         model, input_ids, input_ids, cfg.reinforce,
         seed=cfg.seed, stage_dir=stage_dir, run_key=key, desc="reinforce", progress=progress,
+        final=(stage_dir / "final", tokenizer),
     )
-    train.save_final(model, tokenizer, stage_dir)
     record = artifacts.StageRecord(
         stage="reinforce",
         fingerprint=key,
@@ -61,6 +61,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         seconds=time.perf_counter() - began,
         summary={"blocks": len(blocks.ids), **train.summary(result)},
     )
-    artifacts.write_stage(stage_dir, record, to_dict(cfg))
-    train.clear_checkpoints(stage_dir)
+    if distributed.is_main():
+        artifacts.write_stage(stage_dir, record, to_dict(cfg))
+        train.clear_checkpoints(stage_dir)
+    distributed.barrier()
     return stage_dir

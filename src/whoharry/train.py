@@ -1,8 +1,13 @@
 """The one training loop behind both fine-tuning stages.
 
 Reinforcing is this loop with the text as its own labels; unlearning is this loop with the generic
-labels. AdamW, linear warm-up then linear decay, gradient accumulation, gradient clipping, autocast,
-and checkpoints every N steps that a rerun resumes from, ending with the same weights.
+labels. AdamW, linear warm-up then linear decay, gradient accumulation, gradient clipping, mixed
+precision, and checkpoints every N steps that a rerun resumes from, ending with the same weights.
+
+It runs through accelerate, so `accelerate launch` makes it data-parallel (DDP, FSDP or DeepSpeed
+ZeRO-3, from the accelerate config file). `batch_size` is per process: an optimizer step sees
+`batch_size x grad_accum x processes` blocks, the same blocks whatever the split, and the loss is the
+mean over every labelled token of the step, so N processes take the steps one process would.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from whoharry import artifacts, models
+from whoharry import artifacts, distributed, models
 from whoharry.config import TrainConfig
 from whoharry.errors import WhoharryError
 
@@ -36,29 +42,32 @@ class TrainResult:
     resumed_from: int
     final_loss: float
     mean_loss: float
-    tokens: int
+    tokens: int  # tokens read by all processes together
     seconds: float
     precision: str
+    processes: int
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of position t's logits against labels[t + 1], ignoring -100."""
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of position t's logits against labels[t + 1], ignoring -100 (mean or sum)."""
     shifted = logits[:, :-1].float()
     targets = labels[:, 1:].long()
     return torch.nn.functional.cross_entropy(
-        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE
+        shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction=reduction
     )
 
 
-def total_steps(samples: int, cfg: TrainConfig) -> int:
-    per_step = cfg.batch_size * cfg.grad_accum
+def total_steps(samples: int, cfg: TrainConfig, processes: int = 1) -> int:
+    per_step = cfg.batch_size * cfg.grad_accum * processes
     steps = max(1, math.ceil(cfg.epochs * samples / per_step))
     return min(steps, cfg.max_steps) if cfg.max_steps else steps
 
 
-def sample_order(samples: int, step: int, cfg: TrainConfig, seed: int) -> list[list[int]]:
-    """The micro-batches of one optimizer step: a reshuffle per epoch, fixed by seed and step alone."""
-    per_step = cfg.batch_size * cfg.grad_accum
+def sample_order(samples: int, step: int, cfg: TrainConfig, seed: int, processes: int = 1) -> list[list[int]]:
+    """The micro-batches of one optimizer step, for all processes together (`batch_size x processes`
+    blocks each): a reshuffle per epoch, fixed by seed and step alone."""
+    width = cfg.batch_size * processes
+    per_step = width * cfg.grad_accum
     first, last = step * per_step, (step + 1) * per_step
     chosen: list[int] = []
     for epoch in range(first // samples, (last - 1) // samples + 1):
@@ -66,7 +75,52 @@ def sample_order(samples: int, step: int, cfg: TrainConfig, seed: int) -> list[l
         order = torch.randperm(samples, generator=generator).tolist()
         lo, hi = max(first - epoch * samples, 0), min(last - epoch * samples, samples)
         chosen.extend(order[lo:hi])
-    return [chosen[i : i + cfg.batch_size] for i in range(0, len(chosen), cfg.batch_size)]
+    return [chosen[i : i + width] for i in range(0, len(chosen), width)]
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """An Accelerator for one training run: its mixed precision follows `cfg.precision`."""
+    device = distributed.device()
+    dtype = models.autocast_dtype(cfg.precision, device)
+    if dtype == torch.float16 and device.type == "cpu":
+        raise WhoharryError("precision fp16 needs a GPU; use bf16 or fp32 on a CPU")
+    mixed = {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed and distributed.world() == 1:
+        # one process may train with several precisions in turn (the evaluation's relearning, tests)
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed, gradient_accumulation_steps=cfg.grad_accum)
+
+
+def prepare_model(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """Gradient checkpointing, LoRA adapters and torch.compile, as configured (before accelerate wraps it)."""
+    if cfg.gradient_checkpointing:
+        _checkpointing(model, True)
+    if cfg.lora_rank:
+        if distributed.sharded():
+            raise WhoharryError("LoRA runs on one GPU or with DDP; with FSDP or DeepSpeed ZeRO-3 set lora_rank=0")
+        from peft import LoraConfig, get_peft_model
+
+        targets = cfg.lora_target_modules
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+            target_modules=targets[0] if targets == ["all-linear"] else targets,
+        ))
+    if cfg.compile:
+        model.compile()
+    return model
+
+
+def _checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Gradient (activation) checkpointing on or off: transformers 5 names it activation checkpointing."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
 
 
 def train(
@@ -81,63 +135,87 @@ def train(
     desc: str,
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
+    final: tuple[Path, object] | None = None,
 ) -> TrainResult:
     """Fine-tune `model` in place on (input_ids, labels) blocks; resume from `stage_dir/checkpoints`.
-    `on_step(n)` runs after optimizer step n (for measurements; the model is put back in training mode)."""
-    device = next(model.parameters()).device
+    With `final=(folder, tokenizer)` the trained model is written there as a save_pretrained folder
+    (LoRA merged in, sharded weights gathered). `on_step(n)` runs after optimizer step n (for
+    measurements, one process only; the model is put back in training mode)."""
+    acc = make_accelerator(cfg)
+    processes, rank = acc.num_processes, acc.process_index
     samples = input_ids.shape[0]
-    steps = total_steps(samples, cfg)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    steps = total_steps(samples, cfg, processes)
+    labelled = (labels[:, 1:] != IGNORE).sum(dim=1)  # tokens each block contributes to the loss
+    model = prepare_model(model, cfg)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # the scheduler is stepped here once per optimizer step, so accelerate is not given it
     scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
-    start = _resume(stage_dir / "checkpoints", run_key, model, optimizer, scheduler)
+    if acc.state.deepspeed_plugin is not None:  # no data loader to read the batch size from
+        acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    wrapped, optimizer = acc.prepare(model, optimizer)
+    start = _resume(stage_dir / "checkpoints", run_key, acc, scheduler)
     metrics_path = stage_dir / "metrics.jsonl"
     if start:
         log.info("%s: resuming from checkpoint step-%d", desc, start)
-        artifacts.truncate_metrics(metrics_path, "step", start)
+        if acc.is_main_process:
+            artifacts.truncate_metrics(metrics_path, "step", start)
     else:
         torch.manual_seed(seed)
-    metrics = artifacts.MetricsLog(metrics_path, append=start > 0)
-    model.train()
+    metrics = artifacts.MetricsLog(metrics_path, append=start > 0) if acc.is_main_process else None
+    wrapped.train()
     losses: list[float] = []
     tokens = 0
     began = time.perf_counter()
-    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", disable=not progress)
+    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", disable=not (progress and acc.is_main_process))
     for step in range(start, steps):
-        micro_batches = sample_order(samples, step, cfg, seed)
-        step_loss = 0.0
+        micro_batches = sample_order(samples, step, cfg, seed, processes)
+        step_tokens = max(1, int(sum(labelled[batch].sum() for batch in micro_batches)))
+        step_loss = torch.zeros((), device=acc.device)
         for batch in micro_batches:
-            ids = input_ids[batch].long().to(device)
-            targets = labels[batch].long().to(device)
-            with models.autocast(cfg.precision, device):
-                logits = model(input_ids=ids).logits
-            loss = causal_lm_loss(logits, targets) / len(micro_batches)
-            loss.backward()
-            step_loss += loss.item()
-            tokens += int(ids.numel())
-        if not math.isfinite(step_loss):
+            mine = batch[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+            ids = input_ids[mine].long().to(acc.device)
+            targets = labels[mine].long().to(acc.device)
+            with acc.accumulate(wrapped):
+                logits = wrapped(input_ids=ids).logits
+                # this process's share of the step's mean: processes average their gradients and
+                # accelerate divides by grad_accum, so both are multiplied back in
+                loss = causal_lm_loss(logits, targets, reduction="sum") / step_tokens
+                acc.backward(loss * processes * cfg.grad_accum)
+                if acc.sync_gradients:
+                    if cfg.max_grad_norm > 0:
+                        acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            step_loss += loss.detach()
+            tokens += int(ids.numel()) * processes
+        scheduler.step()
+        value = float(acc.reduce(step_loss, reduction="sum")) if processes > 1 else float(step_loss)
+        if not math.isfinite(value):
             raise WhoharryError(
-                f"{desc}: the loss became {step_loss} at step {step + 1}; lower the learning rate "
+                f"{desc}: the loss became {value} at step {step + 1}; lower the learning rate "
                 "or use precision fp32 (the last checkpoint is kept)"
             )
-        if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(step_loss)
-        metrics.log(step=step + 1, loss=round(step_loss, 6), lr=scheduler.get_last_lr()[0],
-                    seconds=round(time.perf_counter() - began, 3))
-        bar.set_postfix(loss=f"{step_loss:.3f}")
+        losses.append(value)
+        if metrics is not None:
+            metrics.log(step=step + 1, loss=round(value, 6), lr=scheduler.get_last_lr()[0],
+                        seconds=round(time.perf_counter() - began, 3))
+        bar.set_postfix(loss=f"{value:.3f}")
         bar.update(1)
         done = step + 1
         if on_step is not None:
             on_step(done)
-            model.train()
+            wrapped.train()
         if cfg.save_every and done % cfg.save_every == 0 and done < steps:
-            _save_checkpoint(stage_dir / "checkpoints", done, run_key, model, optimizer, scheduler, cfg)
+            _save_checkpoint(stage_dir / "checkpoints", done, run_key, acc, scheduler, cfg)
     bar.close()
-    model.eval()
-    dtype = models.autocast_dtype(cfg.precision, device)
+    wrapped.eval()
+    if final is not None:
+        _save_final(acc, wrapped, final[1], final[0])
+    unwrapped = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
+    if cfg.gradient_checkpointing:
+        _checkpointing(unwrapped, False)
+    dtype = models.autocast_dtype(cfg.precision, acc.device)
     return TrainResult(
         steps=steps,
         resumed_from=start,
@@ -146,36 +224,47 @@ def train(
         tokens=tokens,
         seconds=time.perf_counter() - began,
         precision=str(dtype).removeprefix("torch.") if dtype else "fp32",
+        processes=processes,
     )
 
 
-def _save_checkpoint(root: Path, step: int, run_key: str, model, optimizer, scheduler, cfg: TrainConfig) -> None:
-    """`checkpoints/step-N/`: weights (safetensors), optimizer and RNG state, then `state.json` last."""
+def _save_final(acc: Accelerator, wrapped: torch.nn.Module, tokenizer, folder: Path) -> None:
+    """The trained model as an ordinary save_pretrained folder, written by the main process."""
+    state_dict = acc.get_state_dict(wrapped) if distributed.sharded() else None  # every process gathers
+    model = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
+    if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the weights
+        model = model.merge_and_unload()
+    model = getattr(model, "_orig_mod", model)
+    if acc.is_main_process:
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+        artifacts.replace_dir(tmp, folder)
+    acc.wait_for_everyone()
+
+
+def _save_checkpoint(root: Path, step: int, run_key: str, acc: Accelerator, scheduler, cfg: TrainConfig) -> None:
+    """`checkpoints/step-N/`: accelerate's state (weights, optimizer, RNG of every process), then
+    `state.json` with the scheduler last; every process takes part (sharded weights save in shards)."""
     final = root / f"step-{step}"
     tmp = root / f".step-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(_untie(state), str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(
-        json.dumps({"step": step, "run_key": run_key, "scheduler": scheduler.state_dict()}), encoding="utf-8"
-    )
-    artifacts.replace_dir(tmp, final)
-    kept = sorted(_complete_checkpoints(root), key=lambda item: item[0])
-    for _, old in kept[: -cfg.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses shared storage (tied embeddings): store each tensor on its own."""
-    seen: dict[int, str] = {}
-    out: dict[str, torch.Tensor] = {}
-    for name, tensor in state.items():
-        pointer = tensor.data_ptr()
-        out[name] = tensor.clone() if pointer in seen else tensor
-        seen.setdefault(pointer, name)
-    return out
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp), safe_serialization=True)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (tmp / "state.json").write_text(
+            json.dumps({"step": step, "run_key": run_key, "processes": acc.num_processes,
+                        "scheduler": scheduler.state_dict()}), encoding="utf-8"
+        )
+        artifacts.replace_dir(tmp, final)
+        kept = sorted(_complete_checkpoints(root), key=lambda item: item[0])
+        for _, old in kept[: -cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
 
 
 def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
@@ -187,39 +276,25 @@ def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def _resume(root: Path, run_key: str, model, optimizer, scheduler) -> int:
-    """Load the newest complete checkpoint made with the same settings; return its step (0 if none)."""
+def _resume(root: Path, run_key: str, acc: Accelerator, scheduler) -> int:
+    """Load the newest complete checkpoint made with the same settings and number of processes; return
+    its step (0 if none)."""
     for step, path in sorted(_complete_checkpoints(root), reverse=True):
         try:
             state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        if state.get("run_key") != run_key:
-            log.info("ignoring %s: made with other settings", path)
+        if state.get("run_key") != run_key or state.get("processes", 1) != acc.num_processes:
+            log.info("ignoring %s: made with other settings or another number of processes", path)
             continue
-        weights = load_file(str(path / "model.safetensors"))
-        model.load_state_dict(weights)
-        extra = torch.load(path / "optimizer.pt", weights_only=True)
-        optimizer.load_state_dict(extra["optimizer"])
+        acc.load_state(str(path))
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(extra["rng"])
         return step
     return 0
 
 
 def clear_checkpoints(stage_dir: Path) -> None:
     shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
-
-
-def save_final(model, tokenizer, stage_dir: Path) -> Path:
-    """Write `stage_dir/final/` as an ordinary save_pretrained folder (weights and tokenizer)."""
-    final = stage_dir / "final"
-    tmp = stage_dir / ".final.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    artifacts.replace_dir(tmp, final)
-    return final
 
 
 def summary(result: TrainResult) -> dict[str, float | int | str]:
@@ -231,4 +306,5 @@ def summary(result: TrainResult) -> dict[str, float | int | str]:
         "tokens": result.tokens,
         "train_seconds": round(result.seconds, 2),
         "precision": result.precision,
+        "processes": result.processes,
     }

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from whoharry import artifacts, labels, models, train
-from whoharry.config import Config, fingerprint, to_dict
+from whoharry import artifacts, distributed, labels, models, train
+from whoharry.config import Config, fingerprint, model_key, to_dict
 from whoharry.text import make_blocks, read_text
 
 log = logging.getLogger(__name__)
@@ -19,7 +19,7 @@ def unlearn_fingerprint(cfg: Config, out: Path) -> str:
     return fingerprint(
         {
             "seed": cfg.seed,
-            "model": to_dict(cfg.model),
+            "model": model_key(cfg.model, reading=False),
             "train": to_dict(cfg.unlearn),
             "retain": [artifacts.file_hash(path) for path in cfg.data.retain],
             "block_length": cfg.data.block_length,
@@ -55,8 +55,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     result = train.train(
         model, input_ids, generic, cfg.unlearn,
         seed=cfg.seed, stage_dir=stage_dir, run_key=key, desc="unlearn", progress=progress,
+        final=(stage_dir / "final", tokenizer),
     )
-    train.save_final(model, tokenizer, stage_dir)
     record = artifacts.StageRecord(
         stage="unlearn",
         fingerprint=key,
@@ -70,6 +70,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         seconds=time.perf_counter() - began,
         summary={"retain_blocks": retain_blocks, **train.summary(result)},
     )
-    artifacts.write_stage(stage_dir, record, to_dict(cfg))
-    train.clear_checkpoints(stage_dir)
+    if distributed.is_main():
+        artifacts.write_stage(stage_dir, record, to_dict(cfg))
+        train.clear_checkpoints(stage_dir)
+    distributed.barrier()
     return stage_dir
