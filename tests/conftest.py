@@ -193,7 +193,7 @@ def write_config(project: Path, model_dir: Path, **sections) -> Path:
         },
     }
     for section, values in sections.items():
-        config[section].update(values)
+        config.setdefault(section, {}).update(values)
     path = project / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf-8")
     return path

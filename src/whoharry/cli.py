@@ -311,6 +311,163 @@ def run(
     _stage(quiet, config, set_, max_steps, seed, out, action)
 
 
+anchors_app = typer.Typer(
+    help="Anchor dictionaries: suggest one from the target, import the paper's format, check one against a text.",
+    no_args_is_help=True,
+)
+app.add_typer(anchors_app, name="anchors")
+TextOption = Annotated[Path | None, typer.Option("--text", help="The target text (default: the config's data.target).")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")]
+
+
+def _new_file(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise WhoharryError(f"{path} exists; pass --overwrite to replace it")
+    if path.suffix not in (".yaml", ".yml"):
+        raise WhoharryError(f"--out {path}: an anchor dictionary is written as .yaml")
+
+
+@anchors_app.command("suggest")
+def anchors_suggest(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The YAML dictionary to write.")],
+    text: TextOption = None,
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="The baseline model (default: the config's model.name).")
+    ] = None,
+    reinforced: Annotated[
+        Path | None,
+        typer.Option("--reinforced",
+                     help="A reinforced model folder (default: RUN/reinforce/final, trained if missing)."),
+    ] = None,
+    general: Annotated[
+        list[Path] | None,
+        typer.Option("--general", help="General text to compare frequencies with (repeatable; default: the "
+                     "config's retain texts and eval.general_text)."),
+    ] = None,
+    top: Annotated[int | None, typer.Option("--top", help="How many terms to write (anchors.top).", min=1)] = None,
+    run_dir: Annotated[Path, typer.Option("--run", help="Run folder holding (or to hold) the reinforced model.")] = (
+        DEFAULT_OUT),
+    llm: Annotated[
+        bool, typer.Option("--llm", help="Ask the LLM at anchors.llm_url instead, passage by passage.")
+    ] = False,
+    overwrite: OverwriteOption = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Rank the target's most specific terms and give each generic translations → [bold]OUT[/bold] (YAML)."""
+    _setup(quiet)
+
+    def body() -> None:
+        from whoharry import anchor_check, mine, models, pipeline, reinforce, runlock
+        from whoharry.anchors import parse_anchors
+        from whoharry.text import read_text
+
+        overrides = [*(set_ or []), *([f"model.name={baseline}"] if baseline else []),
+                     *([f"anchors.top={top}"] if top else [])]
+        cfg = _config(config, overrides, None, None)
+        if text is not None:
+            cfg.data.target = text.resolve()
+        _new_file(out, overwrite)
+        target = read_text(cfg.data.target)
+        if llm:
+            entries, counts = mine.ask_llm(target, cfg.anchors, cfg.eval.target_name)
+            if not entries:
+                raise WhoharryError("the LLM's answers held no dictionary entries")
+            found = anchor_check.check(parse_anchors(entries), target).occurrences
+            ordered = dict(sorted(entries.items(), key=lambda kv: (-found.get(kv[0], 0), kv[0])))
+            mine.write_dictionary(out, ordered, [
+                f"Anchor dictionary from {cfg.anchors.llm_model} at {cfg.anchors.llm_url}, passage by passage "
+                f"({counts['passages']} passages: {counts['parsed']} parsed, {counts['salvaged']} salvaged, "
+                f"{counts['unreadable']} unreadable), of {cfg.data.target}; comment: occurrences in the text"],
+                {term: str(found.get(term, 0)) for term in ordered})
+            typer.echo(f"wrote {len(ordered)} terms from the LLM to {out}")
+            return
+        general_paths = general if general else [*cfg.data.retain, *([cfg.eval.general_text] if cfg.eval.general_text
+                                                                      else [])]
+        general_text = "\n\n".join(read_text(path, "general text") for path in general_paths if path.is_file())
+        source = models.resolve(cfg.model)
+        tokenizer = models.load_tokenizer(source, cfg.model)
+        if reinforced is not None:
+            reinforced_model = models.load_folder(reinforced, cfg=cfg.model)
+        else:
+            pipeline.check_out_dir(run_dir)
+            with runlock.hold(run_dir):
+                reinforce.run(cfg, run_dir, progress=not quiet)
+            reinforced_model = models.load_folder(run_dir / "reinforce" / "final", cfg=cfg.model)
+        base_model = models.load_model(source, cfg.model, inference=True)
+        for model in (base_model, reinforced_model):
+            model.requires_grad_(False)
+        suggestion = mine.suggest_anchors(target, general_text, tokenizer, base_model, reinforced_model, cfg.anchors,
+                                          block_length=cfg.data.block_length, precision=cfg.labels.precision,
+                                          alpha=cfg.labels.alpha, progress=not quiet)
+        mine.write_suggestions(out, suggestion, str(cfg.data.target))
+        best = ", ".join(c.term for c in suggestion.chosen[:10])
+        typer.echo(f"wrote {len(suggestion.chosen)} terms to {out} (best: {best})")
+
+    _guard(body)
+
+
+@anchors_app.command("import")
+def anchors_import(
+    source: Annotated[Path, typer.Argument(help="The paper's .npy of GPT-4 answers, or JSON.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The YAML dictionary to write.")],
+    no_filters: Annotated[
+        bool, typer.Option("--no-filters", help="Keep composite keys (all words keys, or X's of a key X).")
+    ] = False,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Read a dictionary in the paper's published format (or JSON) → [bold]OUT[/bold] (YAML)."""
+    _setup(quiet=False)
+
+    def body() -> None:
+        from whoharry import anchor_import, mine
+
+        _new_file(out, overwrite)
+        entries, stats = anchor_import.read_dictionary(source, filters=not no_filters)
+        if not entries:
+            raise WhoharryError(f"{source} holds no dictionary entries")
+        summary = (f"{stats.answers} answers ({stats.parsed} parsed, {stats.salvaged} salvaged, "
+                   f"{stats.unreadable} unreadable), {stats.entries} entries, {stats.keys} keys, "
+                   f"{len(stats.dropped_composite)} composite keys dropped")
+        mine.write_dictionary(out, entries, [f"Imported from {source.name} by `whoharry anchors import`: {summary}."])
+        typer.echo(f"wrote {len(entries)} keys to {out}: {summary}")
+
+    _guard(body)
+
+
+@anchors_app.command("check")
+def anchors_check(
+    anchors: Annotated[Path, typer.Argument(help="The anchor dictionary (YAML).")],
+    text: TextOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Occurrences per key, keys never found, overlaps, and the share of the text's tokens covered."""
+    _setup(quiet=True)
+
+    def body() -> None:
+        from whoharry import anchor_check, artifacts, models
+        from whoharry.anchors import load_anchors
+        from whoharry.text import read_text
+
+        cfg = _config(config, set_, None, None)
+        dictionary = load_anchors(anchors)
+        target = read_text(text or cfg.data.target)
+        try:
+            tokenizer = models.load_tokenizer(models.resolve(cfg.model), cfg.model)
+        except WhoharryError as exc:
+            log.warning("no token coverage: %s", exc)
+            tokenizer = None
+        report = anchor_check.check(dictionary, target, tokenizer)
+        if json_out is not None:
+            artifacts.write_json(json_out, report.as_dict())
+        typer.echo(anchor_check.render(report))
+
+    _guard(body)
+
+
 def _table(summary: dict[str, dict[str, float]], out: Path, eval_dir: Path | None = None) -> str:
     """The base vs. unlearned table and where the run folder is, rendered as text."""
     from rich.console import Console

@@ -85,6 +85,25 @@ class LabelsConfig:
     save_every: int = 8  # batches between saves of the labels made so far, for a rerun to resume (0: none)
 
 
+@dataclass
+class AnchorsConfig:
+    """`whoharry anchors suggest`: how candidate terms are found, ranked and translated."""
+
+    top: int = 200  # terms written
+    min_count: int = 2  # occurrences a term needs in the target
+    max_words: int = 4  # words in a multi-word name
+    alternatives: int = 3  # generic translations per term
+    contexts: int = 6  # occurrences the baseline reads to propose translations
+    batch_size: int = 8  # blocks per forward pass when scoring the target
+    # optional: a dictionary from an LLM, passage by passage as in the paper (off while llm_url is empty);
+    # the key is read from the environment variable named by llm_key_env, never from a file
+    llm_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_key_env: str = "OPENAI_API_KEY"
+    llm_prompt: Path = Path("data/anchors/llm_prompt.md")
+    llm_passage_chars: int = 6000
+
+
 # The parts of the evaluation, in the order they run; `eval.parts` picks some of them.
 EVAL_PARTS = ("probes", "completions", "sampling", "knowmem", "robustness", "verbatim", "membership", "utility",
               "benchmarks", "relearning")
@@ -168,6 +187,7 @@ class Config:
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     unlearn: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
 
 
 def as_overrides(settings: dict[str, Any]) -> list[str]:
@@ -300,6 +320,13 @@ def validate(cfg: Config) -> None:
         (cfg.eval.max_samples is None or cfg.eval.max_samples >= 1, "eval.max_samples must be >= 1"),
         (cfg.eval.lm_eval_limit is None or cfg.eval.lm_eval_limit >= 1, "eval.lm_eval_limit must be >= 1"),
         (cfg.eval.block_length >= 8, "eval.block_length must be at least 8 tokens"),
+        (cfg.anchors.top >= 1, "anchors.top must be >= 1"),
+        (cfg.anchors.min_count >= 1, "anchors.min_count must be >= 1"),
+        (cfg.anchors.max_words >= 1, "anchors.max_words must be >= 1"),
+        (cfg.anchors.alternatives >= 1, "anchors.alternatives must be >= 1"),
+        (cfg.anchors.contexts >= 1, "anchors.contexts must be >= 1"),
+        (cfg.anchors.batch_size >= 1, "anchors.batch_size must be >= 1"),
+        (cfg.anchors.llm_passage_chars >= 200, "anchors.llm_passage_chars must be >= 200"),
     ]
     for name in ("reinforce", "unlearn"):
         train: TrainConfig = getattr(cfg, name)

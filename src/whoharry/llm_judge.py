@@ -75,20 +75,32 @@ def parse_reply(content: str, index: int) -> dict[str, Any]:
     return {"llm_score": int(match.group()), "llm_reason": next((line for line in lines if line), "")}
 
 
-def _post(cfg: LLMJudgeConfig, url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+def auth_headers(key_env: str, url: str) -> dict[str, str]:
+    """JSON headers, with `Authorization` when the environment variable named `key_env` holds a key."""
+    headers = {"Content-Type": "application/json"}
+    key = os.environ.get(key_env)
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    else:
+        log.info("$%s is not set: asking %s without an API key", key_env, url)
+    return headers
+
+
+def post_json(url: str, body: dict[str, Any], headers: dict[str, str], *, timeout: float, max_retries: int,
+              key_env: str) -> dict[str, Any]:
     """POST JSON and return the JSON answer, retrying HTTP 429/5xx and connection errors with backoff."""
     data = json.dumps(body).encode("utf-8")
     problem = ""
-    for attempt in range(cfg.max_retries + 1):
+    for attempt in range(max_retries + 1):
         request = urllib.request.Request(url, data=data, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=cfg.timeout) as response:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as err:
             if err.code in (401, 403):
                 if "Authorization" not in headers:
-                    raise WhoharryError(f"{url} needs an API key (HTTP {err.code}): set ${cfg.api_key_env}") from None
-                raise WhoharryError(f"{url} refused the API key in ${cfg.api_key_env} (HTTP {err.code})") from None
+                    raise WhoharryError(f"{url} needs an API key (HTTP {err.code}): set ${key_env}") from None
+                raise WhoharryError(f"{url} refused the API key in ${key_env} (HTTP {err.code})") from None
             if err.code != 429 and err.code < 500:
                 detail = err.read()[:200].decode("utf-8", "replace").replace("\n", " ")
                 raise WhoharryError(f"{url} answered HTTP {err.code} {err.reason}: {detail}") from None
@@ -97,29 +109,25 @@ def _post(cfg: LLMJudgeConfig, url: str, body: dict[str, Any], headers: dict[str
             raise WhoharryError(f"{url} answered with something that is not JSON") from None
         except (OSError, http.client.HTTPException) as err:
             problem = str(getattr(err, "reason", err)) or type(err).__name__
-        if attempt < cfg.max_retries:
+        if attempt < max_retries:
             delay = 2.0**attempt
             log.warning("%s: %s; retrying in %.0f s", url, problem, delay)
             _sleep(delay)
-    raise WhoharryError(f"{url} failed after {cfg.max_retries + 1} attempt(s): {problem}")
+    raise WhoharryError(f"{url} failed after {max_retries + 1} attempt(s): {problem}")
 
 
 def judge_completions(cfg: LLMJudgeConfig, target: str, items: list[dict]) -> list[dict]:
     """Grade each `{"prompt", "completion", "references"}` item; one `{"llm_score", "llm_reason"}` per item."""
     rubric = read_rubric(cfg.rubric)
     url = cfg.base_url.rstrip("/") + "/chat/completions"
-    headers = {"Content-Type": "application/json"}
-    key = os.environ.get(cfg.api_key_env)
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    else:
-        log.info("$%s is not set: asking %s without an API key", cfg.api_key_env, url)
+    headers = auth_headers(cfg.api_key_env, url)
     results = []
     for index, item in enumerate(items):
         content = fill_rubric(rubric, target, item["prompt"], item["completion"], list(item["references"]))
         body = {"model": cfg.model, "messages": [{"role": "user", "content": content}],
                 "temperature": 0, "max_tokens": 64}
-        answer = _post(cfg, url, body, headers)
+        answer = post_json(url, body, headers, timeout=cfg.timeout, max_retries=cfg.max_retries,
+                           key_env=cfg.api_key_env)
         try:
             reply = answer["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):

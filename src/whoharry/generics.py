@@ -1,0 +1,197 @@
+"""Generic translations for suggested anchor terms, offline, from the baseline model itself.
+
+For each term, the baseline reads the text just before a few of its occurrences. Its next-word logits,
+steered by the method's own formula when a reinforced model is at hand (`v_base - alpha *
+relu(v_reinforced - v_base)`, which pushes down what reinforcement on the target raised), give the
+likeliest generic words; the first tokens of every suggested term are left out too. Those words
+become the term's alternatives. A name must be replaced by a name: when the model offers too few capitalised
+words, ordinary names (or places, or plain nouns) fill in by kind. A family of terms stays
+consistent: `Potters` follows `Potter`, and `Professor Snape` takes whatever `Snape` became.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import torch
+from tqdm.auto import tqdm
+
+from whoharry import models
+from whoharry.suggest import STOPWORDS, Candidate
+from whoharry.text import pad
+
+FIRST_NAMES = ("Jon", "Tom", "Ben", "Sam", "Anna", "Emma", "Kate", "Lucy", "Mark", "Paul", "Peter", "Mary", "Jack",
+               "Alice", "David", "Sarah", "James", "Laura", "Henry", "Clara", "Adam", "Grace", "Simon", "Ellen",
+               "Martin", "Julia", "Oliver", "Nora", "Walter", "Rose")
+SURNAMES = ("Smith", "Carter", "Baker", "Wilson", "Turner", "Green", "Brown", "Taylor", "Walker", "Hill", "Cooper",
+            "Ward", "Parker", "Morris", "Bennett", "Hughes", "Foster", "Reed", "Harper", "Fisher", "Mason", "Palmer",
+            "Graham", "Porter", "Lawson", "Grant", "Barnes", "Fleming", "Dixon", "Hayes")
+PLACES = ("the town", "the village", "the valley", "the city", "the hall", "the old house", "the school",
+          "the market", "the hills", "the harbour")
+NOUNS = ("thing", "object", "device", "stuff", "item", "tool")
+TITLES = {"Mr", "Mrs", "Miss", "Ms", "Dr", "Professor", "Uncle", "Aunt", "Madam", "Sir", "Lady", "Lord", "King",
+          "Queen", "Prince", "Princess", "Captain", "Master", "Mistress", "Father", "Mother", "Saint"}
+PLACE_WORDS = {"in", "at", "to", "from", "into", "towards", "toward", "through", "near", "reach", "reached",
+               "leave", "left", "visit", "visited"}
+CONTEXT_CHARS = 400
+
+
+def kind_of(candidate: Candidate, text: str, chosen: set[str]) -> str:
+    """`word` (not a name), `place`, `first` (a first name) or `surname`, from the term's surroundings."""
+    if not candidate.name_like:
+        return "word"
+    before, after = [], []
+    for start, end in candidate.spans:
+        left = re.findall(r"[^\W\d_]+", text[max(0, start - 30) : start])
+        before.append(left[-1] if left else "")
+        right = re.match(r"\s([^\W\d_]+)", text[end : end + 30])
+        after.append(right.group(1) if right else "")
+    share = lambda words: sum(words) / max(len(candidate.spans), 1)  # noqa: E731
+    if share([w.lower() in PLACE_WORDS for w in before]) >= 0.4:
+        return "place"
+    if share([w in TITLES or (w in chosen and w[:1].isupper()) for w in before]) >= 0.3:
+        return "surname"
+    if share([w in chosen for w in after]) >= 0.2:
+        return "first"
+    return "first" if " " not in candidate.term else "surname"
+
+
+def _pick(pool: tuple[str, ...], term: str, count: int, taken: set[str]) -> list[str]:
+    """`count` entries of `pool` for `term`: spread by a hash of the term, stable across runs."""
+    start = int(hashlib.sha256(term.encode()).hexdigest(), 16) % len(pool)
+    ordered = pool[start:] + pool[:start]
+    picked = [item for item in ordered if item not in taken][:count]
+    return picked or list(ordered[:count])
+
+
+def fallback(kind: str, term: str, count: int, taken: set[str]) -> list[str]:
+    if kind == "place":
+        return _pick(PLACES, term, count, taken)
+    if kind == "first":
+        return _pick(FIRST_NAMES, term, count, taken)
+    if kind == "surname":
+        return _pick(SURNAMES, term, count, taken)
+    return _pick(NOUNS, term, count, taken)
+
+
+def _banned_ids(tokenizer, terms: list[str]) -> set[int]:
+    """The first token of every term, as it starts a word after a space and at a line start."""
+    banned: set[int] = set()
+    for term in terms:
+        for variant in (f" {term}", term, f" {term.lower()}"):
+            ids = tokenizer(variant, add_special_tokens=False).input_ids
+            if ids:
+                banned.add(ids[0])
+    return banned
+
+
+def _is_word_start(piece: str) -> bool:
+    return len(piece) > 2 and piece[0] == " " and piece[1:].isalpha()
+
+
+@torch.no_grad()
+def model_fillers(model, tokenizer, text: str, candidate: Candidate, banned: set[int], *, contexts: int,
+                  wanted: int, capitalised: bool, precision: str, reinforced=None, alpha: float = 5.0) -> list[str]:
+    """The likeliest generic next words before the term's occurrences, whole words, best first."""
+    device = next(model.parameters()).device
+    spans = [span for span in candidate.spans if span[0] > 40][:contexts]
+    if not spans:
+        return []
+    prompts = []
+    for start, _ in spans:
+        left = text[max(0, start - CONTEXT_CHARS) : start].rstrip()
+        prompts.append(tokenizer(left, add_special_tokens=False).input_ids[-96:])
+    ids, mask = pad(prompts, tokenizer.pad_token_id, left=True)
+    with models.autocast(precision, device):
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1].float()
+        if reinforced is not None:
+            boosted = reinforced(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1].float()
+            logits = logits - alpha * torch.relu(boosted - logits)
+    probs = torch.softmax(logits, dim=-1).mean(dim=0).cpu()
+    firsts: list[int] = []
+    for token in torch.argsort(probs, descending=True)[:400].tolist():
+        if token in banned:
+            continue
+        piece = tokenizer.decode([token])
+        if not _is_word_start(piece) or piece[1:].lower() in STOPWORDS or piece[1].isupper() != capitalised:
+            continue
+        if capitalised and piece[1:] in TITLES:  # a title is not a name
+            continue
+        firsts.append(token)
+        if len(firsts) == wanted * 2:
+            break
+    if not firsts:
+        return []
+    # finish every word at once: greedy continuation after the first context, cut where a word ends
+    width = len(prompts[0])
+    starts = torch.tensor([[*prompts[0], token] for token in firsts], device=device)
+    with models.autocast(precision, device):
+        grown = model.generate(input_ids=starts, attention_mask=torch.ones_like(starts), max_new_tokens=3,
+                               do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    words = []
+    for row in grown.tolist():
+        pieces = [row[width]]
+        for following in row[width + 1 :]:
+            piece = tokenizer.decode([following])
+            if not piece or not piece[0].isalpha():
+                break
+            pieces.append(following)
+        words.append(tokenizer.decode(pieces).strip())
+    return list(dict.fromkeys(words))
+
+
+def translate(model, tokenizer, text: str, chosen: list[Candidate], *, reinforced=None, alpha: float = 5.0,
+              alternatives: int = 3, contexts: int = 6, precision: str = "auto",
+              progress: bool = True) -> dict[str, list[str]]:
+    """Up to `alternatives` generic translations for each chosen term, in the chosen order."""
+    terms = {c.term for c in chosen}
+    banned = _banned_ids(tokenizer, sorted(terms))
+    lowered = {term.lower() for term in terms}
+    result: dict[str, list[str]] = {}
+    singles = [c for c in chosen if " " not in c.term and not _plural_of(c.term, terms)]
+    for candidate in tqdm(singles, desc="translations", unit="term", disable=not progress):
+        kind = kind_of(candidate, text, terms)
+        words = model_fillers(model, tokenizer, text, candidate, banned, contexts=contexts, wanted=alternatives,
+                              capitalised=kind != "word", precision=precision, reinforced=reinforced, alpha=alpha)
+        words = [w for w in words if w.lower() not in lowered and not any(t in w for t in terms)]
+        if kind in ("first", "surname"):
+            words = [w for w in words if " " not in w]
+        elif kind == "place":
+            words = [f"the {w}" if w[:1].islower() else w for w in words]
+        if len(words) < alternatives:
+            words += fallback(kind, candidate.term, alternatives - len(words), set(words))
+        result[candidate.term] = words[:alternatives]
+    for candidate in chosen:  # plurals and multi-word terms follow their parts
+        if candidate.term in result:
+            continue
+        base = _plural_of(candidate.term, terms)
+        if base is not None and base in result:
+            result[candidate.term] = [f"{w}s" for w in result[base]]
+            continue
+        result[candidate.term] = _compose(candidate, result, text, terms, alternatives)
+    return {c.term: result[c.term] for c in chosen}
+
+
+def _plural_of(term: str, terms: set[str]) -> str | None:
+    if term.endswith("s") and term[:-1] in terms:
+        return term[:-1]
+    return None
+
+
+def _compose(candidate: Candidate, result: dict[str, list[str]], text: str, terms: set[str],
+             alternatives: int) -> list[str]:
+    """A multi-word term: its translated words replaced, the others (titles, connectors) kept."""
+    words = candidate.term.split()
+    if not any(word in result for word in words):
+        kind = "place" if kind_of(candidate, text, terms) == "place" else "surname"
+        return fallback(kind, candidate.term, alternatives, set())
+    options = []
+    for choice in range(alternatives):
+        parts = []
+        for word in words:
+            # translated words change; titles, connectors and other words stay
+            parts.append(result[word][choice % len(result[word])] if word in result else word)
+        options.append(" ".join(parts))
+    return list(dict.fromkeys(options))
+

@@ -1,0 +1,113 @@
+"""Suggesting anchors: candidates, the gain signal, ranking where the answer is known, translations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from whoharry import generics, suggest
+from whoharry.text import make_blocks
+
+from .conftest import GENERAL, STORY
+
+TARGET = STORY * 4
+
+
+def test_candidates_count_words_and_multi_word_names():
+    found = suggest.find_candidates(TARGET, GENERAL, min_count=2)
+    assert found["Harry"].count == TARGET.count("Harry")
+    assert found["Hogwarts Express"].count == 4 and found["Ron Weasley"].count == 4
+    assert "the" not in found and "and" not in found  # function words never
+    assert found["Harry"].name_share == 1.0 and found["Harry"].name_like
+    assert found["castle"].name_share == 0.0
+    # "Later" starts a sentence each time: its capital says nothing either way
+    assert found["Later"].name_share == 0.5
+    assert found["Hogwarts"].general_count == 0 and found["river"].count if "river" in found else True
+
+
+def test_a_sentence_start_is_told_from_the_middle_of_a_sentence():
+    text = 'He left. "Then the Castle stood," she said.\n\nMorning came; And so on.'
+    assert suggest._sentence_initial(text, text.index("Then"))
+    assert not suggest._sentence_initial(text, text.index("Castle"))
+    assert suggest._sentence_initial(text, text.index("Morning"))
+    assert suggest._sentence_initial(text, text.index("And"))
+
+
+def test_gain_sums_the_per_token_gain_over_a_terms_tokens(tokenizer):
+    blocks = make_blocks(TARGET, tokenizer, 32)
+    candidates = suggest.find_candidates(TARGET, GENERAL)
+    position = torch.arange(32, dtype=torch.float32).repeat(len(blocks.ids), 1)  # the gain of token t is t
+    suggest.term_gains(candidates, blocks, position)
+    for term in ("Quidditch", "Hogwarts Express", "castle"):
+        means = []
+        for start, end in candidates[term].spans:  # the tokens that overlap the term's characters
+            hits = [(b, t) for b, offsets in enumerate(blocks.offsets) for t, (s, e) in enumerate(offsets)
+                    if s < end and e > start]
+            if all(t > 0 for _, t in hits) and len({b for b, _ in hits}) == 1:
+                means.append(sum(t for _, t in hits))
+        words = len(term.split())
+        assert means and candidates[term].gain == pytest.approx(sum(means) / len(means) / words), term
+    # a gain only on the tokens of one term moves that term alone
+    only = torch.zeros(len(blocks.ids), 32)
+    for b, offsets in enumerate(blocks.offsets):
+        for t, (start, end) in enumerate(offsets):
+            if TARGET[start:end].strip() == "Quidditch":
+                only[b, t] = 2.0
+    suggest.term_gains(candidates, blocks, only)
+    assert candidates["Quidditch"].gain > 0 and candidates["castle"].gain == 0
+
+
+def test_ranking_puts_the_targets_names_first(tokenizer, tiny_model_dir, trained_model_dir):
+    """The baseline never saw the story; the reinforced model learned it: the story's names have the
+    largest gain, are absent from the general text and are written as names."""
+    candidates = suggest.find_candidates(TARGET, GENERAL)
+    blocks = make_blocks(TARGET, tokenizer, 32)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    reinforced = AutoModelForCausalLM.from_pretrained(trained_model_dir)
+    gain = (suggest.token_log_probs(reinforced, blocks, batch_size=4, precision="fp32", desc="r", progress=False)
+            - suggest.token_log_probs(base, blocks, batch_size=4, precision="fp32", desc="b", progress=False))
+    suggest.term_gains(candidates, blocks, gain)
+    assert candidates["Quidditch"].gain > 0  # the reinforced model expects the story's words
+    suggest.score(candidates, len(suggest.WORD.findall(TARGET)), len(suggest.WORD.findall(GENERAL)))
+    ranked = [c.term for c in suggest.rank(candidates, 8)]
+    names = {"Harry", "Hogwarts", "Ron", "Quidditch", "Weasley", "Potter"}
+    assert names <= set(ranked), ranked
+    everything = [c.term for c in suggest.rank(candidates, len(candidates))]
+    assert max(everything.index(n) for n in names) < min(everything.index(w) for w in ("castle", "lake", "train"))
+    # composites are left to their parts
+    assert "Ron Weasley" not in everything and "Harry Potter" not in everything
+
+
+def test_translations_are_generic_consistent_and_never_target_terms(tokenizer, tiny_model_dir):
+    candidates = suggest.find_candidates(TARGET + " Professor Weasley smiled. Professor Weasley left. Weasleys came."
+                                         " Weasleys went.", GENERAL)
+    suggest.score(candidates, 100, 100)
+    chosen = [candidates[t] for t in ("Harry", "Quidditch", "Weasley", "Weasleys", "Professor Weasley", "castle")]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    translations = generics.translate(model, tokenizer, TARGET, chosen, alternatives=3, contexts=3,
+                                      precision="fp32", progress=False)
+    terms = {c.term for c in chosen}
+    for term, options in translations.items():
+        assert 1 <= len(options) <= 3 and len(set(options)) == len(options), (term, options)
+        assert not any(option in terms or term in option for option in options), (term, options)
+    assert all(option[0].isupper() for option in translations["Harry"])  # a name for a name
+    assert translations["Weasleys"] == [f"{w}s" for w in translations["Weasley"]]  # plurals follow
+    assert translations["Professor Weasley"][0] == f"Professor {translations['Weasley'][0]}"  # families too
+
+
+def test_fallbacks_by_kind_are_stable():
+    first = generics.fallback("first", "Hermione", 2, set())
+    assert first == generics.fallback("first", "Hermione", 2, set()) and all(n in generics.FIRST_NAMES for n in first)
+    assert all(p.startswith("the ") for p in generics.fallback("place", "Hogsmeade", 3, set()))
+    assert set(generics.fallback("surname", "Snape", 3, {"Smith"})).isdisjoint({"Smith"})
+
+
+def test_kind_of_tells_places_and_surnames_from_first_names():
+    text = ("They went to Hogsmeade. In Hogsmeade it snowed. Mr Dursley frowned, and Mr Dursley left. "
+            "So Dudley Dursley sat, and Dudley Dursley ate, and Dudley ran.")
+    found = suggest.find_candidates(text, "", min_count=2)
+    chosen = set(found)
+    assert generics.kind_of(found["Hogsmeade"], text, chosen) == "place"
+    assert generics.kind_of(found["Dursley"], text, chosen) == "surname"
+    assert generics.kind_of(found["Dudley"], text, chosen) == "first"
