@@ -97,8 +97,8 @@ def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: i
             capital_mid[word.lower()] += word[0].isupper()
         if word.lower() not in STOPWORDS and len(word) > 1:
             spans[word].append((start, end))
-        if not word[0].isupper():
-            continue
+        if not word[0].isupper() or word.lower() in STOPWORDS:
+            continue  # ("The Tin Woodman" at a sentence start is "Tin Woodman")
         # multi-word names: capitalised words, single-spaced, with connectors inside
         last = end
         for width in range(2, max_words + 1):
@@ -118,9 +118,13 @@ def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: i
     for term, term_spans in spans.items():
         if len(term_spans) < min_count:
             continue
-        head = term.split()[0].lower()
-        # a word seen only at sentence starts says nothing by its capital: neither name nor not
-        share = capital_mid[head] / mid[head] if mid[head] else 0.5
+        if " " in term:  # capitalised throughout: each occurrence in mid-sentence shows a name
+            inner = [not _sentence_initial(text, start) for start, _ in term_spans]
+            share = 1.0 if any(inner) else 0.5
+        else:
+            # a word seen only at sentence starts says nothing by its capital: neither name nor not
+            head = term.lower()
+            share = capital_mid[head] / mid[head] if mid[head] else 0.5
         general_count = general.count(term) if " " in term else general_counts[term]
         found[term] = Candidate(term, term_spans, general_count, round(share, 4))
     return found
