@@ -207,10 +207,11 @@ def rank(candidates: dict[str, Candidate], top: int) -> list[Candidate]:
     dropped: set[str] = set()
     while True:
         chosen = [c for c in ordered if c.term not in dropped][:top]
-        names = {c.term for c in chosen}
-        unused = {c.term for c in chosen
-                  if " " in c.term and all(word in names or word in CONNECTORS for word in c.term.split())}
-        unused |= _always_inside(chosen)
+        unused = _always_inside(chosen)
+        if not unused:  # only then composites: their parts must be terms that stay
+            names = {c.term for c in chosen}
+            unused = {c.term for c in chosen
+                      if " " in c.term and all(word in names or word in CONNECTORS for word in c.term.split())}
         if not unused:
             return chosen
         dropped |= unused
