@@ -29,13 +29,9 @@ class Anchors:
     def composite_keys(self) -> list[str]:
         """Keys the authors' label script drops as splittable: `X's` where `X` is a key, and keys of
         several words that are all keys themselves (their parts are then translated one by one)."""
-        def splittable(key: str) -> bool:
-            if key.endswith("'s") and key[:-2] in self.entries:
-                return True
-            words = key.split()
-            return len(words) > 1 and all(word in self.entries for word in words)
+        from whoharry.anchor_import import composite_keys
 
-        return [key for key in self.entries if splittable(key)]
+        return composite_keys(self.entries)
 
     def without(self, keys: list[str]) -> Anchors:
         drop = set(keys)

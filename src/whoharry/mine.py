@@ -52,19 +52,16 @@ def suggest_anchors(text: str, general: str, tokenizer, baseline, reinforced, cf
 def write_suggestions(path: Path, suggestion: Suggestion, source: str) -> None:
     """The dictionary as YAML, best term first, each with its score and counts in a comment."""
     signals = "gain, specificity and name share" if suggestion.used_gain else "specificity and name share"
-    lines = [
-        f"# Anchor dictionary suggested by `whoharry anchors suggest` from {source}:",
-        f"# the {len(suggestion.chosen)} best of {suggestion.candidates} candidate terms, ranked by {signals}",
-        "# (docs/ANCHORS.md). Translations come from the baseline model; review and edit before use.",
-        "# comment: score | occurrences in the target | occurrences in the general text | gain | specificity"
+    header = [
+        f"Anchor dictionary suggested by `whoharry anchors suggest` from {source}:",
+        f"the {len(suggestion.chosen)} best of {suggestion.candidates} candidate terms, ranked by {signals}",
+        "(docs/ANCHORS.md). Translations come from the baseline model; review and edit before use.",
+        "comment: score | occurrences in the target | occurrences in the general text | gain | specificity"
         " | name share",
     ]
-    for candidate in suggestion.chosen:
-        entry = yaml.safe_dump({candidate.term: suggestion.translations[candidate.term]},
-                               default_flow_style=None, allow_unicode=True, width=10_000).rstrip()
-        lines.append(f"{entry}  # {candidate.score:.2f} | {candidate.count} | {candidate.general_count} | "
-                     f"{candidate.gain:.2f} | {candidate.specificity:.2f} | {candidate.name_share:.2f}")
-    artifacts.atomic_write_text(path, "\n".join(lines) + "\n")
+    notes = {c.term: f"{c.score:.2f} | {c.count} | {c.general_count} | {c.gain:.2f} | {c.specificity:.2f} | "
+                     f"{c.name_share:.2f}" for c in suggestion.chosen}
+    write_dictionary(path, {c.term: suggestion.translations[c.term] for c in suggestion.chosen}, header, notes)
 
 
 def write_dictionary(path: Path, entries: dict[str, list[str]], header: list[str],
