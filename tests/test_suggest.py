@@ -122,3 +122,21 @@ def test_a_word_only_ever_inside_a_longer_name_gives_way_to_it():
         candidate.score = {"Tin": 3.0, "Woodman": 2.0, "Tin Woodman": 1.0}.get(candidate.term, 0.0)
     ranked = [c.term for c in suggest.rank(found, 3)]
     assert "Tin Woodman" in ranked and "Woodman" in ranked and "Tin" not in ranked
+
+
+def test_a_name_may_open_with_a_capitalised_adjective_but_not_a_function_word():
+    text = ("She met the Good Witch. Then the Good Witch smiled. The Great Oz spoke, and the Great Oz frowned. "
+            "But Dorothy ran. But Dorothy wept.")
+    found = suggest.find_candidates(text, "", min_count=2)
+    assert found["Good Witch"].count == 2 and found["Great Oz"].count == 2
+    assert "But Dorothy" not in found and "Great" not in found and "Good" not in found
+
+
+def test_a_lower_case_phrase_is_a_candidate_only_when_it_recurs():
+    text = ("She wore the silver shoes. The silver shoes shone. Her silver shoes clicked. "
+            "The yellow brick road led on, and the yellow brick road ended. ")
+    found = suggest.find_candidates(text, "", min_count=2)
+    assert found["silver shoes"].count == 3 and found["silver shoes"].name_share == 0.0
+    assert not found["silver shoes"].name_like
+    assert "yellow brick" not in found  # twice is not enough for a phrase
+    assert "the silver" not in found and "shoes shone" not in found

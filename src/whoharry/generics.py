@@ -149,7 +149,8 @@ def translate(model, tokenizer, text: str, chosen: list[Candidate], *, reinforce
     banned = _banned_ids(tokenizer, sorted(terms))
     lowered = {term.lower() for term in terms}
     result: dict[str, list[str]] = {}
-    singles = [c for c in chosen if " " not in c.term and not _plural_of(c.term, terms)]
+    # words, and lower-case phrases (`silver shoes`), take the model's own fillers
+    singles = [c for c in chosen if (" " not in c.term or c.term[0].islower()) and not _plural_of(c.term, terms)]
     for candidate in tqdm(singles, desc="translations", unit="term", disable=not progress):
         kind = kind_of(candidate, text, terms)
         words = model_fillers(model, tokenizer, text, candidate, banned, contexts=contexts, wanted=alternatives,

@@ -47,6 +47,9 @@ yours yourself yourselves mr mrs miss ms sir oh ah well back went go going gone 
 looking know knew known think thought take took told tell asked looked face head hand hands eyes voice time
 day night way man men woman women people little long good great old new right left first two three
 """.split())  # noqa: SIM905 - a list read as prose
+# common adjectives that may still open a name when capitalised (`Great Hall`, `Good Witch`)
+NAME_ADJECTIVES = frozenset({"great", "good", "old", "little", "new", "long", "first"})
+PHRASE_MIN_COUNT = 3  # a lower-case phrase must recur more than a word: most word pairs repeat by chance
 SENTENCE_END = set(".!?:;")
 OPENERS = set("\"“‘'([—–-")
 
@@ -97,7 +100,9 @@ def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: i
             capital_mid[word.lower()] += word[0].isupper()
         if word.lower() not in STOPWORDS and len(word) > 1:
             spans[word].append((start, end))
-        if not word[0].isupper() or word.lower() in STOPWORDS:
+        if word[0].islower() and word.lower() not in STOPWORDS:
+            _add_phrase(text, words, index, spans)
+        if not word[0].isupper() or (word.lower() in STOPWORDS and word.lower() not in NAME_ADJECTIVES):
             continue  # ("The Tin Woodman" at a sentence start is "Tin Woodman")
         # multi-word names: capitalised words, single-spaced, with connectors inside
         last = end
@@ -116,9 +121,11 @@ def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: i
     general_counts = Counter(text_word for text_word in WORD.findall(general))
     found = {}
     for term, term_spans in spans.items():
-        if len(term_spans) < min_count:
+        if len(term_spans) < (max(min_count, PHRASE_MIN_COUNT) if _is_phrase(term) else min_count):
             continue
-        if " " in term:  # capitalised throughout: each occurrence in mid-sentence shows a name
+        if _is_phrase(term):
+            share = 0.0
+        elif " " in term:  # capitalised throughout: each occurrence in mid-sentence shows a name
             inner = [not _sentence_initial(text, start) for start, _ in term_spans]
             share = 1.0 if any(inner) else 0.5
         else:
@@ -128,6 +135,22 @@ def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: i
         general_count = general.count(term) if " " in term else general_counts[term]
         found[term] = Candidate(term, term_spans, general_count, round(share, 4))
     return found
+
+
+def _add_phrase(text: str, words: list[tuple[int, int]], index: int,
+                spans: dict[str, list[tuple[int, int]]]) -> None:
+    """A lower-case phrase of two content words starting at word `index` (`silver shoes`), if there is one."""
+    if index + 1 >= len(words):
+        return
+    start, end = words[index]
+    next_start, next_end = words[index + 1]
+    second = text[next_start:next_end]
+    if text[end:next_start] == " " and second[0].islower() and second not in STOPWORDS and len(second) > 2:
+        spans[text[start:next_end]].append((start, next_end))
+
+
+def _is_phrase(term: str) -> bool:
+    return " " in term and term[0].islower()
 
 
 @torch.no_grad()
