@@ -183,19 +183,30 @@ def labels(
     _stage(quiet, config, set_, max_steps, seed, out, action)
 
 
+MethodOption = Annotated[
+    str | None,
+    typer.Option("--method", help="whp (generic labels, the default), or a baseline: ga (gradient ascent), "
+                                  "npo (negative preference optimisation); sets forget.method."),
+]
+
+
 @app.command()
 def unlearn(
     config: ConfigOption = None,
     set_: SetOption = None,
     out: OutOption = DEFAULT_OUT,
+    method: MethodOption = None,
     max_steps: MaxStepsOption = None,
     seed: SeedOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Fine-tune the base model on the original text with the generic labels → [bold]OUT/unlearn/final/[/bold].
 
-    Runs the earlier stages first when their artifacts are missing."""
+    Runs the earlier stages first when their artifacts are missing. With --method ga or npo, a baseline
+    method forgets instead, with no labels (and no reinforced model)."""
     from whoharry import unlearn as stage
+
+    set_ = [*(set_ or []), *([f"forget.method={method}"] if method else [])]
 
     def action(cfg: Config) -> str:
         return f"unlearned model: {stage.run(cfg, out, progress=not quiet) / 'final'}"
@@ -228,6 +239,11 @@ def eval_(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Recompute every part instead of reusing cached ones.")
     ] = False,
+    ensemble: Annotated[
+        bool, typer.Option("--ensemble", help="Score inference-time WHP instead of a fine-tuned model: the base "
+                                              "and the reinforced model (--model, default OUT/reinforce/final) "
+                                              "combined by the label formula at every token.")
+    ] = False,
     config: ConfigOption = None,
     set_: SetOption = None,
     out: OutOption = DEFAULT_OUT,
@@ -255,13 +271,15 @@ def eval_(
 
         if distributed.world() > 1:
             raise WhoharryError("whoharry eval runs in one process; start it without accelerate launch")
-        target = model or out / "unlearn" / "final"
+        target = model or out / ("reinforce" if ensemble else "unlearn") / "final"
         if not (target / "config.json").is_file():
-            raise WhoharryError(f"no model to evaluate at {target}: pass --model or run `whoharry unlearn` first")
+            stage = "reinforce" if ensemble else "unlearn"
+            raise WhoharryError(f"no model to evaluate at {target}: pass --model or run `whoharry {stage}` first")
         if lm_eval and "benchmarks" not in cfg.eval.parts:
             cfg.eval.parts.append("benchmarks")  # naming tasks asks for them
-        stage_dir = out / ("eval-quick" if quick else "eval")
-        path = evaluate.run(cfg, out, target, progress=not quiet, stage_dir=stage_dir, overwrite=overwrite)
+        stage_dir = out / (("eval-quick" if quick else "eval") + ("-ensemble" if ensemble else ""))
+        path = evaluate.run(cfg, out, target, progress=not quiet, stage_dir=stage_dir, overwrite=overwrite,
+                            ensemble=ensemble)
         return _table(evaluate.load_report(path)["summary"], out, path)
 
     _stage(quiet, config, set_, max_steps, seed, out, action)
@@ -297,12 +315,15 @@ def run(
     config: ConfigOption = None,
     set_: SetOption = None,
     out: OutOption = DEFAULT_OUT,
+    method: MethodOption = None,
     max_steps: MaxStepsOption = None,
     seed: SeedOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Every stage in order: reinforce, labels, unlearn, eval. Finished stages with the same settings are skipped."""
     from whoharry import pipeline
+
+    set_ = [*(set_ or []), *([f"forget.method={method}"] if method else [])]
 
     def action(cfg: Config) -> str:
         summary = pipeline.run(cfg, out, progress=not quiet)
@@ -359,7 +380,7 @@ def anchors_suggest(
     _setup(quiet)
 
     def body() -> None:
-        from whoharry import anchor_check, mine, models, pipeline, reinforce, runlock
+        from whoharry import anchor_check, mine, pipeline, reinforce, runlock
         from whoharry.anchors import parse_anchors
         from whoharry.text import read_text
 
@@ -383,25 +404,12 @@ def anchors_suggest(
                 {term: str(found.get(term, 0)) for term in ordered})
             typer.echo(f"wrote {len(ordered)} terms from the LLM to {out}")
             return
-        general_paths = general if general else [*cfg.data.retain, *([cfg.eval.general_text] if cfg.eval.general_text
-                                                                      else [])]
-        general_text = "\n\n".join(read_text(path, "general text") for path in general_paths if path.is_file())
-        source = models.resolve(cfg.model)
-        tokenizer = models.load_tokenizer(source, cfg.model)
-        if reinforced is not None:
-            reinforced_model = models.load_folder(reinforced, cfg=cfg.model)
-        else:
+        if reinforced is None:
             pipeline.check_out_dir(run_dir)
             with runlock.hold(run_dir):
                 reinforce.run(cfg, run_dir, progress=not quiet)
-            reinforced_model = models.load_folder(run_dir / "reinforce" / "final", cfg=cfg.model)
-        base_model = models.load_model(source, cfg.model, inference=True)
-        for model in (base_model, reinforced_model):
-            model.requires_grad_(False)
-        suggestion = mine.suggest_anchors(target, general_text, tokenizer, base_model, reinforced_model, cfg.anchors,
-                                          block_length=cfg.data.block_length, precision=cfg.labels.precision,
-                                          alpha=cfg.labels.alpha, progress=not quiet)
-        mine.write_suggestions(out, suggestion, str(cfg.data.target))
+        suggestion = mine.suggest_file(cfg, reinforced or run_dir / "reinforce" / "final", out, general=general,
+                                       progress=not quiet)
         best = ", ".join(c.term for c in suggestion.chosen[:10])
         typer.echo(f"wrote {len(suggestion.chosen)} terms to {out} (best: {best})")
 
@@ -464,6 +472,49 @@ def anchors_check(
         if json_out is not None:
             artifacts.write_json(json_out, report.as_dict())
         typer.echo(anchor_check.render(report))
+
+    _guard(body)
+
+
+experiment_app = typer.Typer(help="Experiments that measure the method against others.", no_args_is_help=True)
+app.add_typer(experiment_app, name="experiment")
+EXPERIMENT_CONFIG = Path("configs") / "experiments" / "sherlock.yaml"
+
+
+@experiment_app.command("retrain-gap")
+def experiment_retrain_gap(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help=f"Experiment config (default: {EXPERIMENT_CONFIG}).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Experiment folder (default: runs/retrain-gap, or runs/retrain-gap-quick)."),
+    ] = None,
+    corpora: Annotated[
+        Path | None, typer.Option("--corpora", help="Folder holding the books (default: the config's corpora).")
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="One seed on small slices, every method: minutes.")] = False,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Unlearn a book from a model fine-tuned on it with every method, and measure each against the gold
+    model fine-tuned without it → [bold]OUT/results.md[/bold] and OUT/retrain_gap.png."""
+    from whoharry import experiment, runlock
+
+    _setup(quiet)
+
+    def body() -> None:
+        path = config or (EXPERIMENT_CONFIG if EXPERIMENT_CONFIG.is_file()
+                          else Path(__file__).resolve().parents[2] / EXPERIMENT_CONFIG)
+        exp = experiment.load_experiment(path, set_, quick=quick, corpora=corpora)
+        folder = out or Path("runs") / ("retrain-gap-quick" if quick else "retrain-gap")
+        if folder.is_file():
+            raise WhoharryError(f"output folder {folder} is a file; choose another --out")
+        folder.mkdir(parents=True, exist_ok=True)
+        with runlock.hold(folder):
+            experiment.run(exp, folder, progress=not quiet)
+        typer.echo((folder / "results.md").read_text(encoding="utf-8").rstrip())
+        typer.echo(f"results: {(folder / 'results.md').resolve()} (plot: retrain_gap.png)")
 
     _guard(body)
 

@@ -85,6 +85,21 @@ class LabelsConfig:
     save_every: int = 8  # batches between saves of the labels made so far, for a rerun to resume (0: none)
 
 
+METHODS = ("whp", "ga", "npo")
+
+
+@dataclass
+class ForgetConfig:
+    """How the unlearn stage forgets. `whp` is this project's method (the generic labels); `ga` (gradient
+    ascent on the target) and `npo` (negative preference optimisation) are the usual baselines, for
+    comparison. With `data.retain` set, ga and npo add a retain term: the cross-entropy on retain
+    blocks paired with each batch, weighted by `retain_weight` (whp mixes retain blocks into its data)."""
+
+    method: str = "whp"  # whp | ga | npo
+    npo_beta: float = 0.1  # NPO's inverse temperature
+    retain_weight: float = 1.0  # ga and npo: weight of the retain term
+
+
 @dataclass
 class AnchorsConfig:
     """`whoharry anchors suggest`: how candidate terms are found, ranked and translated."""
@@ -186,6 +201,7 @@ class Config:
     reinforce: TrainConfig = field(default_factory=TrainConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     unlearn: TrainConfig = field(default_factory=TrainConfig)
+    forget: ForgetConfig = field(default_factory=ForgetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
 
@@ -203,9 +219,20 @@ def load_config(
     seed: int | None = None,
 ) -> Config:
     """Defaults < YAML file < `--set a.b=c` overrides < the `--max-steps` and `--seed` shortcuts."""
-    cfg = Config()
+    cfg = merge_sources(Config(), path, overrides)
+    if max_steps is not None:
+        cfg.reinforce.max_steps = max_steps
+        cfg.unlearn.max_steps = max_steps
+    if seed is not None:
+        cfg.seed = seed
+    validate(cfg)
+    return cfg
+
+
+def merge_sources(obj: Any, path: Path | None, overrides: list[str] | None) -> Any:
+    """Merge a YAML file, then `key=value` overrides, into a config dataclass (in place; returned)."""
     if path is not None:
-        _merge(cfg, _read_yaml(path), base_dir=path.resolve().parent, prefix="")
+        _merge(obj, _read_yaml(path), base_dir=path.resolve().parent, prefix="")
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -217,14 +244,8 @@ def load_config(
         nested: Any = value
         for part in reversed(key.strip().split(".")):
             nested = {part: nested}
-        _merge(cfg, nested, base_dir=Path.cwd(), prefix="")
-    if max_steps is not None:
-        cfg.reinforce.max_steps = max_steps
-        cfg.unlearn.max_steps = max_steps
-    if seed is not None:
-        cfg.seed = seed
-    validate(cfg)
-    return cfg
+        _merge(obj, nested, base_dir=Path.cwd(), prefix="")
+    return obj
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -320,6 +341,9 @@ def validate(cfg: Config) -> None:
         (cfg.eval.max_samples is None or cfg.eval.max_samples >= 1, "eval.max_samples must be >= 1"),
         (cfg.eval.lm_eval_limit is None or cfg.eval.lm_eval_limit >= 1, "eval.lm_eval_limit must be >= 1"),
         (cfg.eval.block_length >= 8, "eval.block_length must be at least 8 tokens"),
+        (cfg.forget.method in METHODS, f"forget.method must be one of {', '.join(METHODS)}"),
+        (cfg.forget.npo_beta > 0, "forget.npo_beta must be > 0"),
+        (cfg.forget.retain_weight >= 0, "forget.retain_weight must be >= 0"),
         (cfg.anchors.top >= 1, "anchors.top must be >= 1"),
         (cfg.anchors.min_count >= 1, "anchors.min_count must be >= 1"),
         (cfg.anchors.max_words >= 1, "anchors.max_words must be >= 1"),

@@ -17,6 +17,7 @@ from typing import Any
 from whoharry import artifacts, benchmarks, intervals, llm_judge, membership, models, plots, report
 from whoharry.anchors import load_anchors
 from whoharry.config import Config, fingerprint, model_key, to_dict
+from whoharry.ensemble import LogitEnsemble
 from whoharry.report import load_report, render_markdown
 from whoharry.suite import Context, evaluate_model, finish_model, value_key, wanted
 from whoharry.text import read_text
@@ -82,20 +83,23 @@ def model_identity(path: Path) -> str:
     return f"{path}:{fingerprint(stats)}"
 
 
-def eval_fingerprint(cfg: Config, model_path: Path) -> str:
+def eval_fingerprint(cfg: Config, model_path: Path, ensemble: bool = False) -> str:
+    model = model_identity(model_path)
     return fingerprint({"eval": {name: value_key(value) for name, value in vars(cfg.eval).items()},
                         "seed": cfg.seed, "anchors": value_key(cfg.data.anchors),
                         "target": value_key(cfg.data.target), "baseline": model_key(cfg.model, reading=True),
-                        "model": model_identity(model_path)})
+                        "model": f"ensemble:{model}:{cfg.labels.alpha}" if ensemble else model})
 
 
 def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: bool = True,
-        stage_dir: Path | None = None, overwrite: bool = False) -> Path:
+        stage_dir: Path | None = None, overwrite: bool = False, ensemble: bool = False) -> Path:
     """Write `out/eval/` (or `stage_dir`): report.json, report.md and the plots, for the evaluated model
-    (default: the unlearned one) beside the base model and the reference model when configured."""
-    model_path = model_path or out / "unlearn" / "final"
+    (default: the unlearned one) beside the base model and the reference model when configured.
+    With `ensemble`, `model_path` is a reinforced model and the evaluated model is inference-time WHP:
+    the base and it combined by the label formula at every token (whoharry.ensemble)."""
+    model_path = model_path or out / ("reinforce" if ensemble else "unlearn") / "final"
     stage_dir = stage_dir or out / "eval"
-    key = eval_fingerprint(cfg, model_path)
+    key = eval_fingerprint(cfg, model_path, ensemble)
     if not overwrite and artifacts.is_complete(stage_dir, key):
         log.info("eval: complete with these settings, skipped (%s)", stage_dir)
         return stage_dir
@@ -116,7 +120,13 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
     base = models.load_model(source, cfg.model, inference=True)
     results = {"base": evaluate_model(base, tokenizer, ctx, "base", base_id)}
     # the base model stays loaded as the judge of the other models' fluency
-    others = [("unlearned", model_identity(model_path), lambda: models.load_folder(model_path, cfg=cfg.model))]
+    if ensemble:
+        others = [("unlearned", f"ensemble:{model_identity(model_path)}:{cfg.labels.alpha}",
+                   lambda base=base: LogitEnsemble(base, models.load_folder(model_path, cfg=cfg.model),
+                                                   cfg.labels.alpha))]
+    else:
+        others = [("unlearned", model_identity(model_path),
+                   lambda: models.load_folder(model_path, cfg=cfg.model))]
     if cfg.eval.reference is not None:
         reference_cfg = dataclasses.replace(cfg.model, name=cfg.eval.reference, revision=None)
         others.append(("reference", f"{cfg.eval.reference}:{fingerprint(to_dict(reference_cfg))}",
@@ -136,7 +146,8 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
     for result in results.values():
         result["intervals"].update(result.pop("benchmark_intervals", {}))
     written = {
-        "models": {"base": source.description, "unlearned": str(model_path),
+        "models": {"base": source.description,
+                   "unlearned": f"ensemble of the base and {model_path}" if ensemble else str(model_path),
                    **({"reference": cfg.eval.reference} if cfg.eval.reference else {})},
         "summary": {name: result["summary"] for name, result in results.items()},
         "intervals": {name: result["intervals"] for name, result in results.items()},

@@ -12,10 +12,10 @@ import yaml
 
 from whoharry import artifacts, generics, suggest
 from whoharry.anchor_import import composite_keys, merge, parse_answer
-from whoharry.config import AnchorsConfig
+from whoharry.config import AnchorsConfig, Config
 from whoharry.errors import WhoharryError
 from whoharry.llm_judge import auth_headers, post_json
-from whoharry.text import make_blocks
+from whoharry.text import make_blocks, read_text
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,28 @@ def suggest_anchors(text: str, general: str, tokenizer, baseline, reinforced, cf
                                       alternatives=cfg.alternatives, contexts=cfg.contexts, precision=precision,
                                       progress=progress)
     return Suggestion(chosen, translations, len(candidates), reinforced is not None)
+
+
+def suggest_file(cfg: Config, reinforced: Path, out: Path, *, general: list[Path] | None = None,
+                 progress: bool = True) -> Suggestion:
+    """`suggest_anchors` on `cfg.data.target` with the config's model and the reinforced model folder,
+    written to `out`. The general text is `general`, else the retain texts and `eval.general_text`."""
+    from whoharry import models
+
+    paths = general or [*cfg.data.retain, *([cfg.eval.general_text] if cfg.eval.general_text else [])]
+    general_text = "\n\n".join(read_text(path, "general text") for path in paths if path.is_file())
+    target = read_text(cfg.data.target)
+    source = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(source, cfg.model)
+    reinforced_model = models.load_folder(reinforced, cfg=cfg.model)
+    base_model = models.load_model(source, cfg.model, inference=True)
+    for model in (base_model, reinforced_model):
+        model.requires_grad_(False)
+    suggestion = suggest_anchors(target, general_text, tokenizer, base_model, reinforced_model, cfg.anchors,
+                                 block_length=cfg.data.block_length, precision=cfg.labels.precision,
+                                 alpha=cfg.labels.alpha, progress=progress)
+    write_suggestions(out, suggestion, str(cfg.data.target))
+    return suggestion
 
 
 def write_suggestions(path: Path, suggestion: Suggestion, source: str) -> None:

@@ -11,7 +11,8 @@ from whoharry.errors import WhoharryError
 from whoharry.runlock import LOCK
 
 # What a run folder holds: the stages' folders (and the lock); anything else means it is not a run.
-RUN_ENTRIES = ("reinforce", "labels", "unlearn", "eval", "eval-quick", "eval-reinforced", LOCK)
+RUN_ENTRIES = ("reinforce", "labels", "unlearn", "eval", "eval-quick", "eval-reinforced", "eval-ensemble",
+               "eval-quick-ensemble", LOCK)
 
 
 def check_out_dir(out: Path) -> None:

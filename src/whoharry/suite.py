@@ -341,8 +341,12 @@ def evaluate_model(model, tokenizer, ctx: Context, name: str, model_id: str, jud
 
 
 def finish_model(model, tokenizer, ctx: Context, name: str, model_id: str, result: dict[str, Any]) -> None:
-    """The benchmarks, then relearning, which fine-tunes the model in place (so it comes last)."""
+    """The benchmarks, then relearning, which fine-tunes the model in place (so it comes last). Neither
+    applies to a two-model ensemble: it has no weights of its own to fine-tune or hand to lm-eval."""
     cfg = ctx.cfg
+    if getattr(model, "models_per_token", 1) > 1:
+        log.info("eval: %s is an ensemble; benchmarks and relearning skipped", name)
+        return
     if wanted(cfg, "benchmarks", ctx.member_text):
         for task in cfg.lm_eval_tasks:
             summary, samples = ctx.cached(name, model_id, f"benchmark-{task}",

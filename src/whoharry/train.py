@@ -8,6 +8,10 @@ It runs through accelerate, so `accelerate launch` makes it data-parallel (DDP, 
 ZeRO-3, from the accelerate config file). `batch_size` is per process: an optimizer step sees
 `batch_size x grad_accum x processes` blocks, the same blocks whatever the split, and the loss is the
 mean over every labelled token of the step, so N processes take the steps one process would.
+
+What the loop minimises is its `Objective`: cross-entropy against the labels (reinforce, WHP
+unlearning), its negative (gradient ascent), or NPO's loss against a frozen reference; gradient
+ascent and NPO may add a retain term, the cross-entropy on retain blocks paired with each batch.
 """
 
 from __future__ import annotations
@@ -55,6 +59,58 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = 
     return torch.nn.functional.cross_entropy(
         shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1), ignore_index=IGNORE, reduction=reduction
     )
+
+
+OBJECTIVES = ("ce", "ga", "npo")
+
+
+@dataclass
+class Objective:
+    """What one optimizer step minimises, as a mean over the step's blocks or tokens.
+
+    - `ce`: cross-entropy against the labels, averaged over every labelled token of the step;
+    - `ga`: gradient ascent, the negative of that;
+    - `npo`: negative preference optimisation (Zhang et al. 2024),
+      `2/beta * mean over blocks of log(1 + (p_model(block) / p_reference(block)) ** beta)`, with the
+      reference's summed log-probability of each block's labels given in `reference`.
+
+    With `retain_ids`, each micro-batch also takes as many retain blocks (their own order, fixed by seed
+    and step) and adds `retain_weight` times their cross-entropy, averaged over the step's retain tokens.
+    """
+
+    kind: str = "ce"
+    beta: float = 0.1
+    reference: torch.Tensor | None = None  # [blocks] summed log-probabilities (npo)
+    retain_ids: torch.Tensor | None = None  # [blocks, length]
+    retain_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in OBJECTIVES:
+            raise WhoharryError(f"unknown training objective {self.kind!r}; one of {', '.join(OBJECTIVES)}")
+        if self.kind == "npo" and self.reference is None:
+            raise WhoharryError("the npo objective needs the reference model's log-probabilities")
+
+    def units(self, labelled: torch.Tensor, blocks: list[int]) -> int:
+        """What the step's forget loss is averaged over: labelled tokens, or blocks for NPO."""
+        return len(blocks) if self.kind == "npo" else int(labelled[blocks].sum())
+
+    def forget_loss(self, logits: torch.Tensor, targets: torch.Tensor, blocks: list[int]) -> torch.Tensor:
+        """The summed loss of these blocks (the loop divides by the step's units)."""
+        if self.kind == "ce":
+            return causal_lm_loss(logits, targets, reduction="sum")
+        if self.kind == "ga":
+            return -causal_lm_loss(logits, targets, reduction="sum")
+        log_ratio = block_log_probs(logits, targets) - self.reference[blocks].to(logits.device)
+        return (-2.0 / self.beta * torch.nn.functional.logsigmoid(-self.beta * log_ratio)).sum()
+
+
+def block_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The summed log-probability of each block's labels (positions 1…, -100 skipped): [blocks]."""
+    shifted = logits[:, :-1].float()
+    targets = labels[:, 1:].long()
+    keep = targets != IGNORE
+    picked = torch.log_softmax(shifted, dim=-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (picked * keep).sum(dim=1)
 
 
 def total_steps(samples: int, cfg: TrainConfig, processes: int = 1) -> int:
@@ -136,11 +192,15 @@ def train(
     progress: bool = True,
     on_step: Callable[[int], None] | None = None,
     final: tuple[Path, object] | None = None,
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Fine-tune `model` in place on (input_ids, labels) blocks; resume from `stage_dir/checkpoints`.
     With `final=(folder, tokenizer)` the trained model is written there as a save_pretrained folder
     (LoRA merged in, sharded weights gathered). `on_step(n)` runs after optimizer step n (for
-    measurements, one process only; the model is put back in training mode)."""
+    measurements, one process only; the model is put back in training mode). `objective` defaults
+    to cross-entropy against `labels`."""
+    objective = objective or Objective()
+    retain = objective.retain_ids
     acc = make_accelerator(cfg)
     processes, rank = acc.num_processes, acc.process_index
     samples = input_ids.shape[0]
@@ -170,9 +230,12 @@ def train(
     bar = tqdm(total=steps, initial=start, desc=desc, unit="step", disable=not (progress and acc.is_main_process))
     for step in range(start, steps):
         micro_batches = sample_order(samples, step, cfg, seed, processes)
-        step_tokens = max(1, int(sum(labelled[batch].sum() for batch in micro_batches)))
+        step_units = max(1, objective.units(labelled, [i for batch in micro_batches for i in batch]))
+        if retain is not None:
+            retain_batches = sample_order(retain.shape[0], step, cfg, seed + 1, processes)
+            retain_tokens = max(1, int(sum(retain[batch].numel() - len(batch) for batch in retain_batches)))
         step_loss = torch.zeros((), device=acc.device)
-        for batch in micro_batches:
+        for index, batch in enumerate(micro_batches):
             mine = batch[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
             ids = input_ids[mine].long().to(acc.device)
             targets = labels[mine].long().to(acc.device)
@@ -180,7 +243,12 @@ def train(
                 logits = wrapped(input_ids=ids).logits
                 # this process's share of the step's mean: processes average their gradients and
                 # accelerate divides by grad_accum, so both are multiplied back in
-                loss = causal_lm_loss(logits, targets, reduction="sum") / step_tokens
+                loss = objective.forget_loss(logits, targets, mine) / step_units
+                if retain is not None:
+                    kept = retain_batches[index][rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+                    kept_ids = retain[kept].long().to(acc.device)
+                    kept_loss = causal_lm_loss(wrapped(input_ids=kept_ids).logits, kept_ids, reduction="sum")
+                    loss = loss + objective.retain_weight * kept_loss / retain_tokens
                 acc.backward(loss * processes * cfg.grad_accum)
                 if acc.sync_gradients:
                     if cfg.max_grad_norm > 0:

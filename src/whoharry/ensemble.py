@@ -1,0 +1,50 @@
+"""Inference-time WHP: the label formula applied at every position while the model reads, with no fine-tune.
+
+MUSE (Shi et al. 2024) evaluates WHP this way: two models run side by side, the base and the reinforced
+one, and the next-token logits are `v_base - alpha * relu(v_reinforced - v_base)`, the very vector whose
+argmax the labels stage takes. It costs two models per token at inference, where the fine-tuned model
+costs one; `whoharry eval --ensemble` scores it with the same suite as any other model.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.modeling_outputs import CausalLMOutput
+
+
+class LogitEnsemble(torch.nn.Module):
+    """Two causal LMs read the same tokens; the logits are steered away from what the second one gained."""
+
+    models_per_token = 2
+
+    def __init__(self, base: torch.nn.Module, reinforced: torch.nn.Module, alpha: float) -> None:
+        super().__init__()
+        self.base, self.reinforced, self.alpha = base, reinforced, alpha
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                **_: object) -> CausalLMOutput:
+        position_ids = None
+        if attention_mask is not None:  # left padding: count positions from each row's first real token
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        kwargs = {"attention_mask": attention_mask, "position_ids": position_ids}
+        base = self.base(input_ids=input_ids, **kwargs).logits
+        boosted = self.reinforced(input_ids=input_ids, **kwargs).logits
+        return CausalLMOutput(logits=base - self.alpha * torch.relu(boosted - base))
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                 max_new_tokens: int, pad_token_id: int | None = None, do_sample: bool = False,
+                 temperature: float = 1.0, **_: object) -> torch.Tensor:
+        """Greedy (or sampled, at `temperature`) continuations, the prompt included, as `generate` returns
+        them; every step reads the whole sequence again, so no cache needs combining."""
+        ids = input_ids
+        mask = torch.ones_like(ids) if attention_mask is None else attention_mask
+        for _ in range(max_new_tokens):
+            logits = self(input_ids=ids, attention_mask=mask).logits[:, -1].float()
+            if do_sample:
+                token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1)
+            else:
+                token = logits.argmax(dim=-1, keepdim=True)
+            ids = torch.cat([ids, token], dim=1)
+            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+        return ids
