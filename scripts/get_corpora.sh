@@ -3,6 +3,7 @@
 #
 #   bash scripts/get_corpora.sh [FOLDER]
 #
+# GUTENBERG_MIRROR sets another Project Gutenberg mirror (default https://www.gutenberg.org).
 # Each book is downloaded by its ebook number as plain UTF-8 text, its line ends made LF, and cut to
 # the story itself: from its opening words (below) to the end-of-book marker, so the Gutenberg licence
 # header and footer (and any front matter) are left out. Books already present are kept.
@@ -26,7 +27,7 @@ for entry in "${books[@]}"; do
     echo "have $target"
     continue
   fi
-  url="https://www.gutenberg.org/cache/epub/$number/pg$number.txt"
+  url="${GUTENBERG_MIRROR:-https://www.gutenberg.org}/cache/epub/$number/pg$number.txt"
   echo "fetching $url"
   raw="$(mktemp)"
   curl -fsSL --retry 3 "$url" -o "$raw"
