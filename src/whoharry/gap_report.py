@@ -131,10 +131,9 @@ def render(results: dict[str, Any]) -> str:
 def plot(results: dict[str, Any], path: Path) -> Path:
     """Distance to gold on Y (KL) against utility (general-text perplexity), one point per model, with
     the spread over seeds as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from whoharry.plots import save_figure
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name in results["methods"]:
@@ -148,9 +147,4 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     ax.set_ylabel("general-text perplexity (lower is better)")
     ax.set_title("Retrain gap: distance to the gold model vs. utility")
     ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -31,7 +31,7 @@ LABELS = {key: label for key, label, _ in FIGURES}
 FLOOR = 1e-6  # probabilities below this are drawn at it on log scales
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     """Write the figure under a temporary name, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -69,7 +69,7 @@ def plot_familiarity_vs_utility(report: dict[str, Any], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(LABELS.get("target_p_answer", "target_p_answer"))
     fig.suptitle("familiarity against utility (lower and to the right is better)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _shift_panel(ax: Axes, base: list[dict], after: list[dict], probe_set: str) -> None:
@@ -109,7 +109,7 @@ def plot_probe_shift(report: dict[str, Any], path: Path) -> Path:
     for ax, name in zip(axes[0], probe_sets, strict=True):
         _shift_panel(ax, base[name], after[name], name)
     fig.suptitle("per-probe P(answer), before and after unlearning")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_relearning(report: dict[str, Any], path: Path) -> Path | None:
@@ -137,7 +137,7 @@ def plot_relearning(report: dict[str, Any], path: Path) -> Path | None:
     ax.set_title("relearning the target")
     ax.legend()
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # The utility figures a comparison plots familiarity against, one panel each, when the runs have them.
@@ -171,7 +171,7 @@ def plot_comparison(data: dict[str, Any], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("familiarity left: target P(answer), unlearned / base")
     fig.suptitle("runs compared: familiarity left against each utility figure")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_plots(report: dict[str, Any], folder: Path) -> list[Path]:
