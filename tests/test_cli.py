@@ -36,6 +36,15 @@ def test_help_renders(command):
     if command:
         for option in ("--config", "--set", "--out", "--max-steps", "--seed"):
             assert option in result.output
+    if command in (["unlearn"], ["run"]):
+        assert "--method" in result.output
+
+
+def test_experiment_help_renders():
+    result = runner.invoke(app, ["experiment", "retrain-gap", "--help"])
+    assert result.exit_code == 0, result.output
+    for option in ("--config", "--quick", "--corpora", "--out", "--set"):
+        assert option in result.output
 
 
 def test_run_end_to_end_writes_the_layout_and_exact_labels(project, copy_model_dir, tokenizer):
