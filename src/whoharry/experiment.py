@@ -79,16 +79,16 @@ class ExperimentConfig:
 
 # `--quick`: one seed on small slices, every method, short fine-tunes: a few minutes on a laptop CPU
 QUICK = {
-    "forget_chars": 4000,
-    "heldout_chars": 3000,
-    "retain_chars": 4000,
+    "forget_chars": 3000,
+    "heldout_chars": 2000,
+    "retain_chars": 3000,
     "seeds": [0],
     "kl_passages": 3,
     "learn.epochs": 1,
     "run.unlearn.epochs": 1,
     "run.anchors.top": 20,
     "run.anchors.contexts": 1,
-    "run.eval.max_samples": 6,
+    "run.eval.max_samples": 4,
     "run.eval.membership_max_passages": 4,
     "run.eval.verbatim_excerpts": 3,
 }
