@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from whoharry import generics, suggest
+from whoharry.config import AnchorsConfig as WhoharryAnchors
 from whoharry.text import make_blocks
 
 from .conftest import GENERAL, STORY
@@ -140,3 +143,41 @@ def test_a_lower_case_phrase_is_a_candidate_only_when_it_recurs():
     assert not found["silver shoes"].name_like
     assert "yellow brick" not in found  # twice is not enough for a phrase
     assert "the silver" not in found and "shoes shone" not in found
+
+
+def test_a_lower_case_phrase_may_hold_one_of_or_the():
+    text = ("They took the road of yellow brick. On the road of yellow brick they sang. "
+            "The road of yellow brick was long. A piece of the cake, a piece of the cake, a piece of the cake. ")
+    found = suggest.find_candidates(text, "", min_count=2)
+    assert found["road of yellow brick"].count == 3 and found["road of yellow"].count == 3
+    assert "road of" not in found  # a phrase ends on a content word
+    assert "piece of the cake" not in found  # one joiner at most
+    short = suggest.find_candidates(text, "", min_count=2, max_words=3)
+    assert "road of yellow" in short and "road of yellow brick" not in short
+
+
+def test_english_frequency_lowers_ordinary_words_but_not_names():
+    """With a short general text, `replied` and a coined name are both unseen there and score alike;
+    English at large tells them apart. A name stays as specific however common it is in English."""
+    text = "Quadling replied. " * 3 + "Henry replied to Quadling and Henry smiled. " * 2
+    found = suggest.find_candidates(text, "an unrelated general text", min_count=2)
+    suggest.score(found, 30, 10_000)
+    assert found["replied"].specificity == pytest.approx(found["Quadling"].specificity)
+    before_henry = found["Henry"].specificity
+    common = {"replied": 1e-3, "Henry": 1e-3}
+    suggest.score(found, 30, 10_000, english=lambda word: common.get(word, 0.0))
+    assert found["replied"].specificity < found["Quadling"].specificity
+    assert found["replied"].specificity == pytest.approx(math.log((5 + 0.5) / 30 / 1e-3))
+    assert found["Henry"].specificity == pytest.approx(before_henry)  # a name: the general text alone
+    assert found["replied"].score < found["Quadling"].score
+
+
+def test_english_frequencies_come_from_a_reference_of_english():
+    assert suggest.english_frequency("replied") > 1e-5 > suggest.english_frequency("sectumsempra")
+    assert suggest.english_frequency("Quadlings") == 0.0
+
+
+def test_a_name_of_five_words_is_a_candidate_by_default():
+    text = "They feared the Wicked Witch of the East. The Wicked Witch of the East was dead. " * 2
+    found = suggest.find_candidates(text, "", max_words=WhoharryAnchors.max_words)
+    assert found["Wicked Witch of the East"].count == 4

@@ -106,7 +106,10 @@ class AnchorsConfig:
 
     top: int = 200  # terms written
     min_count: int = 2  # occurrences a term needs in the target
-    max_words: int = 4  # words in a multi-word name
+    max_words: int = 5  # words in a multi-word name (`Wicked Witch of the East`)
+    # floor an ordinary word's general frequency at its frequency in English (wordfreq), so that a short
+    # general text does not make `replied` look as rare as a coined name
+    english_frequencies: bool = True
     alternatives: int = 3  # generic translations per term
     contexts: int = 6  # occurrences the baseline reads to propose translations
     batch_size: int = 8  # blocks per forward pass when scoring the target

@@ -41,7 +41,8 @@ def suggest_anchors(text: str, general: str, tokenizer, baseline, reinforced, cf
         reinforced_lp = suggest.token_log_probs(reinforced, blocks, batch_size=cfg.batch_size,
                                                 precision=precision, desc="reinforced", progress=progress)
         suggest.term_gains(candidates, blocks, reinforced_lp - base)
-    suggest.score(candidates, len(suggest.WORD.findall(text)), len(suggest.WORD.findall(general)))
+    suggest.score(candidates, len(suggest.WORD.findall(text)), len(suggest.WORD.findall(general)),
+                  english=suggest.english_frequency if cfg.english_frequencies else None)
     chosen = suggest.rank(candidates, cfg.top)
     translations = generics.translate(baseline, tokenizer, text, chosen, reinforced=reinforced, alpha=alpha,
                                       alternatives=cfg.alternatives, contexts=cfg.contexts, precision=precision,

@@ -1,7 +1,8 @@
 """Suggesting anchor terms: the words and names most specific to the target, ranked.
 
-Candidates are the target's words and its multi-word names (two to four capitalised words, joined by
-`of`, `the` and the like). Each is scored on three signals:
+Candidates are the target's words, its multi-word names (two to five capitalised words, joined by
+`of`, `the` and the like) and its recurring lower-case phrases (`silver shoes`, `road of yellow brick`).
+Each is scored on three signals:
 
 - **gain**: how much more likely the reinforced model finds the term in its contexts than the
   baseline does (the log-probability gain summed over the term's tokens, averaged over its
@@ -20,6 +21,7 @@ import bisect
 import math
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +51,7 @@ day night way man men woman women people little long good great old new right le
 """.split())  # noqa: SIM905 - a list read as prose
 # common adjectives that may still open a name when capitalised (`Great Hall`, `Good Witch`)
 NAME_ADJECTIVES = frozenset({"great", "good", "old", "little", "new", "long", "first"})
+PHRASE_JOINERS = frozenset({"of", "the"})  # the only function words inside a lower-case phrase
 PHRASE_MIN_COUNT = 3  # a lower-case phrase must recur more than a word: most word pairs repeat by chance
 SENTENCE_END = set(".!?:;")
 OPENERS = set("\"“‘'([—–-")
@@ -87,7 +90,7 @@ def word_spans(text: str) -> list[tuple[int, int]]:
     return [match.span() for match in WORD.finditer(text)]
 
 
-def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: int = 4) -> dict[str, Candidate]:
+def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: int = 5) -> dict[str, Candidate]:
     """Every word and multi-word name of the target seen at least `min_count` times, with its spans."""
     words = word_spans(text)
     spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
@@ -101,7 +104,7 @@ def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: i
         if word.lower() not in STOPWORDS and len(word) > 1:
             spans[word].append((start, end))
         if word[0].islower() and word.lower() not in STOPWORDS:
-            _add_phrase(text, words, index, spans)
+            _add_phrase(text, words, index, spans, max_words)
         if not word[0].isupper() or (word.lower() in STOPWORDS and word.lower() not in NAME_ADJECTIVES):
             continue  # ("The Tin Woodman" at a sentence start is "Tin Woodman")
         # multi-word names: capitalised words, single-spaced, with connectors inside
@@ -138,14 +141,24 @@ def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: i
 
 
 def _add_phrase(text: str, words: list[tuple[int, int]], index: int,
-                spans: dict[str, list[tuple[int, int]]]) -> None:
-    """A lower-case phrase of two content words starting at word `index` (`silver shoes`), if there is one."""
-    if index + 1 >= len(words):
-        return
-    start, end = words[index]
-    next_start, next_end = words[index + 1]
-    second = text[next_start:next_end]
-    if text[end:next_start] == " " and second[0].islower() and second not in STOPWORDS and len(second) > 2:
+                spans: dict[str, list[tuple[int, int]]], max_words: int) -> None:
+    """The lower-case phrases starting at word `index`: content words, single-spaced, with at most one
+    `of` or `the` inside (`silver shoes`, `road of yellow brick`), up to `max_words` words."""
+    start, last = words[index]
+    joined = False
+    for width in range(2, max_words + 1):
+        if index + width - 1 >= len(words):
+            return
+        next_start, next_end = words[index + width - 1]
+        word = text[next_start:next_end]
+        if text[last:next_start] != " " or not word[0].islower():
+            return
+        last = next_end
+        if word in PHRASE_JOINERS and not joined:
+            joined = True
+            continue
+        if word in STOPWORDS or len(word) <= 2:
+            return
         spans[text[start:next_end]].append((start, next_end))
 
 
@@ -199,16 +212,33 @@ def term_gains(candidates: dict[str, Candidate], blocks: Blocks, gain: torch.Ten
         candidate.gain = sum(totals) / len(totals) / words if totals else 0.0
 
 
-def score(candidates: dict[str, Candidate], target_words: int, general_words: int) -> None:
-    """Specificity, then the combined score z(gain) + z(specificity) + name share."""
+def score(candidates: dict[str, Candidate], target_words: int, general_words: int, *,
+          english: Callable[[str], float] | None = None) -> None:
+    """Specificity, then the combined score z(gain) + z(specificity) + name share.
+
+    `english(word)` is a word's frequency in English at large. A general text of a few thousand words
+    never shows most ordinary words (`replied`, `walked`), and the smoothed count then makes them look
+    as rare as a coined name; so an ordinary word's general rate is at least its English frequency.
+    Names keep the general text's rate alone: that `Harry` or `Henry` is common English says nothing
+    about whether the story's character is."""
     for candidate in candidates.values():
         target_rate = (candidate.count + 0.5) / max(target_words, 1)
         general_rate = (candidate.general_count + 0.5) / max(general_words, 1)
+        if english is not None and " " not in candidate.term and candidate.name_share < 0.5:
+            general_rate = max(general_rate, english(candidate.term))
         candidate.specificity = math.log(target_rate / general_rate) if general_words else 0.0
     gains = _zscores([c.gain for c in candidates.values()])
     specific = _zscores([c.specificity for c in candidates.values()])
     for candidate, g, s in zip(candidates.values(), gains, specific, strict=True):
         candidate.score = g + s + candidate.name_share
+
+
+def english_frequency(word: str) -> float:
+    """A word's frequency in English text at large (`wordfreq`'s blend of web, books, subtitles and
+    Wikipedia; 0 for a word it has never seen)."""
+    from wordfreq import word_frequency
+
+    return word_frequency(word, "en")
 
 
 def _zscores(values: list[float]) -> list[float]:
