@@ -181,3 +181,27 @@ def test_a_name_of_five_words_is_a_candidate_by_default():
     text = "They feared the Wicked Witch of the East. The Wicked Witch of the East was dead. " * 2
     found = suggest.find_candidates(text, "", max_words=WhoharryAnchors.max_words)
     assert found["Wicked Witch of the East"].count == 4
+
+
+def test_a_name_keeps_its_capitals_when_a_part_translates_to_an_ordinary_word():
+    text = "The Wicked Witch came. The Wicked Witch left. A Witch sang. A Witch flew."
+    found = suggest.find_candidates(text, "", min_count=2)
+    composed = generics._compose(found["Wicked Witch"], {"Witch": ["fairy", "lady of the lake"]}, text, {"Witch"}, 2)
+    assert composed == ["Wicked Fairy", "Wicked Lady of the Lake"]
+
+
+def test_translation_contexts_prefer_occurrences_that_do_not_continue_a_name():
+    text = "They fled from the Wicked Witch. The Witch laughed, and then the Witch of the East slept."
+    assert generics._inside_name(text, text.index("Witch."))  # after `Wicked`: mid-name
+    assert not generics._inside_name(text, text.index("Witch laughed"))  # after `The`: a function word
+    assert not generics._inside_name(text, text.index("Witch of"))
+    assert not generics._inside_name("Then Professor Snape spoke.", len("Then Professor "))  # after a title
+
+
+def test_a_translation_never_brings_a_term_back_in_another_form():
+    terms = {"Witch", "Em", "Mark"}
+    lowered = {t.lower() for t in terms}
+    for option in ("witches", "Witch", "the witch", "Witchcraft", "Ems"):
+        assert generics._names_a_term(option, terms, lowered), option
+    for option in ("the market", "emerald", "fairy"):
+        assert not generics._names_a_term(option, terms, lowered), option

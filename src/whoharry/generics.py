@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from whoharry import models
-from whoharry.suggest import STOPWORDS, Candidate
+from whoharry.suggest import CONNECTORS, STOPWORDS, Candidate
 from whoharry.text import pad
 
 FIRST_NAMES = ("Jon", "Tom", "Ben", "Sam", "Anna", "Emma", "Kate", "Lucy", "Mark", "Paul", "Peter", "Mary", "Jack",
@@ -86,6 +86,17 @@ def _banned_ids(tokenizer, terms: list[str]) -> set[int]:
     return banned
 
 
+def _inside_name(text: str, start: int) -> bool:
+    """Whether the word at `start` follows a capitalised word other than a title (`Witch` in `Wicked Witch`,
+    not `Snape` in `Professor Snape`). The text before such an occurrence ends mid-name, and the model's
+    next words there continue the name rather than stand for it."""
+    before = re.search(r"([^\W\d_]+) $", text[max(0, start - 40) : start])
+    if not before:
+        return False
+    word = before.group(1)
+    return word[0].isupper() and word.lower() not in STOPWORDS and word not in TITLES
+
+
 def _is_word_start(piece: str) -> bool:
     return len(piece) > 2 and piece[0] == " " and piece[1:].isalpha()
 
@@ -95,7 +106,8 @@ def model_fillers(model, tokenizer, text: str, candidate: Candidate, banned: set
                   wanted: int, capitalised: bool, precision: str, reinforced=None, alpha: float = 5.0) -> list[str]:
     """The likeliest generic next words before the term's occurrences, whole words, best first."""
     device = next(model.parameters()).device
-    spans = [span for span in candidate.spans if span[0] > 40][:contexts]
+    spans = sorted((span for span in candidate.spans if span[0] > 40), key=lambda span: _inside_name(text, span[0]))
+    spans = spans[:contexts]
     if not spans:
         return []
     prompts = []
@@ -155,7 +167,7 @@ def translate(model, tokenizer, text: str, chosen: list[Candidate], *, reinforce
         kind = kind_of(candidate, text, terms)
         words = model_fillers(model, tokenizer, text, candidate, banned, contexts=contexts, wanted=alternatives,
                               capitalised=kind != "word", precision=precision, reinforced=reinforced, alpha=alpha)
-        words = [w for w in words if w.lower() not in lowered and not any(t in w for t in terms)]
+        words = [w for w in words if not _names_a_term(w, terms, lowered)]
         if kind in ("first", "surname"):
             words = [w for w in words if " " not in w]
         elif kind == "place":
@@ -172,6 +184,15 @@ def translate(model, tokenizer, text: str, chosen: list[Candidate], *, reinforce
             continue
         result[candidate.term] = _compose(candidate, result, text, terms, alternatives)
     return {c.term: result[c.term] for c in chosen}
+
+
+def _names_a_term(option: str, terms: set[str], lowered: set[str]) -> bool:
+    """Whether a proposed translation brings a suggested term back: the term itself in any case, a term
+    inside it, or one of its words a term's plural (`witches` for `Witch`)."""
+    if option.lower() in lowered or any(term in option for term in terms):
+        return True
+    return any(word in lowered or word.rstrip("s") in lowered or word.removesuffix("es") in lowered
+               for word in option.lower().split())
 
 
 def _plural_of(term: str, terms: set[str]) -> str | None:
@@ -191,8 +212,16 @@ def _compose(candidate: Candidate, result: dict[str, list[str]], text: str, term
     for choice in range(alternatives):
         parts = []
         for word in words:
-            # translated words change; titles, connectors and other words stay
-            parts.append(result[word][choice % len(result[word])] if word in result else word)
+            # translated words change, capitalised as the name writes them; titles, connectors and other
+            # words stay
+            if word in result:
+                option = result[word][choice % len(result[word])]
+                if word[:1].isupper():
+                    option = " ".join(piece if piece in CONNECTORS else piece[:1].upper() + piece[1:]
+                                      for piece in option.split())
+                parts.append(option)
+            else:
+                parts.append(word)
         options.append(" ".join(parts))
     return list(dict.fromkeys(options))
 
