@@ -41,15 +41,15 @@ def unwrap(text: str) -> str:
 
 def suggestions_of(path: Path) -> list[str]:
     """The terms of a suggested dictionary, best first (the file's order)."""
-    from whoharry.anchors import load_anchors
+    from whoharry.anchors.dictionary import load_anchors
 
     return list(load_anchors(path).entries)
 
 
 def ranking_figures(suggested: list[str], answer_key: Path, text: str, general: str) -> dict:
-    from whoharry import suggest
-    from whoharry.anchor_check import check
-    from whoharry.anchors import Anchors, load_anchors
+    from whoharry.anchors import candidates as suggest
+    from whoharry.anchors.check import check
+    from whoharry.anchors.dictionary import Anchors, load_anchors
 
     key = load_anchors(answer_key)
     occurring = {term: count for term, count in _whole_word_counts(key, text).items() if count}
@@ -111,14 +111,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from bench_quality import verdicts
-    from whoharry import evaluate, pipeline
-    from whoharry.cli import _setup
+    from whoharry.cli.common import setup as _setup
     from whoharry.config import load_config
-    from whoharry.text import read_text
+    from whoharry.core.text import read_text
+    from whoharry.stages import evaluate, pipeline
 
     _setup(quiet=True)
     cfg = load_config(args.config)
-    general = "\n\n".join(read_text(p) for p in [*cfg.data.retain, cfg.eval.general_text] if p and p.is_file())
+    general = "\n\n".join(read_text(p) for p in [*cfg.data.retain, cfg.eval.utility.general_text] if p and p.is_file())
     suggested_path = args.generated_run / "anchors-suggested.yaml"
     pipeline.run(cfg, args.run, progress=False)  # the hand-written run (skipped when complete)
     if not args.scored:

@@ -35,9 +35,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
 
-    from whoharry import evaluate
-    from whoharry.cli import _setup
+    from whoharry.cli.common import setup as _setup
     from whoharry.config import EVAL_PARTS, QUICK, as_overrides, load_config
+    from whoharry.stages import evaluate
 
     _setup(quiet=True)
     model_path = args.out / "unlearn" / "final"

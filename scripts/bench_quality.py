@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-reinforced", action="store_true", help="Do not evaluate the reinforced model.")
     args = parser.parse_args(argv)
 
-    from whoharry import evaluate, pipeline
-    from whoharry.cli import _setup
+    from whoharry.cli.common import setup as _setup
     from whoharry.config import load_config
+    from whoharry.stages import evaluate, pipeline
 
     _setup(quiet=True)
     cfg = load_config(args.config, args.overrides, max_steps=args.max_steps)

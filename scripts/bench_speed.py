@@ -35,8 +35,8 @@ def bare_training(model, batches, learning_rate: float, precision: str) -> float
     """Seconds of a plain forward + backward + AdamW step over the batches."""
     import torch
 
-    from whoharry import models
-    from whoharry.train import causal_lm_loss
+    from whoharry.core import models
+    from whoharry.method.objectives import causal_lm_loss
 
     device = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
@@ -56,7 +56,7 @@ def bare_forwards(base, reinforced, batches, precision: str) -> float:
     """Seconds of two plain forward passes (both models) over the batches."""
     import torch
 
-    from whoharry import models
+    from whoharry.core import models
 
     device = next(base.parameters()).device
     began = time.perf_counter()
@@ -82,11 +82,12 @@ def peak_memory(config: Path, overrides: list[str], blocks: int, labels_stage: b
     computation over `blocks` blocks or one bare batch through both models (bytes)."""
     import torch
 
-    from whoharry import labels, models
-    from whoharry.anchors import load_anchors
-    from whoharry.cli import _setup
+    from whoharry.anchors.dictionary import load_anchors
+    from whoharry.cli.common import setup as _setup
     from whoharry.config import load_config
-    from whoharry.text import Blocks, make_blocks, read_text
+    from whoharry.core import models
+    from whoharry.core.text import Blocks, make_blocks, read_text
+    from whoharry.stages import labels
 
     _setup(quiet=True)
     cfg = load_config(config, overrides)
@@ -130,11 +131,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from whoharry import labels, models, train
-    from whoharry.anchors import load_anchors
-    from whoharry.cli import _setup
+    from whoharry.anchors.dictionary import load_anchors
+    from whoharry.cli.common import setup as _setup
     from whoharry.config import TrainConfig, load_config
-    from whoharry.text import Blocks, make_blocks, read_text
+    from whoharry.core import models, train
+    from whoharry.core.text import Blocks, make_blocks, read_text
+    from whoharry.stages import labels
 
     _setup(quiet=True)
     cfg = load_config(args.config, args.overrides)

@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "default")
     args = parser.parse_args(argv)
 
-    from whoharry.anchors import load_anchors
+    from whoharry.anchors.dictionary import load_anchors
     from whoharry.config import load_config
-    from whoharry.evaluate import load_report
+    from whoharry.stages.evaluate import load_report
 
     cfg = load_config(args.config)
     pattern = load_anchors(cfg.data.anchors).pattern()

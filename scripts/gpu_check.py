@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from whoharry import labels, reinforce, unlearn
-    from whoharry.cli import _setup
+    from whoharry.cli.common import setup as _setup
     from whoharry.config import load_config
+    from whoharry.stages import labels, reinforce, unlearn
 
     gpu = torch.cuda.is_available() and not args.cpu
     if not gpu and not args.cpu:

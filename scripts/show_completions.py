@@ -32,9 +32,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tokens", type=int, default=20)
     args = parser.parse_args(argv)
 
-    from whoharry import completions, models
-    from whoharry.cli import _setup
+    from whoharry.cli.common import setup as _setup
     from whoharry.config import load_config
+    from whoharry.core import models
+    from whoharry.evaluation import completions
 
     _setup(quiet=True)
     cfg = load_config(args.config)

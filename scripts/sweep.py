@@ -23,10 +23,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 DEV = {
-    "eval.target_probes": "data/harry_potter/probes_dev.jsonl",
-    "eval.general_probes": "data/general/probes_dev.jsonl",
-    "eval.related_probes": "data/related/probes_dev.jsonl",
-    "eval.completions": "data/harry_potter/completions_dev.jsonl",
+    "eval.probes.target": "data/harry_potter/probes_dev.jsonl",
+    "eval.probes.general": "data/general/probes_dev.jsonl",
+    "eval.probes.related": "data/related/probes_dev.jsonl",
+    "eval.completions.prompts": "data/harry_potter/completions_dev.jsonl",
 }
 COLUMNS = (
     ("target_p_answer", "HP P"),
@@ -62,9 +62,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="Only (re)evaluate each trial's existing unlearned model on the dev probes.")
     args = parser.parse_args(argv)
 
-    from whoharry import evaluate, pipeline
-    from whoharry.cli import _setup
+    from whoharry.cli.common import setup as _setup
     from whoharry.config import as_overrides, load_config
+    from whoharry.stages import evaluate, pipeline
 
     _setup(quiet=True)
     trials = yaml.safe_load(args.trials.read_text(encoding="utf-8"))

@@ -10,8 +10,9 @@ import yaml
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from whoharry.labels import IGNORE, block_rng
-from whoharry.translate import NO_LABEL, translate_block
+from whoharry.anchors.translate import NO_LABEL, translate_block
+from whoharry.method.objectives import IGNORE
+from whoharry.stages.labels import block_rng
 
 STORY = (
     "Harry Potter went to Hogwarts on the Hogwarts Express. Harry's friend Ron Weasley played Quidditch, "
@@ -102,8 +103,8 @@ def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
 def trained_model_dir(tmp_path_factory, tokenizer) -> Path:
     """A tiny Llama that has learned both the story and the general text: something to unlearn."""
     from whoharry.config import TrainConfig
-    from whoharry.text import make_blocks
-    from whoharry.train import train
+    from whoharry.core.text import make_blocks
+    from whoharry.core.train import train
 
     path = tmp_path_factory.mktemp("trained-llama")
     torch.manual_seed(0)
@@ -167,27 +168,15 @@ def write_config(project: Path, model_dir: Path, **sections) -> Path:
         "labels": {"alpha": 5.0, "batch_size": 3, "precision": "fp32"},
         "unlearn": {"epochs": 1, "learning_rate": 1e-3, "batch_size": 2, "precision": "fp32"},
         "eval": {
-            "target_probes": "probes.jsonl",
-            "general_probes": "general.jsonl",
-            "related_probes": None,
-            "general_text": "general.txt",
-            "completions": "completions.jsonl",
-            "heldout_target": "heldout.txt",
-            "qa": "qa.jsonl",
-            "qa_tokens": 4,
-            "paraphrased_probes": "paraphrased.jsonl",
-            "hint": "hint.txt",
-            "fewshot": 1,
-            "completion_samples": 1,
-            "relearn_steps": 2,
-            "relearn_eval_every": 1,
-            "relearn_blocks": 2,
-            "membership_passage_tokens": 16,
-            "verbatim_excerpts": 4,
-            "verbatim_prompt_tokens": 8,
-            "verbatim_continuation_tokens": 4,
-            "max_new_tokens": 4,
-            "completion_tokens": 6,
+            "probes": {"target": "probes.jsonl", "general": "general.jsonl", "related": None, "max_new_tokens": 4},
+            "completions": {"prompts": "completions.jsonl", "tokens": 6},
+            "sampling": {"samples": 1},
+            "knowmem": {"qa": "qa.jsonl", "tokens": 4},
+            "robustness": {"paraphrased": "paraphrased.jsonl", "hint": "hint.txt", "fewshot": 1},
+            "verbatim": {"excerpts": 4, "prompt_tokens": 8, "continuation_tokens": 4},
+            "membership": {"heldout": "heldout.txt", "passage_tokens": 16},
+            "utility": {"general_text": "general.txt"},
+            "relearning": {"steps": 2, "eval_every": 1, "blocks": 2},
             "block_length": 32,
             "precision": "fp32",
         },

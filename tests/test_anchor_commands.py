@@ -9,8 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from whoharry import anchor_check, mine
-from whoharry.anchors import load_anchors, parse_anchors
+from whoharry.anchors import check as anchor_check
+from whoharry.anchors import suggest as mine
+from whoharry.anchors.dictionary import load_anchors, parse_anchors
 from whoharry.cli import app
 from whoharry.config import AnchorsConfig
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy
 import pytest
 
-from whoharry.anchor_import import ImportStats, composite_keys, merge, parse_answer, read_dictionary
+from whoharry.anchors.paper_import import ImportStats, composite_keys, merge, parse_answer, read_dictionary
 from whoharry.errors import WhoharryError
 
 NORMAL = """translations = {

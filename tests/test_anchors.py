@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whoharry.anchors import load_anchors, parse_anchors
+from whoharry.anchors.dictionary import load_anchors, parse_anchors
 from whoharry.errors import WhoharryError
 
 

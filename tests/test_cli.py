@@ -11,9 +11,9 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from whoharry.anchors import load_anchors
+from whoharry.anchors.dictionary import load_anchors
 from whoharry.cli import app
-from whoharry.text import make_blocks
+from whoharry.core.text import make_blocks
 
 from .conftest import assert_copy_model_labels, write_config
 
@@ -38,6 +38,9 @@ def test_help_renders(command):
             assert option in result.output
     if command in (["unlearn"], ["run"]):
         assert "--method" in result.output
+    if command == ["eval"]:  # a command's own options keep their help beside the shared ones
+        assert "--inference-time" in result.output and "Recompute" in result.output
+        assert "Cap every training" in result.output
 
 
 def test_experiment_help_renders():
@@ -121,7 +124,7 @@ def test_unlearning_raises_the_forget_loss_and_bounds_the_retain_loss(project, t
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from whoharry.train import causal_lm_loss
+    from whoharry.method.objectives import causal_lm_loss
 
     config = write_config(project, trained_model_dir, unlearn={"epochs": 4, "learning_rate": 1e-3})
     out = project / "run"
@@ -188,6 +191,23 @@ def test_bad_input_gives_one_line_and_exit_code_2(project, tiny_model_dir, mutat
     mutate(project)
     result = runner.invoke(app, ["run", "--config", str(config), "--out", str(project / "run"), "-q", *args])
     assert message in _one_error_line(result)
+
+
+@pytest.mark.parametrize("command", ["reinforce", "labels", "unlearn", "eval", "run"])
+def test_a_bad_setting_is_refused_before_the_run_folder_is_made(project, tiny_model_dir, command):
+    config = write_config(project, tiny_model_dir)
+    result = runner.invoke(app, [command, "--config", str(config), "--out", str(project / "run"), "-q",
+                                 "--set", "labels.alpha=abc"])
+    assert "labels.alpha" in _one_error_line(result)
+    assert not (project / "run").exists()
+
+
+def test_a_bad_retain_path_fails_before_any_training(project, tiny_model_dir):
+    config = write_config(project, tiny_model_dir)
+    result = runner.invoke(app, ["run", "--config", str(config), "--out", str(project / "run"), "-q",
+                                 "--set", "data.retain=missing.txt"])
+    assert "retain text not found" in _one_error_line(result)
+    assert not [p for p in (project / "run").iterdir() if p.is_dir()]  # no stage started
 
 
 def test_missing_config_file(project):
@@ -270,7 +290,7 @@ def test_eval_caches_parts_recomputes_on_overwrite_and_has_a_quick_mode(project,
     assert {"completion_judge_score", "completion_judge_score_sampled", "knowmem_rouge_l", "paraphrased_p_answer",
             "hinted_p_answer", "fewshot_p_answer", "relearn_target_p_answer", "verbmem_rouge_l",
             "membership_auc_loss", "general_perplexity"} <= set(summary)
-    assert report["relearning"]["steps"] == [0, 1, 2, 3, 4]
+    assert report["relearning"]["steps"] == [0, 1]  # --max-steps 1 caps relearning's 4 quick steps too
     assert set(report["relearning"]["target_p_answer"]) == {"base", "unlearned"}
     assert {"familiarity_vs_utility.png", "probe_shift.png", "relearning.png"} <= set(report["plots"])
     markdown = (out / "eval-quick" / "report.md").read_text()
@@ -313,7 +333,7 @@ def test_a_second_process_on_the_same_run_folder_is_refused_and_stale_locks_are_
 
 
 def test_labels_resume_by_block_after_an_interruption(project, tiny_model_dir, monkeypatch):
-    from whoharry import labels as labels_module
+    from whoharry.stages import labels as labels_module
 
     config = write_config(project, tiny_model_dir, labels={"save_every": 1})
     clean, broken = project / "clean", project / "broken"
@@ -414,12 +434,12 @@ def test_a_tokenizer_without_offsets_is_refused(project, tiny_model_dir, monkeyp
 
 
 def test_an_unforeseen_error_is_one_line_and_a_traceback_on_request(project, tiny_model_dir, monkeypatch):
-    from whoharry import train
+    from whoharry.method import objectives
 
     def broken(*args, **kwargs):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
 
-    monkeypatch.setattr(train, "causal_lm_loss", broken)
+    monkeypatch.setattr(objectives, "causal_lm_loss", broken)
     config = write_config(project, tiny_model_dir)
     args = ["reinforce", "--config", str(config), "--out", str(project / "run"), "-q"]
     result = runner.invoke(app, args)

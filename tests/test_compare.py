@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from whoharry.compare import compare, render_compare, run_labels
 from whoharry.errors import WhoharryError
-from whoharry.report import FIGURES
-
-LABELS = {key: label for key, label, _ in FIGURES}
+from whoharry.evaluation.compare import compare, render_compare, run_labels
+from whoharry.evaluation.figures import FIGURES, label
 
 
 def write_run(run_dir: Path, base: dict[str, float], unlearned: dict[str, float], base_model: str = "tiny") -> Path:
@@ -30,7 +28,7 @@ def write_run(run_dir: Path, base: dict[str, float], unlearned: dict[str, float]
 def table_row(text: str, key: str) -> list[str] | None:
     """The cells of the figure's row, the label left out; None when the table has no such row."""
     for line in text.splitlines():
-        if line.startswith(f"| {LABELS[key]} |"):
+        if line.startswith(f"| {label(key)} |"):
             return [cell.strip() for cell in line.strip().strip("|").split("|")][1:]
     return None
 
@@ -58,8 +56,16 @@ def test_compare_ratios_and_table(tmp_path):
     assert table_row(text, "general_perplexity") is None
     rows = [line for line in text.splitlines() if line.startswith("| ") and "figure" not in line and "---" not in line]
     shown = {"target_p_answer", "general_p_answer", "verbmem_rouge_l"}
-    assert [row.split(" | ")[0][2:] for row in rows] == [label for key, label, _ in FIGURES if key in shown]
+    assert [row.split(" | ")[0][2:] for row in rows] == [f.label for f in FIGURES if f.key in shown]
     assert "Warnings" not in text
+
+
+def test_unlisted_figures_have_no_row(tmp_path):
+    run = write_run(tmp_path / "run", {"target_p_answer": 0.4, "general_reciprocal_rank": 0.5},
+                    {"target_p_answer": 0.1, "general_reciprocal_rank": 0.5})
+    text = render_compare(compare([run]))
+    assert table_row(text, "target_p_answer") == ["0.4", "0.1 (0.25×)"]
+    assert table_row(text, "general_reciprocal_rank") is None
 
 
 def test_zero_base_value_has_no_ratio(tmp_path):
@@ -90,7 +96,7 @@ def test_different_base_models_are_kept_and_flagged(tmp_path):
     assert str(second) in data["warnings"][0]
     assert data["runs"][1]["ratio"]["target_p_answer"] == pytest.approx(0.25)
     text = render_compare(data)
-    assert text.index("Warnings") > text.index(f"| {LABELS['target_p_answer']} |")
+    assert text.index("Warnings") > text.index(f"| {label('target_p_answer')} |")
     assert data["warnings"][0] in text
 
 

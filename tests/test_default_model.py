@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from whoharry import models
 from whoharry.cli import app
 from whoharry.config import ModelConfig
+from whoharry.core import models
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -51,10 +51,10 @@ def test_default_run_on_a_slice(tmp_path, cache, monkeypatch):
     out = tmp_path / "run"
     overrides = [
         f"data.target={tmp_path / 'slice.txt'}", "data.block_length=128",
-        f"eval.target_probes={tmp_path / 'hp.jsonl'}", f"eval.general_probes={tmp_path / 'gen.jsonl'}",
-        "eval.related_probes=null", f"eval.general_text={tmp_path / 'general.txt'}",
-        "eval.max_new_tokens=4", "eval.block_length=128", "eval.completion_tokens=8",
-        f"eval.completions={tmp_path / 'completions.jsonl'}",
+        f"eval.probes.target={tmp_path / 'hp.jsonl'}", f"eval.probes.general={tmp_path / 'gen.jsonl'}",
+        "eval.probes.related=null", f"eval.utility.general_text={tmp_path / 'general.txt'}",
+        "eval.probes.max_new_tokens=4", "eval.block_length=128", "eval.completions.tokens=8",
+        f"eval.completions.prompts={tmp_path / 'completions.jsonl'}",
     ]
     args = ["run", "--config", str(ROOT / "configs" / "default.yaml"), "--out", str(out), "--max-steps", "2", "-q"]
     for item in overrides:

@@ -8,8 +8,10 @@ import math
 import pytest
 import torch
 
-from whoharry.anchors import parse_anchors
-from whoharry.completions import (
+from whoharry.anchors.dictionary import parse_anchors
+from whoharry.config import CompletionsEval, Config, EvalConfig, LLMJudgeEval, ProbesEval, SamplingEval
+from whoharry.errors import WhoharryError
+from whoharry.evaluation.completions import (
     Completion,
     complete,
     judge_nll,
@@ -17,11 +19,9 @@ from whoharry.completions import (
     pooled_perplexity,
     read_completion_prompts,
 )
-from whoharry.config import Config, EvalConfig
-from whoharry.errors import WhoharryError
-from whoharry.evaluate import add_specific_familiarity
-from whoharry.probes import read_probes, score_probes
-from whoharry.suite import Context, block_losses, part_completions, part_sampling
+from whoharry.evaluation.probes import read_probes, score_probes
+from whoharry.evaluation.suite import Context, block_losses, part_completions, part_sampling
+from whoharry.stages.evaluate import add_specific_familiarity
 
 from .conftest import make_copy_model
 
@@ -51,7 +51,7 @@ def test_answer_probability_and_greedy_hit_on_a_copy_model(tokenizer):
     model = make_copy_model(len(tokenizer)).eval()
     probes = [{"prompt": "the river flows past the", "answer": " the"},
               {"prompt": "the river flows past the", "answer": " river"}]
-    cfg = EvalConfig(max_new_tokens=3, precision="fp32")
+    cfg = EvalConfig(probes=ProbesEval(max_new_tokens=3), precision="fp32")
     first, second = score_probes(model, tokenizer, probes, cfg, "t")
     assert first["hit"] and first["completion"].startswith(" the the")
     assert first["p_answer"] > 0.9 > second["p_answer"]
@@ -90,7 +90,7 @@ def test_completion_fluency_separates_fluent_from_random_text(tokenizer):
 
 
 def context(tmp_path, anchors=None, **settings) -> Context:
-    """An evaluation context over tiny inputs: fp32, eval settings from keyword arguments."""
+    """An evaluation context over tiny inputs: fp32, eval settings (and sections) from keyword arguments."""
     cfg = Config()
     cfg.eval = EvalConfig(precision="fp32", **settings)
     cfg.data.anchors = tmp_path / "no-anchors.yaml"
@@ -105,7 +105,8 @@ def test_completion_figures_and_the_offline_judge(tmp_path, tokenizer):
     path = tmp_path / "c.jsonl"
     path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     model = make_copy_model(len(tokenizer)).eval()
-    ctx = context(tmp_path, parse_anchors({"b": "x"}), completions=path, completion_tokens=3, completion_samples=2)
+    ctx = context(tmp_path, parse_anchors({"b": "x"}), completions=CompletionsEval(prompts=path, tokens=3),
+                  sampling=SamplingEval(samples=2))
     summary, samples = part_completions(model, model, tokenizer, ctx, "t")
     records = samples["completions"]
     # the copy model writes " past past past": "past" is already in the prompt, so nothing new is named;
@@ -138,7 +139,7 @@ def test_control_prompt_replaces_target_terms(tokenizer):
     translated = anchors.translate_text("Harry Potter and Harry went to Hogwarts.")
     assert translated == "Jon Smith and Jon went to the academy."
     model = make_copy_model(len(tokenizer)).eval()
-    cfg = EvalConfig(max_new_tokens=2, precision="fp32")
+    cfg = EvalConfig(probes=ProbesEval(max_new_tokens=2), precision="fp32")
     [record] = score_probes(model, tokenizer, [{"prompt": "Harry went to Harry", "answer": " Harry"}], cfg, "t",
                             control=anchors)
     # the copy model repeats the prompt's last word: " Harry" after "Harry", not after "Jon"
@@ -146,7 +147,8 @@ def test_control_prompt_replaces_target_terms(tokenizer):
 
 
 def test_llm_judge_scores_join_the_greedy_completions(tmp_path, tokenizer, monkeypatch):
-    from whoharry import llm_judge, suite
+    from whoharry.evaluation import judges as llm_judge
+    from whoharry.evaluation import suite
 
     rows = [{"prompt": "the river", "references": ["mill"]}, {"prompt": "a b", "references": ["zebra"]}]
     path = tmp_path / "c.jsonl"
@@ -158,13 +160,14 @@ def test_llm_judge_scores_join_the_greedy_completions(tmp_path, tokenizer, monke
         return [{"llm_score": 3, "llm_reason": "names it"}, {"llm_score": 0, "llm_reason": ""}]
 
     monkeypatch.setattr(llm_judge, "judge_completions", fake_judge)
-    ctx = context(tmp_path, completions=path, llm_judge_url="http://127.0.0.1:9/v1", llm_judge_key_env="MY_KEY")
+    ctx = context(tmp_path, completions=CompletionsEval(prompts=path),
+                  llm_judge=LLMJudgeEval(url="http://127.0.0.1:9/v1", key_env="MY_KEY"))
     records = [{"prompt": r["prompt"], "completion": " x"} for r in rows]
     summary, samples = suite.part_llm_judge(records, ctx)
     assert summary == {"completion_llm_score": 1.5}
     assert [r["llm_score"] for r in samples["completions_llm"]] == [3, 0]
     assert seen["items"][1]["references"] == ["zebra"] and seen["key_env"] == "MY_KEY"
-    assert seen["target"] == ctx.cfg.target_name
+    assert seen["target"] == ctx.eval.target_name
 
 
 def test_part_cache_is_keyed_by_model_settings_and_the_fluency_judge(tmp_path):
@@ -181,9 +184,9 @@ def test_part_cache_is_keyed_by_model_settings_and_the_fluency_judge(tmp_path):
     assert ctx.cached("unlearned", "m1", "probes", compute(1)) == ({"figure": 1}, {"records": [1]})
     assert ctx.cached("unlearned", "m1", "probes", compute(2))[0] == {"figure": 1}  # read back
     assert ctx.cached("unlearned", "m2", "probes", compute(3))[0] == {"figure": 3}  # another model
-    ctx.cfg.max_new_tokens += 1
+    ctx.eval.probes.max_new_tokens += 1
     assert ctx.cached("unlearned", "m2", "probes", compute(4))[0] == {"figure": 4}  # a setting of the part
-    ctx.cfg.qa_tokens += 1
+    ctx.eval.knowmem.tokens += 1
     assert ctx.cached("unlearned", "m2", "probes", compute(5))[0] == {"figure": 4}  # another part's setting
     ctx.cached("unlearned", "m2", "completions", compute(6))
     ctx.base_id = "base-b"

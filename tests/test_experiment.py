@@ -9,8 +9,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from whoharry import experiment
 from whoharry.cli import app
+from whoharry.experiments import retrain_gap as experiment
 
 from .conftest import ANCHORS, GENERAL, STORY
 
@@ -43,10 +43,11 @@ def _experiment_config(tmp_path: Path, model_dir: Path, **extra) -> Path:
             "labels": {"batch_size": 3, "precision": "fp32"},
             "unlearn": {**train, "learning_rate": 1e-3},
             "anchors": {"top": 8, "contexts": 1, "alternatives": 2, "batch_size": 4},
-            "eval": {"general_probes": "general.jsonl", "general_text": "general.txt", "qa_tokens": 4,
-                     "max_new_tokens": 3, "verbatim_excerpts": 3, "verbatim_prompt_tokens": 8,
-                     "verbatim_continuation_tokens": 4, "membership_passage_tokens": 16,
-                     "membership_max_passages": 4, "block_length": 32, "precision": "fp32"},
+            "eval": {"probes": {"general": "general.jsonl", "max_new_tokens": 3},
+                     "utility": {"general_text": "general.txt"}, "knowmem": {"tokens": 4},
+                     "verbatim": {"excerpts": 3, "prompt_tokens": 8, "continuation_tokens": 4},
+                     "membership": {"passage_tokens": 16, "max_passages": 4}, "block_length": 32,
+                     "precision": "fp32"},
         },
         **extra,
     }

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from whoharry.intervals import Parts, add_intervals, interval, parts, ratio_interval
+from whoharry.evaluation.intervals import Parts, add_intervals, interval, parts, ratio_interval
 
 
 def test_interval_holds_the_mean_and_is_a_point_for_constant_samples():
@@ -56,10 +56,26 @@ def test_add_intervals_covers_every_figure_with_samples():
 
 
 def test_ratio_interval_skips_resamples_whose_base_is_zero():
-    from whoharry.intervals import mean_parts
+    from whoharry.evaluation.intervals import mean_parts
 
     base = mean_parts([0.0, 0.0, 0.0, 0.5])  # most resamples of the base figure are 0
     unlearned = mean_parts([0.1, 0.0, 0.0, 0.5])
     low, high = ratio_interval(unlearned, base)
     assert 1.0 <= low <= high < 10.0
     assert all(math.isnan(v) for v in ratio_interval(unlearned, mean_parts([0.0, 0.0, 0.0, 0.0])))
+
+
+def test_parts_follow_the_figure_table():
+    from whoharry.evaluation.intervals import auc_groups, estimate
+
+    samples = {"general": [{"p_answer": 0.2, "rank": 4, "hit": True}, {"p_answer": 0.4, "rank": 1, "hit": False}],
+               "mystery": [{"p_answer": 0.5}],
+               "membership": [{"member": True, "loss": -1.0}, {"member": False, "loss": -2.0},
+                              {"member": False, "loss": -0.5}]}
+    assert estimate(samples, "general_reciprocal_rank") == pytest.approx((1 / 4 + 1) / 2)
+    assert estimate(samples, "general_hit_rate") == pytest.approx(0.5)
+    assert parts(samples, "mystery_p_answer") is None  # no Figure, no recipe
+    assert parts(samples, "membership_auc_loss") is None  # an AUC is not a ratio of sums
+    assert auc_groups(samples, "membership_auc_loss") == ([-1.0], [-2.0, -0.5])
+    assert estimate(samples, "membership_auc_loss") == pytest.approx(0.5)
+    assert estimate(samples, "target_p_answer") is None and estimate(samples, "privleak_loss") is None

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from whoharry.anchors import parse_anchors
-from whoharry.labels import compute_labels, generic_labels, suppress_seen_translations
-from whoharry.text import make_blocks
+from whoharry.anchors.dictionary import parse_anchors
+from whoharry.core.text import make_blocks
+from whoharry.method.whp import generic_labels, suppress_seen_translations
+from whoharry.stages.labels import compute_labels
 
 from .conftest import assert_copy_model_labels, make_copy_model
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from whoharry import llm_judge
+from whoharry.core import http
 from whoharry.errors import WhoharryError
-from whoharry.llm_judge import LLMJudgeConfig, fill_rubric, judge_completions, read_rubric
+from whoharry.evaluation.judges import LLMJudgeConfig, fill_rubric, judge_completions, read_rubric
 
 SHIPPED_RUBRIC = Path(__file__).resolve().parents[1] / "data" / "judge" / "rubric.md"
 KEY_ENV = "WHOHARRY_TEST_JUDGE_KEY"
@@ -69,7 +69,7 @@ def server() -> Iterator[FakeServer]:
 @pytest.fixture
 def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     delays: list[float] = []
-    monkeypatch.setattr(llm_judge, "_sleep", delays.append)
+    monkeypatch.setattr(http, "_sleep", delays.append)
     return delays
 
 
@@ -111,7 +111,7 @@ def test_no_key_sends_no_header(server: FakeServer, monkeypatch: pytest.MonkeyPa
                                 caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.delenv(KEY_ENV, raising=False)
     server.say("1", "1")
-    with caplog.at_level("INFO", logger="whoharry.llm_judge"):
+    with caplog.at_level("INFO", logger="whoharry.core.http"):
         assert [r["llm_score"] for r in judge_completions(_cfg(server), "X", ITEMS[:2])] == [1, 1]
     assert all("Authorization" not in request["headers"] for request in server.requests)
     assert sum(KEY_ENV in record.getMessage() for record in caplog.records) == 1

@@ -7,8 +7,8 @@ import zlib
 import pytest
 import torch
 
-from whoharry.intervals import auc_interval
-from whoharry.membership import SCORES, auc, passage_scores, score_tokens
+from whoharry.evaluation.intervals import auc_interval
+from whoharry.evaluation.membership import SCORES, auc, passage_scores, score_tokens
 
 from .conftest import make_copy_model
 

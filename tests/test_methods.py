@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 
 from whoharry.cli import app
 from whoharry.config import TrainConfig
-from whoharry.text import make_blocks
-from whoharry.train import Objective, block_log_probs, causal_lm_loss, train
+from whoharry.core.text import make_blocks
+from whoharry.core.train import train
+from whoharry.method.objectives import Objective, block_log_probs, causal_lm_loss
 
 from .conftest import tiny_config, write_config
 
@@ -131,4 +132,4 @@ def test_an_unknown_method_is_one_error_line(project, tiny_model_dir):
                                  "--method", "sgd", "-q"])
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
-    assert lines == ["error: forget.method must be one of whp, ga, npo"]
+    assert lines == ["error: forget.method must be one of whp, ga, npo, got 'sgd'"]

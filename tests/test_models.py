@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from whoharry import models
 from whoharry.config import ModelConfig
+from whoharry.core import models
 from whoharry.errors import WhoharryError
 
 
@@ -70,7 +70,7 @@ def test_an_alias_shipped_in_parts_is_joined_once_into_the_cache(tmp_path, monke
     import importlib
     import sys
 
-    from whoharry import models
+    from whoharry.core import models
 
     _parts_package(tmp_path, "fake_parts_pkg", b"GGUFdata")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -89,7 +89,7 @@ def test_an_alias_shipped_in_parts_is_joined_once_into_the_cache(tmp_path, monke
 def test_an_alias_whose_parts_do_not_check_out_is_one_error(tmp_path, monkeypatch):
     import sys
 
-    from whoharry import models
+    from whoharry.core import models
 
     _parts_package(tmp_path, "bad_parts_pkg", b"GGUFdata")
     (tmp_path / "bad_parts_pkg" / "__init__.py").write_text(

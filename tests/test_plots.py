@@ -10,10 +10,9 @@ from typing import Any
 
 import pytest
 
-from whoharry.compare import compare
 from whoharry.errors import WhoharryError
-from whoharry.plots import (
-    plot_comparison,
+from whoharry.evaluation.compare import compare, plot_comparison
+from whoharry.evaluation.plots import (
     plot_familiarity_vs_utility,
     plot_probe_shift,
     plot_relearning,
@@ -118,7 +117,7 @@ def test_relearning_without_data_is_none(tmp_path):
 def test_missing_data_is_skipped_with_a_log_line(tmp_path, caplog):
     report = {"models": {"base": "tiny", "unlearned": "u"}, "samples": {},
               "summary": {"base": {"general_perplexity": 20.0}, "unlearned": {"general_perplexity": 21.0}}}
-    with caplog.at_level(logging.INFO, logger="whoharry.plots"):
+    with caplog.at_level(logging.INFO, logger="whoharry.evaluation.plots"):
         assert write_plots(report, tmp_path) == []
     assert list(tmp_path.iterdir()) == []
     for name in ("familiarity_vs_utility.png", "probe_shift.png", "relearning.png"):

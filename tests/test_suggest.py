@@ -8,9 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from whoharry import generics, suggest
+from whoharry.anchors import candidates as suggest
+from whoharry.anchors import translations as generics
 from whoharry.config import AnchorsConfig as WhoharryAnchors
-from whoharry.text import make_blocks
+from whoharry.core.text import make_blocks
 
 from .conftest import GENERAL, STORY
 
@@ -68,8 +69,8 @@ def test_ranking_puts_the_targets_names_first(tokenizer, tiny_model_dir, trained
     blocks = make_blocks(TARGET, tokenizer, 32)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     reinforced = AutoModelForCausalLM.from_pretrained(trained_model_dir)
-    gain = (suggest.token_log_probs(reinforced, blocks, batch_size=4, precision="fp32", desc="r", progress=False)
-            - suggest.token_log_probs(base, blocks, batch_size=4, precision="fp32", desc="b", progress=False))
+    gain = (suggest.model_log_probs(reinforced, blocks, batch_size=4, precision="fp32", desc="r", progress=False)
+            - suggest.model_log_probs(base, blocks, batch_size=4, precision="fp32", desc="b", progress=False))
     suggest.term_gains(candidates, blocks, gain)
     assert candidates["Quidditch"].gain > 0  # the reinforced model expects the story's words
     suggest.score(candidates, len(suggest.WORD.findall(TARGET)), len(suggest.WORD.findall(GENERAL)))
@@ -88,7 +89,7 @@ def test_translations_are_generic_consistent_and_never_target_terms(tokenizer, t
     suggest.score(candidates, 100, 100)
     chosen = [candidates[t] for t in ("Harry", "Quidditch", "Weasley", "Weasleys", "Professor Weasley", "castle")]
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    translations = generics.translate(model, tokenizer, TARGET, chosen, alternatives=3, contexts=3,
+    translations = generics.propose(model, tokenizer, TARGET, chosen, alternatives=3, contexts=3,
                                       precision="fp32", progress=False)
     terms = {c.term for c in chosen}
     for term, options in translations.items():

@@ -10,11 +10,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from whoharry import benchmarks, completions, knowmem, probes, relearn
-from whoharry.config import EvalConfig
+from whoharry.config import EvalConfig, ProbesEval, RelearningEval
 from whoharry.errors import WhoharryError
-from whoharry.judge import score
-from whoharry.report import verdict
+from whoharry.evaluation import benchmarks, completions, knowmem, probes
+from whoharry.evaluation import relearning as relearn
+from whoharry.evaluation.judges import score
+from whoharry.evaluation.report import verdict
 
 from .conftest import STORY, make_copy_model
 
@@ -42,7 +43,8 @@ def test_answer_rank_is_one_for_the_most_likely_token(tokenizer):
     model = make_copy_model(len(tokenizer)).eval()
     rows = [{"prompt": "the river flows past the", "answer": " the"},
             {"prompt": "the river flows past the", "answer": " river"}]
-    first, second = probes.score_probes(model, tokenizer, rows, EvalConfig(max_new_tokens=2, precision="fp32"), "t")
+    cfg = EvalConfig(probes=ProbesEval(max_new_tokens=2), precision="fp32")
+    first, second = probes.score_probes(model, tokenizer, rows, cfg, "t")
     assert first["rank"] == 1 < second["rank"]
     summary = probes.summarize("target", [first, second])
     assert summary["target_reciprocal_rank"] == pytest.approx((1 + 1 / second["rank"]) / 2)
@@ -80,8 +82,8 @@ def test_relearning_brings_familiarity_back(tmp_path, tokenizer, tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     rows = [{"prompt": "Harry Potter went to", "answer": " Hogwarts"},
             {"prompt": "Harry's friend Ron", "answer": " Weasley"}]
-    cfg = EvalConfig(relearn_steps=4, relearn_eval_every=2, relearn_blocks=4, relearn_learning_rate=3e-3,
-                     block_length=32, precision="fp32")
+    cfg = EvalConfig(relearning=RelearningEval(steps=4, eval_every=2, blocks=4, learning_rate=3e-3), block_length=32,
+                     precision="fp32")
     before = {k: v.clone() for k, v in model.state_dict().items()}
     curve = relearn.relearn_curve(model, tokenizer, STORY * 6, rows, cfg, seed=0, work_dir=tmp_path, desc="t")
     assert [point["step"] for point in curve] == [0, 2, 4]

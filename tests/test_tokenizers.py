@@ -7,9 +7,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-from whoharry.anchors import parse_anchors
-from whoharry.labels import compute_labels
-from whoharry.text import make_blocks
+from whoharry.anchors.dictionary import parse_anchors
+from whoharry.core.text import make_blocks
+from whoharry.stages.labels import compute_labels
 
 from .conftest import GENERAL, STORY, assert_copy_model_labels, make_copy_model
 

@@ -6,9 +6,10 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from whoharry.artifacts import MetricsLog
 from whoharry.config import TrainConfig
-from whoharry.train import causal_lm_loss, sample_order, total_steps, train
+from whoharry.core.artifacts import MetricsLog
+from whoharry.core.train import sample_order, total_steps, train
+from whoharry.method.objectives import causal_lm_loss
 
 from .conftest import tiny_config
 
@@ -91,8 +92,8 @@ def test_checkpoint_of_other_settings_is_not_resumed(tmp_path):
 
 
 def test_a_loss_gone_nan_stops_with_the_step_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    from whoharry import train as train_module
     from whoharry.errors import WhoharryError
+    from whoharry.method import objectives as train_module
 
     ids, labels = _data(300)
     cfg = TrainConfig(epochs=3, batch_size=2, precision="fp32", save_every=1)

@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from whoharry.config import TrainConfig
-from whoharry.text import make_blocks
-from whoharry.train import causal_lm_loss, train
+from whoharry.core.text import make_blocks
+from whoharry.core.train import train
+from whoharry.method.objectives import causal_lm_loss
 
 from .conftest import GENERAL, STORY, tiny_config
 
@@ -67,8 +68,8 @@ def test_compiled_training_matches_eager(tmp_path):
 
 
 def test_lora_trains_adapters_and_saves_a_plain_merged_model(tmp_path, tiny_model_dir):
-    from whoharry import models
     from whoharry.config import ModelConfig
+    from whoharry.core import models
 
     source = models.resolve(ModelConfig(name=str(tiny_model_dir)))
     tokenizer = models.load_tokenizer(source, ModelConfig(name=str(tiny_model_dir)))

@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-from whoharry.anchors import parse_anchors
-from whoharry.text import make_blocks
-from whoharry.translate import NO_LABEL, translate_block
+from whoharry.anchors.dictionary import parse_anchors
+from whoharry.anchors.translate import NO_LABEL, translate_block
+from whoharry.core.text import make_blocks
 
 ANCHORS = parse_anchors(
     {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from whoharry.verbatim import rouge_l_f1, verbatim_records, words
+from whoharry.evaluation.verbatim import rouge_l_f1, verbatim_records, words
 
 from .conftest import make_copy_model
 

@@ -1,0 +1,143 @@
+"""`whoharry anchors check`: how a dictionary meets a text, before any model runs.
+
+Occurrences per key as the labels stage will match them (whole words, longest key first), keys that
+never match, keys that overlap (one inside another, so the shorter one loses those occurrences), the
+composite keys the labels stage leaves to their parts, and the share of the text's tokens covered.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from whoharry.anchors.dictionary import Anchors, load_anchors
+from whoharry.config import ModelConfig
+from whoharry.core.text import read_text
+from whoharry.errors import WhoharryError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CheckReport:
+    """How a dictionary meets a text: counts of keys and occurrences, and, with a tokenizer, the text's
+    tokens and how many of them lie inside an anchor match (0 and 0 without one)."""
+
+    keys: int
+    occurrences: dict[str, int]  # per key, as matched (longest first)
+    never_found: list[str]
+    shadowed: dict[str, int]  # key -> its whole-word occurrences that only lie inside a longer key's match
+    contained: dict[str, list[str]] = field(default_factory=dict)  # key -> longer keys that contain it
+    composite: list[str] = field(default_factory=list)
+    tokens: int = 0
+    tokens_covered: int = 0
+
+    @property
+    def coverage(self) -> float:
+        """The share of the text's tokens inside anchor matches, 0 to 1 (0 without a token count)."""
+        return self.tokens_covered / self.tokens if self.tokens else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """The report as JSON-ready data, with `keys_found` and `coverage` (4 decimals) added."""
+        return {
+            "keys": self.keys,
+            "keys_found": self.keys - len(self.never_found),
+            "never_found": self.never_found,
+            "occurrences": self.occurrences,
+            "shadowed": self.shadowed,
+            "contained": self.contained,
+            "composite": self.composite,
+            "tokens": self.tokens,
+            "tokens_covered": self.tokens_covered,
+            "coverage": round(self.coverage, 4),
+        }
+
+
+def check(anchors: Anchors, text: str, tokenizer: PreTrainedTokenizerBase | None = None) -> CheckReport:
+    """Match the dictionary against the text the way translation does (`Anchors.pattern`); with a
+    `tokenizer`, count the text's tokens (no special tokens) and those inside a match (a token's leading
+    space may lie outside it). Keys in `occurrences` are ordered most frequent first."""
+    matches = list(anchors.pattern().finditer(text))
+    occurrences = Counter(match.group(0) for match in matches)
+    covered_chars = [(match.start(), match.end()) for match in matches]
+    shadowed: dict[str, int] = {}
+    contained: dict[str, list[str]] = {}
+    for key in anchors.entries:
+        longer = [other for other in anchors.entries if other != key and key in other]
+        if not longer:
+            continue
+        contained[key] = sorted(longer, key=lambda other: (len(other), other))
+        alone = Anchors({key: anchors.entries[key]}).pattern()
+        hidden = sum(1 for _ in alone.finditer(text)) - occurrences[key]
+        if hidden:
+            shadowed[key] = hidden
+    tokens = covered = 0
+    if tokenizer is not None:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        spans = encoded["offset_mapping"]
+        tokens = len(spans)
+        covered = sum(1 for start, end in spans if end > start and _inside((start, end), covered_chars))
+    return CheckReport(
+        keys=len(anchors),
+        occurrences={key: occurrences[key] for key in sorted(anchors.entries, key=lambda k: (-occurrences[k], k))},
+        never_found=sorted(key for key in anchors.entries if occurrences[key] == 0),
+        shadowed=shadowed,
+        contained=contained,
+        composite=anchors.composite_keys(),
+        tokens=tokens,
+        tokens_covered=covered,
+    )
+
+
+def check_file(anchors_path: Path, text_path: Path, model: ModelConfig) -> CheckReport:
+    """`check` of a dictionary file against a text file, counting tokens with the model's tokenizer when it
+    can be loaded (a warning, and no token coverage, when it cannot).
+
+    Raises:
+        WhoharryError: an unreadable dictionary or text.
+    """
+    from whoharry.core import models
+
+    dictionary = load_anchors(anchors_path)
+    target = read_text(text_path)
+    try:
+        tokenizer = models.load_tokenizer(models.resolve(model), model)
+    except WhoharryError as exc:
+        log.warning("no token coverage: %s", exc)
+        tokenizer = None
+    return check(dictionary, target, tokenizer)
+
+
+def _inside(span: tuple[int, int], covered: list[tuple[int, int]]) -> bool:
+    """Whether a token's span lies within one of the sorted `covered` spans (its leading space may not)."""
+    start, end = span
+    start += 1 if end - start > 1 else 0
+    index = bisect.bisect_right(covered, (start, float("inf"))) - 1
+    return index >= 0 and covered[index][0] <= start and end <= covered[index][1]
+
+
+def render(report: CheckReport, *, shown: int = 25) -> str:
+    """The report as plain text for the terminal."""
+    found = report.keys - len(report.never_found)
+    lines = [f"{report.keys} keys, {found} found in the text, {sum(report.occurrences.values())} occurrences"]
+    if report.tokens:
+        lines.append(f"tokens covered by anchors: {report.tokens_covered} of {report.tokens} "
+                     f"({100 * report.coverage:.1f}%)")
+    lines.append("most frequent: " + ", ".join(f"{key} {count}" for key, count in
+                                               list(report.occurrences.items())[:shown] if count))
+    if report.never_found:
+        lines.append(f"never found ({len(report.never_found)}): " + ", ".join(report.never_found[:shown])
+                     + (" ..." if len(report.never_found) > shown else ""))
+    if report.shadowed:
+        lines.append("inside longer keys (those occurrences go to the longer key): "
+                     + ", ".join(f"{key} {count}" for key, count in list(report.shadowed.items())[:shown]))
+    if report.composite:
+        lines.append("composite, left to their parts by the labels stage: " + ", ".join(report.composite[:shown]))
+    return "\n".join(lines)

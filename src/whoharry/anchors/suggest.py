@@ -1,0 +1,164 @@
+"""`whoharry anchors suggest`: an anchor dictionary mined from the target with the models at hand, or
+asked of an LLM passage by passage as in the paper, written as a commented YAML file."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from whoharry.anchors import candidates, check, translations
+from whoharry.anchors.dictionary import parse_anchors, write_dictionary
+from whoharry.anchors.paper_import import composite_keys, merge, parse_answer
+from whoharry.config import AnchorsConfig, Config, Precision
+from whoharry.core.http import ChatClient
+from whoharry.core.text import make_blocks, read_text
+from whoharry.errors import WhoharryError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Suggestion:
+    """A suggested dictionary: the chosen candidates, best first, and their generic translations."""
+
+    chosen: list[candidates.Candidate]
+    translations: dict[str, list[str]]
+    candidates: int  # terms considered
+    used_gain: bool  # whether a reinforced model scored the terms
+
+
+def suggest_anchors(text: str, general: str, tokenizer: PreTrainedTokenizerBase, baseline: PreTrainedModel,
+                    reinforced: PreTrainedModel | None, cfg: AnchorsConfig, *, block_length: int,
+                    precision: Precision, alpha: float = 5.0, progress: bool = True) -> Suggestion:
+    """Rank the target's terms (`anchors.candidates`) and give the best `cfg.top` of them generic
+    translations from the baseline model (`anchors.translations`).
+
+    Raises:
+        WhoharryError: no term occurs `cfg.min_count` times.
+    """
+    found = candidates.find_candidates(text, general, min_count=cfg.min_count, max_words=cfg.max_words)
+    if not found:
+        raise WhoharryError(f"no term occurs {cfg.min_count} times or more in the text; lower anchors.min_count")
+    if reinforced is not None:
+        blocks = make_blocks(text, tokenizer, block_length)
+        base = candidates.model_log_probs(baseline, blocks, batch_size=cfg.batch_size, precision=precision,
+                                          desc="baseline", progress=progress)
+        reinforced_lp = candidates.model_log_probs(reinforced, blocks, batch_size=cfg.batch_size,
+                                                   precision=precision, desc="reinforced", progress=progress)
+        candidates.term_gains(found, blocks, reinforced_lp - base)
+    candidates.score(found, len(candidates.WORD.findall(text)), len(candidates.WORD.findall(general)),
+                     english=candidates.english_frequency if cfg.english_frequencies else None)
+    chosen = candidates.rank(found, cfg.top)
+    proposed = translations.propose(baseline, tokenizer, text, chosen, reinforced=reinforced, alpha=alpha,
+                                    alternatives=cfg.alternatives, contexts=cfg.contexts, precision=precision,
+                                    progress=progress)
+    return Suggestion(chosen, proposed, len(found), reinforced is not None)
+
+
+def suggest_file(cfg: Config, reinforced: Path, out: Path, *, general: list[Path] | None = None,
+                 progress: bool = True) -> Suggestion:
+    """`suggest_anchors` on `cfg.data.target` with the config's model and the reinforced model folder,
+    written to `out`. The general text is `general`, else the retain texts and `eval.utility.general_text`."""
+    from whoharry.core import models
+
+    paths = general or [*cfg.data.retain, *([cfg.eval.utility.general_text] if cfg.eval.utility.general_text else [])]
+    general_text = "\n\n".join(read_text(path, "general text") for path in paths if path.is_file())
+    target = read_text(cfg.data.target)
+    source = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(source, cfg.model)
+    reinforced_model = models.load_folder(reinforced, cfg=cfg.model)
+    base_model = models.load_model(source, cfg.model, inference=True)
+    for model in (base_model, reinforced_model):
+        model.requires_grad_(False)
+    suggestion = suggest_anchors(target, general_text, tokenizer, base_model, reinforced_model, cfg.anchors,
+                                 block_length=cfg.data.block_length, precision=cfg.labels.precision,
+                                 alpha=cfg.labels.alpha, progress=progress)
+    write_suggestions(out, suggestion, str(cfg.data.target))
+    return suggestion
+
+
+def write_suggestions(path: Path, suggestion: Suggestion, source: str) -> None:
+    """The dictionary as YAML, best term first, each with its score and counts in a comment."""
+    signals = "gain, specificity and name share" if suggestion.used_gain else "specificity and name share"
+    header = [
+        f"Anchor dictionary suggested by `whoharry anchors suggest` from {source}:",
+        f"the {len(suggestion.chosen)} best of {suggestion.candidates} candidate terms, ranked by {signals}",
+        "(docs/ANCHORS.md). Translations come from the baseline model; review and edit before use.",
+        "comment: score | occurrences in the target | occurrences in the general text | gain | specificity"
+        " | name share",
+    ]
+    notes = {c.term: f"{c.score:.2f} | {c.count} | {c.general_count} | {c.gain:.2f} | {c.specificity:.2f} | "
+                     f"{c.name_share:.2f}" for c in suggestion.chosen}
+    write_dictionary(path, {c.term: suggestion.translations[c.term] for c in suggestion.chosen}, header, notes)
+
+
+_PLACEHOLDER = re.compile(r"\{(target|passage)\}")
+
+
+def passages(text: str, size: int) -> list[str]:
+    """The text in pieces of about `size` characters, cut at paragraph (else line) ends."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = min(start + size, len(text))
+        if end < len(text):
+            cut = text.rfind("\n\n", start + size // 2, end)
+            cut = cut if cut > 0 else text.rfind("\n", start + size // 2, end)
+            end = cut if cut > 0 else end
+        piece = text[start:end].strip()
+        if piece:
+            pieces.append(piece)
+        start = end
+    return pieces
+
+
+def ask_llm(text: str, cfg: AnchorsConfig, target_name: str, *, timeout: float = 120.0,
+            max_retries: int = 3) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """The paper's route: each passage sent to an OpenAI-compatible chat endpoint with the prompt
+    template; the answers' `translations = {...}` dictionaries read safely and merged."""
+    if not cfg.llm_url:
+        raise WhoharryError("anchors.llm_url is empty: set it to an OpenAI-compatible API root to ask an LLM")
+    if not cfg.llm_prompt.is_file():
+        raise WhoharryError(f"prompt template not found: {cfg.llm_prompt}")
+    template = cfg.llm_prompt.read_text(encoding="utf-8")
+    if "{passage}" not in template:
+        raise WhoharryError(f"{cfg.llm_prompt}: the prompt template lacks the placeholder {{passage}}")
+    client = ChatClient(cfg.llm_url, cfg.llm_model, cfg.llm_key_env, timeout, max_retries)
+    answers, counts = [], {"passages": 0, "parsed": 0, "salvaged": 0, "unreadable": 0}
+    for index, passage in enumerate(passages(text, cfg.llm_passage_chars)):
+        values = {"target": target_name, "passage": passage}
+        content = _PLACEHOLDER.sub(lambda match, values=values: values[match.group(1)], template)
+        entries, how = parse_answer(client.ask(content, f"passage {index}"))
+        counts["passages"] += 1
+        counts[how] += 1
+        answers.append(entries)
+    merged = merge(answers)
+    for key in composite_keys(merged):
+        del merged[key]
+    return merged, counts
+
+
+def suggest_with_llm(cfg: Config, out: Path) -> int:
+    """The LLM route of `whoharry anchors suggest`: `ask_llm` on `cfg.data.target`, the terms ordered by
+    their occurrences in the text, written to `out` with the answers' counts in the header. Returns the
+    number of terms written.
+
+    Raises:
+        WhoharryError: no endpoint configured, a bad prompt template, the endpoint failing, or answers
+            that hold no entries.
+    """
+    target = read_text(cfg.data.target)
+    entries, counts = ask_llm(target, cfg.anchors, cfg.eval.target_name)
+    if not entries:
+        raise WhoharryError("the LLM's answers held no dictionary entries")
+    found = check.check(parse_anchors(entries), target).occurrences
+    ordered = dict(sorted(entries.items(), key=lambda kv: (-found.get(kv[0], 0), kv[0])))
+    write_dictionary(out, ordered, [
+        f"Anchor dictionary from {cfg.anchors.llm_model} at {cfg.anchors.llm_url}, passage by passage "
+        f"({counts['passages']} passages: {counts['parsed']} parsed, {counts['salvaged']} salvaged, "
+        f"{counts['unreadable']} unreadable), of {cfg.data.target}; comment: occurrences in the text"],
+        {term: str(found.get(term, 0)) for term in ordered})
+    return len(ordered)

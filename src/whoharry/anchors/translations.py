@@ -1,0 +1,265 @@
+"""Generic translations for suggested anchor terms, offline, from the baseline model itself.
+
+For each term, the baseline reads the text just before a few of its occurrences. Its next-word logits,
+steered by the method's own formula when a reinforced model is at hand (`v_base - alpha *
+relu(v_reinforced - v_base)`, Eldan & Russinovich 2023, section 2.1, which pushes down what
+reinforcement on the target raised), give the
+likeliest generic words; the first tokens of every suggested term are left out too. Those words
+become the term's alternatives. A name must be replaced by a name: when the model offers too few capitalised
+words, ordinary names (or places, or plain nouns) fill in by kind. A family of terms stays
+consistent: `Potters` follows `Potter`, and `Professor Snape` takes whatever `Snape` became.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from whoharry.anchors.candidates import CONNECTORS, STOPWORDS, Candidate
+from whoharry.core import models
+from whoharry.core.text import pad
+from whoharry.method.whp import whp_logits
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+FIRST_NAMES = ("Jon", "Tom", "Ben", "Sam", "Anna", "Emma", "Kate", "Lucy", "Mark", "Paul", "Peter", "Mary", "Jack",
+               "Alice", "David", "Sarah", "James", "Laura", "Henry", "Clara", "Adam", "Grace", "Simon", "Ellen",
+               "Martin", "Julia", "Oliver", "Nora", "Walter", "Rose")
+SURNAMES = ("Smith", "Carter", "Baker", "Wilson", "Turner", "Green", "Brown", "Taylor", "Walker", "Hill", "Cooper",
+            "Ward", "Parker", "Morris", "Bennett", "Hughes", "Foster", "Reed", "Harper", "Fisher", "Mason", "Palmer",
+            "Graham", "Porter", "Lawson", "Grant", "Barnes", "Fleming", "Dixon", "Hayes")
+PLACES = ("the town", "the village", "the valley", "the city", "the hall", "the old house", "the school",
+          "the market", "the hills", "the harbour")
+NOUNS = ("thing", "object", "device", "stuff", "item", "tool")
+TITLES = {"Mr", "Mrs", "Miss", "Ms", "Dr", "Professor", "Uncle", "Aunt", "Madam", "Sir", "Lady", "Lord", "King",
+          "Queen", "Prince", "Princess", "Captain", "Master", "Mistress", "Father", "Mother", "Saint"}
+PLACE_WORDS = {"in", "at", "to", "from", "into", "towards", "toward", "through", "near", "reach", "reached",
+               "leave", "left", "visit", "visited"}
+CONTEXT_CHARS = 400
+
+
+def kind_of(candidate: Candidate, text: str, chosen: set[str]) -> str:
+    """`word` (not a name), `place`, `first` (a first name) or `surname`, from the term's surroundings:
+    the word before each occurrence (a place preposition or verb: `place`; a title or a chosen capitalised
+    term: `surname`) and the word after it (a chosen term: `first`); otherwise a one-word name is `first`,
+    a longer one `surname`."""
+    if not candidate.name_like:
+        return "word"
+    before, after = [], []
+    for start, end in candidate.spans:
+        left = re.findall(r"[^\W\d_]+", text[max(0, start - 30) : start])
+        before.append(left[-1] if left else "")
+        right = re.match(r"\s([^\W\d_]+)", text[end : end + 30])
+        after.append(right.group(1) if right else "")
+    share = lambda words: sum(words) / max(len(candidate.spans), 1)  # noqa: E731
+    if share([w.lower() in PLACE_WORDS for w in before]) >= 0.4:
+        return "place"
+    if share([w in TITLES or (w in chosen and w[:1].isupper()) for w in before]) >= 0.3:
+        return "surname"
+    if share([w in chosen for w in after]) >= 0.2:
+        return "first"
+    return "first" if " " not in candidate.term else "surname"
+
+
+def _pick(pool: tuple[str, ...], term: str, count: int, taken: set[str]) -> list[str]:
+    """`count` entries of `pool` for `term`: spread by a hash of the term, stable across runs."""
+    start = int(hashlib.sha256(term.encode()).hexdigest(), 16) % len(pool)
+    ordered = pool[start:] + pool[:start]
+    picked = [item for item in ordered if item not in taken][:count]
+    return picked or list(ordered[:count])
+
+
+def fallback(kind: str, term: str, count: int, taken: set[str]) -> list[str]:
+    """Up to `count` stock replacements for a term of this kind (places, first names, surnames, or plain
+    nouns for `word`), chosen by a hash of the term (stable across runs), avoiding `taken` when it can."""
+    if kind == "place":
+        return _pick(PLACES, term, count, taken)
+    if kind == "first":
+        return _pick(FIRST_NAMES, term, count, taken)
+    if kind == "surname":
+        return _pick(SURNAMES, term, count, taken)
+    return _pick(NOUNS, term, count, taken)
+
+
+def _banned_ids(tokenizer: PreTrainedTokenizerBase, terms: list[str]) -> set[int]:
+    """The first token of every term, as it starts a word after a space and at a line start."""
+    banned: set[int] = set()
+    for term in terms:
+        for variant in (f" {term}", term, f" {term.lower()}"):
+            ids = tokenizer(variant, add_special_tokens=False).input_ids
+            if ids:
+                banned.add(ids[0])
+    return banned
+
+
+def _inside_name(text: str, start: int) -> bool:
+    """Whether the word at `start` follows a capitalised word other than a title (`Witch` in `Wicked Witch`,
+    not `Snape` in `Professor Snape`). The text before such an occurrence ends mid-name, and the model's
+    next words there continue the name rather than stand for it."""
+    before = re.search(r"([^\W\d_]+) $", text[max(0, start - 40) : start])
+    if not before:
+        return False
+    word = before.group(1)
+    return word[0].isupper() and word.lower() not in STOPWORDS and word not in TITLES
+
+
+def _is_word_start(piece: str) -> bool:
+    """A decoded token that is a space and then at least two letters."""
+    return len(piece) > 2 and piece[0] == " " and piece[1:].isalpha()
+
+
+@torch.no_grad()
+def model_fillers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, candidate: Candidate,
+                  banned: set[int], *, contexts: int, wanted: int, capitalised: bool, precision: str,
+                  reinforced: PreTrainedModel | None = None, alpha: float = 5.0) -> list[str]:
+    """The likeliest generic next words before the term's occurrences, whole words, best first.
+
+    The model reads the text before up to `contexts` occurrences (those past character 40, occurrences
+    not inside a longer name first; the last 96 tokens of up to 400 characters each); its next-token
+    probabilities (softmax of the last position's logits, WHP-steered with `reinforced` and `alpha`) are
+    averaged over the contexts. Of the 400 likeliest tokens, up to `2 * wanted` that start a word, are not
+    `banned`, a stopword or (when `capitalised`) a title, and are capitalised as asked, are each finished
+    by up to 3 greedy tokens of `model` alone after the first context, cut where the word ends.
+
+    Returns:
+        Distinct words, best first (up to `2 * wanted`; empty when no occurrence or no token qualifies).
+    """
+    device = next(model.parameters()).device
+    spans = sorted((span for span in candidate.spans if span[0] > 40), key=lambda span: _inside_name(text, span[0]))
+    spans = spans[:contexts]
+    if not spans:
+        return []
+    prompts = []
+    for start, _ in spans:
+        left = text[max(0, start - CONTEXT_CHARS) : start].rstrip()
+        prompts.append(tokenizer(left, add_special_tokens=False).input_ids[-96:])
+    ids, mask = pad(prompts, tokenizer.pad_token_id, left=True)
+    with models.autocast(precision, device):
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1].float()
+        if reinforced is not None:
+            boosted = reinforced(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1].float()
+            logits = whp_logits(logits, boosted, alpha)
+    probs = torch.softmax(logits, dim=-1).mean(dim=0).cpu()
+    firsts: list[int] = []
+    for token in torch.argsort(probs, descending=True)[:400].tolist():
+        if token in banned:
+            continue
+        piece = tokenizer.decode([token])
+        if not _is_word_start(piece) or piece[1:].lower() in STOPWORDS or piece[1].isupper() != capitalised:
+            continue
+        if capitalised and piece[1:] in TITLES:  # a title is not a name
+            continue
+        firsts.append(token)
+        if len(firsts) == wanted * 2:
+            break
+    if not firsts:
+        return []
+    # finish every word at once: greedy continuation after the first context, cut where a word ends
+    width = len(prompts[0])
+    starts = torch.tensor([[*prompts[0], token] for token in firsts], device=device)
+    with models.autocast(precision, device):
+        grown = model.generate(input_ids=starts, attention_mask=torch.ones_like(starts), max_new_tokens=3,
+                               do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    words = []
+    for row in grown.tolist():
+        pieces = [row[width]]
+        for following in row[width + 1 :]:
+            piece = tokenizer.decode([following])
+            if not piece or not piece[0].isalpha():
+                break
+            pieces.append(following)
+        words.append(tokenizer.decode(pieces).strip())
+    return list(dict.fromkeys(words))
+
+
+def propose(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, chosen: list[Candidate], *,
+            reinforced: PreTrainedModel | None = None, alpha: float = 5.0, alternatives: int = 3, contexts: int = 6,
+            precision: str = "auto", progress: bool = True) -> dict[str, list[str]]:
+    """Up to `alternatives` generic translations for each chosen term, in the chosen order.
+
+    Single words and lower-case phrases take `model_fillers` (a filler naming a suggested term dropped;
+    a place gets `the` before a lower-case filler; a first name or surname only one-word fillers), topped
+    up by `fallback`; a plural follows its singular (`+s`), and a multi-word name is composed from its
+    translated words (or, when none is translated, from `fallback`).
+
+    Args:
+        model: the baseline model; reinforced: the reinforced one, to steer with `alpha` (optional).
+        tokenizer: their tokenizer (with a pad token).
+        text: the target text; chosen: the terms to translate.
+        alternatives: translations per term; contexts: occurrences read per term.
+        precision: the autocast setting; progress: show a progress bar.
+    """
+    terms = {c.term for c in chosen}
+    banned = _banned_ids(tokenizer, sorted(terms))
+    lowered = {term.lower() for term in terms}
+    result: dict[str, list[str]] = {}
+    # words, and lower-case phrases (`silver shoes`), take the model's own fillers
+    singles = [c for c in chosen if (" " not in c.term or c.term[0].islower()) and not _plural_of(c.term, terms)]
+    for candidate in tqdm(singles, desc="translations", unit="term", disable=not progress):
+        kind = kind_of(candidate, text, terms)
+        words = model_fillers(model, tokenizer, text, candidate, banned, contexts=contexts, wanted=alternatives,
+                              capitalised=kind != "word", precision=precision, reinforced=reinforced, alpha=alpha)
+        words = [w for w in words if not _names_a_term(w, terms, lowered)]
+        if kind in ("first", "surname"):
+            words = [w for w in words if " " not in w]
+        elif kind == "place":
+            words = [f"the {w}" if w[:1].islower() else w for w in words]
+        if len(words) < alternatives:
+            words += fallback(kind, candidate.term, alternatives - len(words), set(words))
+        result[candidate.term] = words[:alternatives]
+    for candidate in chosen:  # plurals and multi-word terms follow their parts
+        if candidate.term in result:
+            continue
+        base = _plural_of(candidate.term, terms)
+        if base is not None and base in result:
+            result[candidate.term] = [f"{w}s" for w in result[base]]
+            continue
+        result[candidate.term] = _compose(candidate, result, text, terms, alternatives)
+    return {c.term: result[c.term] for c in chosen}
+
+
+def _names_a_term(option: str, terms: set[str], lowered: set[str]) -> bool:
+    """Whether a proposed translation brings a suggested term back: the term itself in any case, a term
+    inside it, or one of its words a term's plural (`witches` for `Witch`)."""
+    if option.lower() in lowered or any(term in option for term in terms):
+        return True
+    return any(word in lowered or word.rstrip("s") in lowered or word.removesuffix("es") in lowered
+               for word in option.lower().split())
+
+
+def _plural_of(term: str, terms: set[str]) -> str | None:
+    """The singular of `term` when it is `X` + `s` and `X` is a term, else None."""
+    if term.endswith("s") and term[:-1] in terms:
+        return term[:-1]
+    return None
+
+
+def _compose(candidate: Candidate, result: dict[str, list[str]], text: str, terms: set[str],
+             alternatives: int) -> list[str]:
+    """A multi-word term: its translated words replaced, the others (titles, connectors) kept."""
+    words = candidate.term.split()
+    if not any(word in result for word in words):
+        kind = "place" if kind_of(candidate, text, terms) == "place" else "surname"
+        return fallback(kind, candidate.term, alternatives, set())
+    options = []
+    for choice in range(alternatives):
+        parts = []
+        for word in words:
+            # translated words change, capitalised as the name writes them; titles, connectors and other
+            # words stay
+            if word in result:
+                option = result[word][choice % len(result[word])]
+                if word[:1].isupper():
+                    option = " ".join(piece if piece in CONNECTORS else piece[:1].upper() + piece[1:]
+                                      for piece in option.split())
+                parts.append(option)
+            else:
+                parts.append(word)
+        options.append(" ".join(parts))
+    return list(dict.fromkeys(options))
+

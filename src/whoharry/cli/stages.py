@@ -1,0 +1,141 @@
+"""The stage commands: `whoharry reinforce | labels | unlearn | eval | run`, each a shim over its stage:
+it resolves the config and returns the action that runs the stage (see `common.stage_command`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from whoharry.cli.common import MethodOption, RunOptions, method_override, stage_command, summary_text
+from whoharry.config import EVAL_PARTS, QUICK, as_overrides
+from whoharry.errors import WhoharryError
+
+Action = Callable[[], str]  # does the work, returns the text to print
+
+
+def register(app: typer.Typer) -> None:
+    """Add the stage commands to `app`."""
+    for command in (reinforce, labels, unlearn):
+        app.command()(command)
+    app.command("eval")(eval_)
+    app.command()(run)
+
+
+@stage_command
+def reinforce(opts: RunOptions) -> Action:
+    """Fine-tune a copy of the base model on the target text → [bold]OUT/reinforce/final/[/bold]."""
+    from whoharry.stages import reinforce as stage
+
+    cfg = opts.load()
+    return lambda: f"reinforced model: {stage.run(cfg, opts.out, progress=not opts.quiet) / 'final'}"
+
+
+@stage_command
+def labels(opts: RunOptions) -> Action:
+    """Generic labels from the base and reinforced models and the anchor dictionary → [bold]OUT/labels/[/bold]."""
+    from whoharry.stages import labels as stage
+
+    cfg = opts.load()
+
+    def action() -> str:
+        path = stage.run(cfg, opts.out, progress=not opts.quiet)
+        return f"labels: {path / stage.LABELS_FILE} (statistics in {path / 'stats.json'})"
+
+    return action
+
+
+@stage_command
+def unlearn(opts: RunOptions, method: MethodOption = None) -> Action:
+    """Fine-tune the base model on the original text with the generic labels → [bold]OUT/unlearn/final/[/bold].
+
+    Runs the earlier stages first when their artifacts are missing. With --method ga or npo, a baseline
+    method forgets instead, with no labels (and no reinforced model)."""
+    from whoharry.stages import unlearn as stage
+
+    cfg = opts.load(*method_override(method))
+    return lambda: f"unlearned model: {stage.run(cfg, opts.out, progress=not opts.quiet) / 'final'}"
+
+
+@stage_command
+def eval_(
+    opts: RunOptions,
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Model folder to evaluate (default: OUT/unlearn/final).")
+    ] = None,
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="The model to compare with (default: the config's model.name).")
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option("--reference", help="A model that never saw the target, scored beside (eval.reference)."),
+    ] = None,
+    full: Annotated[bool, typer.Option("--full", help="Every part of the suite, whatever eval.parts says.")] = False,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Every part on small slices (minutes on a CPU) → OUT/eval-quick/.")
+    ] = False,
+    parts: Annotated[
+        str | None, typer.Option("--parts", help="Comma-separated parts to run (eval.parts), e.g. probes,knowmem.")
+    ] = None,
+    lm_eval: Annotated[
+        str | None, typer.Option("--lm-eval", help="lm-eval tasks, e.g. arc_easy,boolq (needs lm-eval installed).")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Recompute every part instead of reusing cached ones.")
+    ] = False,
+    ensemble: Annotated[
+        bool, typer.Option("--inference-time", "--ensemble",
+                           help="Score inference-time WHP instead of a fine-tuned model: the base and the "
+                                "reinforced model (--model, default OUT/reinforce/final) combined by the label "
+                                "formula at every token (--ensemble: the same).")
+    ] = False,
+) -> Action:
+    """Familiarity, memorisation, leakage, robustness and utility of a model beside the base model's
+    → [bold]OUT/eval/report.md[/bold] (with --quick: OUT/eval-quick/)."""
+    from whoharry.core import distributed
+    from whoharry.stages import evaluate
+
+    chosen = list(EVAL_PARTS) if full or quick else parts.split(",") if parts else None
+    tasks = [t.strip() for t in lm_eval.split(",") if t.strip()] if lm_eval else None
+    cfg = opts.load(
+        *([f"model.name={baseline}"] if baseline else []),
+        *([f"eval.reference={reference}"] if reference else []),
+        *([f"eval.parts={chosen}"] if chosen else []),
+        *([f"eval.benchmarks.tasks={tasks}"] if tasks else []),
+        first=as_overrides(QUICK) if quick else None,  # --quick's slices, under the user's own --set
+    )
+    if tasks and "benchmarks" not in cfg.eval.parts:
+        cfg.eval.parts.append("benchmarks")  # naming tasks asks for them
+
+    def action() -> str:
+        if distributed.world() > 1:
+            raise WhoharryError("whoharry eval runs in one process; start it without accelerate launch")
+        target = model or opts.out / ("reinforce" if ensemble else "unlearn") / "final"
+        if not (target / "config.json").is_file():
+            stage = "reinforce" if ensemble else "unlearn"
+            raise WhoharryError(f"no model to evaluate at {target}: pass --model or run `whoharry {stage}` first")
+        stage_dir = evaluate.stage_dir_for(opts.out, quick=quick, ensemble=ensemble)
+        path = evaluate.run(cfg, opts.out, target, progress=not opts.quiet, stage_dir=stage_dir,
+                            overwrite=overwrite, ensemble=ensemble)
+        return summary_text(evaluate.load_report(path)["summary"], opts.out, path)
+
+    return action
+
+
+@stage_command
+def run(opts: RunOptions, method: MethodOption = None) -> Action:
+    """Every stage in order: reinforce, labels, unlearn, eval. Finished stages with the same settings are skipped."""
+    from whoharry.stages import evaluate, pipeline
+
+    cfg = opts.load(*method_override(method))
+
+    def action() -> str:
+        summary = pipeline.run(cfg, opts.out, progress=not opts.quiet)
+        # empty in the processes that do not evaluate
+        return summary_text(summary, opts.out, opts.out / evaluate.NAME) if summary else ""
+
+    return action
+
+

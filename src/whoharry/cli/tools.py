@@ -1,0 +1,206 @@
+"""The tool commands: `whoharry compare`, `whoharry anchors suggest | import | check` and
+`whoharry experiment retrain-gap`, each a shim over the module that does the work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from whoharry.cli.common import (
+    DEFAULT_OUT,
+    EXPERIMENT_CONFIG,
+    ConfigOption,
+    QuietOption,
+    SetOption,
+    default_file,
+    guard,
+    resolve_config,
+    setup,
+)
+from whoharry.errors import WhoharryError
+
+
+def register(app: typer.Typer) -> None:
+    """Add the tool commands and sub-apps to `app`."""
+    app.command()(compare)
+    app.add_typer(anchors_app, name="anchors")
+    app.add_typer(experiment_app, name="experiment")
+
+
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders, each with an eval/report.json.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Folder for compare.md, compare.json and compare.png.")
+    ] = None,
+) -> None:
+    """The evaluation summaries of several runs side by side (markdown; JSON and a plot with --out)."""
+    from whoharry.evaluation import compare as comparing
+
+    setup(quiet=True)
+
+    def body() -> None:
+        if out is not None and out.exists() and not out.is_dir():
+            raise WhoharryError(f"--out {out} is a file; give a folder for compare.md, compare.json and compare.png")
+        data = comparing.compare(runs)
+        if out is not None:
+            comparing.write_comparison(data, out)
+        typer.echo(comparing.render_compare(data).rstrip())
+
+    guard(body)
+
+
+anchors_app = typer.Typer(
+    help="Anchor dictionaries: suggest one from the target, import the paper's format, check one against a text.",
+    no_args_is_help=True,
+)
+TextOption = Annotated[Path | None, typer.Option("--text", help="The target text (default: the config's data.target).")]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace the output file if it exists.")]
+
+
+def _new_file(path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise WhoharryError(f"{path} exists; pass --overwrite to replace it")
+    if path.suffix not in (".yaml", ".yml"):
+        raise WhoharryError(f"--out {path}: an anchor dictionary is written as .yaml")
+
+
+@anchors_app.command("suggest")
+def anchors_suggest(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The YAML dictionary to write.")],
+    text: TextOption = None,
+    baseline: Annotated[
+        str | None, typer.Option("--baseline", help="The baseline model (default: the config's model.name).")
+    ] = None,
+    reinforced: Annotated[
+        Path | None,
+        typer.Option("--reinforced",
+                     help="A reinforced model folder (default: RUN/reinforce/final, trained if missing)."),
+    ] = None,
+    general: Annotated[
+        list[Path] | None,
+        typer.Option("--general", help="General text to compare frequencies with (repeatable; default: the "
+                     "config's retain texts and eval.utility.general_text)."),
+    ] = None,
+    top: Annotated[int | None, typer.Option("--top", help="How many terms to write (anchors.top).", min=1)] = None,
+    run_dir: Annotated[Path, typer.Option("--run", help="Run folder holding (or to hold) the reinforced model.")] = (
+        DEFAULT_OUT),
+    llm: Annotated[
+        bool, typer.Option("--llm", help="Ask the LLM at anchors.llm_url instead, passage by passage.")
+    ] = False,
+    overwrite: OverwriteOption = False,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Rank the target's most specific terms and give each generic translations → [bold]OUT[/bold] (YAML)."""
+    setup(quiet)
+
+    def body() -> None:
+        from whoharry.anchors import suggest
+        from whoharry.core import runlock
+        from whoharry.stages import pipeline, reinforce
+
+        overrides = [*(set_ or []), *([f"model.name={baseline}"] if baseline else []),
+                     *([f"anchors.top={top}"] if top else [])]
+        cfg = resolve_config(config, overrides, None, None)
+        if text is not None:
+            cfg.data.target = text.resolve()
+        _new_file(out, overwrite)
+        if llm:
+            typer.echo(f"wrote {suggest.suggest_with_llm(cfg, out)} terms from the LLM to {out}")
+            return
+        if reinforced is None:
+            pipeline.check_out_dir(run_dir)
+            with runlock.hold(run_dir):
+                reinforce.run(cfg, run_dir, progress=not quiet)
+        suggestion = suggest.suggest_file(cfg, reinforced or run_dir / reinforce.NAME / "final", out,
+                                          general=general, progress=not quiet)
+        best = ", ".join(c.term for c in suggestion.chosen[:10])
+        typer.echo(f"wrote {len(suggestion.chosen)} terms to {out} (best: {best})")
+
+    guard(body)
+
+
+@anchors_app.command("import")
+def anchors_import(
+    source: Annotated[Path, typer.Argument(help="The paper's .npy of GPT-4 answers, or JSON.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The YAML dictionary to write.")],
+    no_filters: Annotated[
+        bool, typer.Option("--no-filters", help="Keep composite keys (all words keys, or X's of a key X).")
+    ] = False,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Read a dictionary in the paper's published format (or JSON) → [bold]OUT[/bold] (YAML)."""
+    from whoharry.anchors import paper_import
+
+    setup(quiet=False)
+
+    def body() -> None:
+        _new_file(out, overwrite)
+        typer.echo(paper_import.import_dictionary(source, out, filters=not no_filters))
+
+    guard(body)
+
+
+@anchors_app.command("check")
+def anchors_check(
+    anchors: Annotated[Path, typer.Argument(help="The anchor dictionary (YAML).")],
+    text: TextOption = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the report as JSON.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Occurrences per key, keys never found, overlaps, and the share of the text's tokens covered."""
+    from whoharry.anchors import check
+    from whoharry.core import artifacts
+
+    setup(quiet=True)
+
+    def body() -> None:
+        cfg = resolve_config(config, set_, None, None)
+        report = check.check_file(anchors, text or cfg.data.target, cfg.model)
+        if json_out is not None:
+            artifacts.write_json(json_out, report.as_dict())
+        typer.echo(check.render(report))
+
+    guard(body)
+
+
+experiment_app = typer.Typer(help="Experiments that measure the method against others.", no_args_is_help=True)
+
+
+@experiment_app.command("retrain-gap")
+def experiment_retrain_gap(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help=f"Experiment config (default: {EXPERIMENT_CONFIG}).")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Experiment folder (default: runs/retrain-gap, or runs/retrain-gap-quick)."),
+    ] = None,
+    corpora: Annotated[
+        Path | None, typer.Option("--corpora", help="Folder holding the books (default: the config's corpora).")
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="One seed on small slices, every method: minutes.")] = False,
+    set_: SetOption = None,
+    quiet: QuietOption = False,
+) -> None:
+    """Unlearn a book from a model fine-tuned on it with every method, and measure each against the gold
+    model fine-tuned without it → [bold]OUT/results.md[/bold] and OUT/retrain_gap.png."""
+    from whoharry.experiments import retrain_gap
+
+    setup(quiet)
+
+    def body() -> None:
+        exp = retrain_gap.load_experiment(config or default_file(EXPERIMENT_CONFIG), set_, quick=quick,
+                                          corpora=corpora)
+        folder = out or Path("runs") / ("retrain-gap-quick" if quick else "retrain-gap")
+        results = retrain_gap.run_in(exp, folder, progress=not quiet)
+        typer.echo(results.read_text(encoding="utf-8").rstrip())
+        typer.echo(f"results: {results.resolve()} (plot: retrain_gap.png)")
+
+    guard(body)
+
+

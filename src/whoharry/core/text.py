@@ -1,0 +1,140 @@
+"""Reading a target text and cutting its tokens into fixed-length blocks with character offsets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+
+from whoharry.errors import WhoharryError
+
+
+@dataclass
+class Blocks:
+    """Token blocks of one text, all of the same length (tokens). `offsets[b][i]` is the (start, end)
+    character span of token i of block b; a BOS token that the tokenizer adds gets the empty span at the
+    block's start. `dropped_tokens` counts the tokens of the tail left out (shorter than one block)."""
+
+    text: str
+    ids: list[list[int]]
+    offsets: list[list[tuple[int, int]]]
+    dropped_tokens: int  # the tail shorter than one block
+    bos_token_id: int | None
+
+
+def read_jsonl(path: Path, what: str, check: Callable[[object], bool], expected: str) -> list[dict]:
+    """The rows of a JSONL file, blank lines skipped.
+
+    Args:
+        path: the file (UTF-8).
+        what: what the file is, for messages ("question file").
+        check: whether a row (a JSON object) has the fields it needs.
+        expected: the shape of a good row, for messages.
+
+    Raises:
+        WhoharryError: as `read_text` raises it; a line that is not JSON, not an object, or fails `check`
+            (with its line number); or a file with no rows.
+    """
+    rows = []
+    for number, line in enumerate(read_text(path, what).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise WhoharryError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not check(row):
+            raise WhoharryError(f"{path}:{number}: expected {expected}")
+        rows.append(row)
+    if not rows:
+        raise WhoharryError(f"{what} {path} holds no entries")
+    return rows
+
+
+def read_text(path: Path, what: str = "target text") -> str:
+    """Read a UTF-8 text file (a leading byte-order mark removed), or fail with one line saying what is
+    wrong with it.
+
+    Raises:
+        WhoharryError: the file is missing, holds NUL bytes (binary), is not UTF-8, or is empty or blank.
+    """
+    if not path.is_file():
+        raise WhoharryError(f"{what} not found: {path}")
+    raw = path.read_bytes()
+    if b"\x00" in raw:
+        raise WhoharryError(f"{what} {path} looks binary (it holds NUL bytes); give a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise WhoharryError(
+            f"{what} {path} is not UTF-8 (byte {exc.start}); convert it, e.g. iconv -t UTF-8"
+        ) from None
+    if not text.strip():
+        raise WhoharryError(f"{what} {path} is empty")
+    return text.removeprefix("\ufeff")
+
+
+def adds_bos(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The BOS id when the tokenizer puts one before every sequence (Llama-style), else None (checked by
+    tokenizing "a")."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    ids = tokenizer("a").input_ids
+    return bos if ids and ids[0] == bos else None
+
+
+def make_blocks(text: str, tokenizer: PreTrainedTokenizerBase, block_length: int) -> Blocks:
+    """Tokenize the whole text once (no special tokens) and cut it into consecutive blocks of
+    `block_length` tokens, BOS included when the tokenizer adds one (`adds_bos`); the tail shorter than a
+    block is dropped.
+
+    Raises:
+        WhoharryError: the text holds fewer tokens than one block.
+    """
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    ids: list[int] = encoded["input_ids"]
+    offsets: list[tuple[int, int]] = [tuple(span) for span in encoded["offset_mapping"]]
+    bos = adds_bos(tokenizer)
+    body = block_length - (1 if bos is not None else 0)
+    count = len(ids) // body
+    if count == 0:
+        raise WhoharryError(
+            f"the text has {len(ids)} tokens, fewer than one block of {block_length}; "
+            "give a longer text or a smaller data.block_length"
+        )
+    block_ids: list[list[int]] = []
+    block_offsets: list[list[tuple[int, int]]] = []
+    for b in range(count):
+        chunk_ids = ids[b * body : (b + 1) * body]
+        chunk_offsets = offsets[b * body : (b + 1) * body]
+        if bos is not None:
+            start = chunk_offsets[0][0]
+            chunk_ids = [bos, *chunk_ids]
+            chunk_offsets = [(start, start), *chunk_offsets]
+        block_ids.append(chunk_ids)
+        block_offsets.append(chunk_offsets)
+    return Blocks(text, block_ids, block_offsets, len(ids) - count * body, bos)
+
+
+def evenly_spread(n: int, k: int) -> list[int]:
+    """`k` indices spread evenly over `range(n)`, from 0 (`i * n // k`); all of them when n <= k."""
+    return list(range(n)) if n <= k else [i * n // k for i in range(k)]
+
+
+def pad(sequences: list[list[int]], pad_id: int, *, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token sequences of different lengths as one batch and its attention mask, both [n, longest] int64
+    (mask 1 on tokens, 0 on padding); padding goes on the right (for scoring) or, with `left`, on the left
+    (for generation). `sequences` must not be empty (`ValueError`)."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        span = slice(width - len(seq), width) if left else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask

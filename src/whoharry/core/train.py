@@ -1,0 +1,369 @@
+"""The one training loop behind both fine-tuning stages.
+
+Reinforcing is this loop with the text as its own labels; unlearning is this loop with the generic
+labels. AdamW, linear warm-up then linear decay, gradient accumulation, gradient clipping, mixed
+precision, and checkpoints every N steps that a rerun resumes from, ending with the same weights.
+
+It runs through accelerate, so `accelerate launch` makes it data-parallel (DDP, FSDP or DeepSpeed
+ZeRO-3, from the accelerate config file). `batch_size` is per process: an optimizer step sees
+`batch_size x grad_accum x processes` blocks, the same blocks whatever the split, and the loss is the
+mean over every labelled token of the step, so N processes take the steps one process would.
+
+What the loop minimises is its `Objective`: cross-entropy against the labels (reinforce, WHP
+unlearning), its negative (gradient ascent), or NPO's loss against a frozen reference; gradient
+ascent and NPO may add a retain term, the cross-entropy on retain blocks paired with each batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from whoharry.config import TrainConfig
+from whoharry.core import artifacts, distributed, models
+from whoharry.errors import WhoharryError
+from whoharry.method.objectives import IGNORE, Objective, causal_lm_loss
+
+if TYPE_CHECKING:
+    from torch.optim.lr_scheduler import LRScheduler
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What one `train` call did. `final_loss` and `mean_loss` are the objective's value per optimizer
+    step run in this call (nan when none ran); `tokens` counts the forget blocks' tokens read by all
+    processes together (retain blocks not counted); `seconds` is wall-clock; `precision` is the autocast
+    dtype's name ("bfloat16", "float16") or "fp32"."""
+
+    steps: int
+    resumed_from: int
+    final_loss: float
+    mean_loss: float
+    tokens: int  # tokens read by all processes together
+    seconds: float
+    precision: str
+    processes: int
+
+
+def total_steps(samples: int, cfg: TrainConfig, processes: int = 1) -> int:
+    """Optimizer steps for `cfg.epochs` over `samples` blocks: ceil(epochs x samples / (batch_size x
+    grad_accum x processes)), at least 1, capped at `cfg.max_steps` when that is set (non-zero)."""
+    per_step = cfg.batch_size * cfg.grad_accum * processes
+    steps = max(1, math.ceil(cfg.epochs * samples / per_step))
+    return min(steps, cfg.max_steps) if cfg.max_steps else steps
+
+
+def sample_order(samples: int, step: int, cfg: TrainConfig, seed: int, processes: int = 1) -> list[list[int]]:
+    """The micro-batches of one optimizer step, for all processes together (`batch_size x processes`
+    blocks each): a reshuffle per epoch, fixed by seed and step alone."""
+    width = cfg.batch_size * processes
+    per_step = width * cfg.grad_accum
+    first, last = step * per_step, (step + 1) * per_step
+    chosen: list[int] = []
+    for epoch in range(first // samples, (last - 1) // samples + 1):
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        order = torch.randperm(samples, generator=generator).tolist()
+        lo, hi = max(first - epoch * samples, 0), min(last - epoch * samples, samples)
+        chosen.extend(order[lo:hi])
+    return [chosen[i : i + width] for i in range(0, len(chosen), width)]
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """An Accelerator for one training run: its mixed precision follows `cfg.precision`
+    (`models.autocast_dtype`), its gradient accumulation `cfg.grad_accum`.
+
+    Raises:
+        WhoharryError: fp16 asked for (explicitly) on a CPU.
+    """
+    device = distributed.device()
+    dtype = models.autocast_dtype(cfg.precision, device)
+    if dtype == torch.float16 and device.type == "cpu":
+        raise WhoharryError("precision fp16 needs a GPU; use bf16 or fp32 on a CPU")
+    mixed = {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed and distributed.world() == 1:
+        # one process may train with several precisions in turn (the evaluation's relearning, tests)
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed, gradient_accumulation_steps=cfg.grad_accum)
+
+
+def prepare_model(model: PreTrainedModel, cfg: TrainConfig) -> torch.nn.Module:
+    """Gradient checkpointing, LoRA adapters and torch.compile, as configured (before accelerate wraps it).
+
+    Returns:
+        The model itself, or with `cfg.lora_rank` a peft `PeftModel` around it (the adapters are
+        injected into `model`'s own modules).
+
+    Raises:
+        WhoharryError: LoRA asked for while the weights are sharded (FSDP or DeepSpeed ZeRO-3).
+    """
+    if cfg.gradient_checkpointing:
+        _checkpointing(model, True)
+    if cfg.lora_rank:
+        if distributed.sharded():
+            raise WhoharryError("LoRA runs on one GPU or with DDP; with FSDP or DeepSpeed ZeRO-3 set lora_rank=0")
+        from peft import LoraConfig, get_peft_model
+
+        targets = cfg.lora_target_modules
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, task_type="CAUSAL_LM",
+            target_modules=targets[0] if targets == ["all-linear"] else targets,
+        ))
+    if cfg.compile:
+        model.compile()
+    return model
+
+
+def _checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Gradient (activation) checkpointing on or off: transformers 5 names it activation checkpointing."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_disable()
+
+
+def train(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    seed: int,
+    stage_dir: Path,
+    run_key: str,
+    desc: str,
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+    final: tuple[Path, PreTrainedTokenizerBase] | None = None,
+    objective: Objective | None = None,
+) -> TrainResult:
+    """Fine-tune `model` in place on (input_ids, labels) blocks; resume from `stage_dir/checkpoints`.
+
+    AdamW (`cfg.learning_rate`, `cfg.weight_decay`) with linear warm-up (`cfg.warmup_ratio` of the steps)
+    then linear decay to 0, gradient clipping at `cfg.max_grad_norm` (when > 0), a checkpoint every
+    `cfg.save_every` steps, and one `metrics.jsonl` record per optimizer step (step, loss, lr, seconds).
+
+    Args:
+        model: the model to train; it is left in eval mode, gradient checkpointing switched off.
+        input_ids: [blocks, length] token ids (int32 in the stages; cast to int64 per batch).
+        labels: [blocks, length] target ids in the transformers convention (`labels[:, t]` is predicted
+            from position t - 1), `IGNORE` (-100) where there is no label.
+        cfg: the training settings (`batch_size` is per process).
+        seed: fixes the sample order and, on a fresh start, torch's generator.
+        stage_dir: where `checkpoints/` and `metrics.jsonl` go.
+        run_key: a checkpoint saved under another key (or another number of processes) is not resumed.
+        desc: the progress bar's and messages' label.
+        progress: show a progress bar (main process only).
+        on_step: called with n after optimizer step n (for measurements, one process only; the model is
+            put back in training mode after it).
+        final: `(folder, tokenizer)`: write the trained model there as a save_pretrained folder (LoRA
+            merged in, sharded weights gathered).
+        objective: what to minimise; default cross-entropy against `labels` (`Objective()`).
+
+    Returns:
+        A `TrainResult`. Each step's loss is the objective's value: for `ce` the mean cross-entropy per
+        labelled token (nats), for `npo` the mean per block, plus the weighted retain term when there is one.
+
+    Raises:
+        WhoharryError: fp16 on a CPU, LoRA with sharded weights, or a loss that became NaN or infinite
+            (the last checkpoint is kept).
+    """
+    objective = objective or Objective()
+    retain = objective.retain_ids
+    acc = make_accelerator(cfg)
+    processes, rank = acc.num_processes, acc.process_index
+    samples = input_ids.shape[0]
+    steps = total_steps(samples, cfg, processes)
+    labelled = (labels[:, 1:] != IGNORE).sum(dim=1)  # tokens each block contributes to the loss
+    model = prepare_model(model, cfg)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
+                                  lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    # the scheduler is stepped here once per optimizer step, so accelerate is not given it
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
+    if acc.state.deepspeed_plugin is not None:  # no data loader to read the batch size from
+        acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
+    wrapped, optimizer = acc.prepare(model, optimizer)
+    start = _resume(stage_dir / "checkpoints", run_key, acc, scheduler)
+    metrics_path = stage_dir / "metrics.jsonl"
+    if start:
+        log.info("%s: resuming from checkpoint step-%d", desc, start)
+        if acc.is_main_process:
+            artifacts.truncate_metrics(metrics_path, "step", start)
+    else:
+        torch.manual_seed(seed)
+    metrics = artifacts.MetricsLog(metrics_path, append=start > 0) if acc.is_main_process else None
+    wrapped.train()
+    losses: list[float] = []
+    tokens = 0
+    began = time.perf_counter()
+    bar = tqdm(total=steps, initial=start, desc=desc, unit="step", disable=not (progress and acc.is_main_process))
+    for step in range(start, steps):
+        micro_batches = sample_order(samples, step, cfg, seed, processes)
+        step_units = max(1, objective.units(labelled, [i for batch in micro_batches for i in batch]))
+        if retain is not None:
+            retain_batches = sample_order(retain.shape[0], step, cfg, seed + 1, processes)
+            retain_tokens = max(1, int(sum(retain[batch].numel() - len(batch) for batch in retain_batches)))
+        step_loss = torch.zeros((), device=acc.device)
+        for index, batch in enumerate(micro_batches):
+            mine = batch[rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+            ids = input_ids[mine].long().to(acc.device)
+            targets = labels[mine].long().to(acc.device)
+            with acc.accumulate(wrapped):
+                logits = wrapped(input_ids=ids).logits
+                # this process's share of the step's mean: processes average their gradients and
+                # accelerate divides by grad_accum, so both are multiplied back in
+                loss = objective.forget_loss(logits, targets, mine) / step_units
+                if retain is not None:
+                    kept = retain_batches[index][rank * cfg.batch_size : (rank + 1) * cfg.batch_size]
+                    kept_ids = retain[kept].long().to(acc.device)
+                    kept_loss = causal_lm_loss(wrapped(input_ids=kept_ids).logits, kept_ids, reduction="sum")
+                    loss = loss + objective.retain_weight * kept_loss / retain_tokens
+                acc.backward(loss * processes * cfg.grad_accum)
+                if acc.sync_gradients:
+                    if cfg.max_grad_norm > 0:
+                        acc.clip_grad_norm_(wrapped.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            step_loss += loss.detach()
+            tokens += int(ids.numel()) * processes
+        scheduler.step()
+        value = float(acc.reduce(step_loss, reduction="sum")) if processes > 1 else float(step_loss)
+        if not math.isfinite(value):
+            raise WhoharryError(
+                f"{desc}: the loss became {value} at step {step + 1}; lower the learning rate "
+                "or use precision fp32 (the last checkpoint is kept)"
+            )
+        losses.append(value)
+        if metrics is not None:
+            metrics.log(step=step + 1, loss=round(value, 6), lr=scheduler.get_last_lr()[0],
+                        seconds=round(time.perf_counter() - began, 3))
+        bar.set_postfix(loss=f"{value:.3f}")
+        bar.update(1)
+        done = step + 1
+        if on_step is not None:
+            on_step(done)
+            wrapped.train()
+        if cfg.save_every and done % cfg.save_every == 0 and done < steps:
+            _save_checkpoint(stage_dir / "checkpoints", done, run_key, acc, scheduler, cfg)
+    bar.close()
+    wrapped.eval()
+    if final is not None:
+        _save_final(acc, wrapped, final[1], final[0])
+    unwrapped = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
+    if cfg.gradient_checkpointing:
+        _checkpointing(unwrapped, False)
+    dtype = models.autocast_dtype(cfg.precision, acc.device)
+    return TrainResult(
+        steps=steps,
+        resumed_from=start,
+        final_loss=losses[-1] if losses else float("nan"),
+        mean_loss=sum(losses) / len(losses) if losses else float("nan"),
+        tokens=tokens,
+        seconds=time.perf_counter() - began,
+        precision=str(dtype).removeprefix("torch.") if dtype else "fp32",
+        processes=processes,
+    )
+
+
+def _save_final(acc: Accelerator, wrapped: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
+    """The trained model as an ordinary save_pretrained folder, written by the main process."""
+    state_dict = acc.get_state_dict(wrapped) if distributed.sharded() else None  # every process gathers
+    model = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
+    if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the weights
+        model = model.merge_and_unload()
+    model = getattr(model, "_orig_mod", model)
+    if acc.is_main_process:
+        with artifacts.atomic_path(folder) as tmp:
+            model.save_pretrained(tmp, state_dict=state_dict)
+            tokenizer.save_pretrained(tmp)
+    acc.wait_for_everyone()
+
+
+def _save_checkpoint(root: Path, step: int, run_key: str, acc: Accelerator, scheduler: LRScheduler,
+                     cfg: TrainConfig) -> None:
+    """`checkpoints/step-N/`: accelerate's state (weights, optimizer, RNG of every process), then
+    `state.json` with the scheduler last; every process takes part (sharded weights save in shards)."""
+    final = root / f"step-{step}"
+    tmp = artifacts.temporary_name(final)
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp), safe_serialization=True)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (tmp / "state.json").write_text(
+            json.dumps({"step": step, "run_key": run_key, "processes": acc.num_processes,
+                        "scheduler": scheduler.state_dict()}), encoding="utf-8"
+        )
+        artifacts.publish(tmp, final)
+        kept = sorted(_complete_checkpoints(root), key=lambda item: item[0])
+        for _, old in kept[: -cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of each `step-N` checkpoint whose `state.json` was written."""
+    found = []
+    if root.is_dir():
+        for path in root.glob("step-*"):
+            if (path / "state.json").is_file() and path.name.removeprefix("step-").isdigit():
+                found.append((int(path.name.removeprefix("step-")), path))
+    return found
+
+
+def _resume(root: Path, run_key: str, acc: Accelerator, scheduler: LRScheduler) -> int:
+    """Load the newest complete checkpoint made with the same settings and number of processes; return
+    its step (0 if none)."""
+    for step, path in sorted(_complete_checkpoints(root), reverse=True):
+        try:
+            state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if state.get("run_key") != run_key or state.get("processes", 1) != acc.num_processes:
+            log.info("ignoring %s: made with other settings or another number of processes", path)
+            continue
+        acc.load_state(str(path))
+        scheduler.load_state_dict(state["scheduler"])
+        return step
+    return 0
+
+
+def clear_checkpoints(stage_dir: Path) -> None:
+    """Delete `stage_dir/checkpoints` (errors ignored), once a stage's manifest is written."""
+    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
+
+
+def summary(result: TrainResult) -> dict[str, float | int | str]:
+    """A `TrainResult` for a manifest: losses rounded to 6 decimals, `train_seconds` to 0.01 s."""
+    return {
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "final_loss": round(result.final_loss, 6),
+        "mean_loss": round(result.mean_loss, 6),
+        "tokens": result.tokens,
+        "train_seconds": round(result.seconds, 2),
+        "precision": result.precision,
+        "processes": result.processes,
+    }

@@ -1,0 +1,172 @@
+"""Completion prompts: what a model writes after a prompt, which target terms it names, and how fluent it is.
+
+A completion file holds JSONL lines `{"prompt": ..., "references": [...]}`: a prompt that invites the
+target's knowledge and the terms whose appearance in the completion shows it. A completion *names* a
+reference when the term appears in it (case-insensitive, as whole words) and not already in the prompt.
+
+Fluency is the perplexity of the completion tokens given the prompt, scored by a fixed judge model
+(the base model): an unlearned model that forgets by writing gibberish gets a high figure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from whoharry.core import models
+from whoharry.core.text import pad, read_jsonl
+from whoharry.method.objectives import token_log_probs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from whoharry.method.inference import InferenceTimeWHP
+
+
+@dataclass
+class Completion:
+    """A prompt, its token ids (as the tokenizer encodes it, special tokens included), the generated ids
+    and their decoded text (special tokens skipped)."""
+
+    prompt: str
+    prompt_ids: list[int]
+    ids: list[int]  # generated tokens, without padding or the end-of-sequence token
+    text: str
+
+
+def read_completion_prompts(path: Path) -> list[dict]:
+    """Read a completion file; every line needs a prompt and a list of reference terms (non-empty strings).
+
+    Returns:
+        `{"prompt": str, "references": [str, ...]}` per line, in file order.
+
+    Raises:
+        WhoharryError: as `core.text.read_jsonl` raises it (a missing or empty file, a bad line).
+    """
+    def valid(row: dict) -> bool:
+        refs = row.get("references")
+        return bool(row.get("prompt")) and isinstance(refs, list) and all(isinstance(r, str) and r for r in refs)
+
+    rows = read_jsonl(path, "completion prompt file", valid, '{"prompt": ..., "references": [terms...]}')
+    return [{"prompt": str(row["prompt"]), "references": list(row["references"])} for row in rows]
+
+
+def mentions(term: str, text: str, ignore_case: bool = True) -> bool:
+    """Whether the text holds the term as whole words (not inside a longer word)."""
+    flags = re.IGNORECASE if ignore_case else 0
+    return re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text, flags=flags) is not None
+
+
+def named_references(prompt: str, completion: str, references: list[str]) -> list[str]:
+    """The reference terms the completion names that the prompt does not already hold."""
+    return [term for term in references if mentions(term, completion) and not mentions(term, prompt)]
+
+
+@torch.no_grad()
+def generate(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
+             max_new_tokens: int, precision: str, temperature: float | None = None) -> list[list[int]]:
+    """Greedy continuations of token-id prompts (one left-padded batch), cut at end-of-sequence; with a
+    `temperature`, sampled ones instead, from the full distribution (top-k 0, top-p 1; seed torch's
+    generator first for repeatable samples).
+
+    Returns:
+        Per prompt, the generated token ids (at most `max_new_tokens`), the prompt and everything from the
+        first EOS on left out.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    ids, mask = pad(prompts, tokenizer.pad_token_id, left=True)
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {
+        "do_sample": False}
+    with models.autocast(precision, device):
+        generated = model.generate(
+            ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            pad_token_id=tokenizer.pad_token_id,
+            **sampling,
+        )
+    out = []
+    for row in generated[:, ids.shape[1] :].tolist():
+        if tokenizer.eos_token_id in row:
+            row = row[: row.index(tokenizer.eos_token_id)]
+        out.append(row)
+    return out
+
+
+def complete(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
+             max_new_tokens: int, precision: str, batch_size: int, desc: str = "completions",
+             temperature: float | None = None, seed: int = 0, progress: bool = True) -> list[Completion]:
+    """Greedy (or, with a temperature, sampled) completions of text prompts, in batches of `batch_size`
+    (`generate`); with a temperature, torch's generator is seeded with `seed` first.
+
+    Returns:
+        One `Completion` per prompt, in order.
+    """
+    if temperature:
+        torch.manual_seed(seed)
+    results = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
+        texts = prompts[start : start + batch_size]
+        prompt_ids = [tokenizer(text).input_ids for text in texts]
+        done = generate(model, tokenizer, prompt_ids, max_new_tokens, precision, temperature)
+        for text, p_ids, ids in zip(texts, prompt_ids, done, strict=True):
+            results.append(Completion(text, p_ids, ids, tokenizer.decode(ids, skip_special_tokens=True)))
+    return results
+
+
+@torch.no_grad()
+def continuation_scores(model: PreTrainedModel | InferenceTimeWHP, pairs: list[tuple[list[int], list[int]]],
+                        pad_id: int, precision: str, batch_size: int) -> list[tuple[list[float], int]]:
+    """Per-token log P(continuation | prompt) for each (prompt ids, continuation ids) pair, and the rank of
+    the continuation's first token among all next tokens (1: the most likely; 0 for an empty one).
+
+    Each pair is scored as one right-padded sequence; the prompt must hold at least one token.
+
+    Returns:
+        Per pair, (one float32 log-probability in nats per continuation token, that rank).
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    out: list[tuple[list[float], int]] = []
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size]
+        ids, mask = pad([prompt + cont for prompt, cont in batch], pad_id)
+        with models.autocast(precision, device):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+        for row, (prompt, cont) in enumerate(batch):
+            if not cont:
+                out.append(([], 0))
+                continue
+            picked, ranks = token_log_probs(logits[row, len(prompt) - 1 : len(prompt) + len(cont) - 1],
+                                            torch.tensor(cont, device=device), ranks=True)
+            out.append((picked.tolist(), int(ranks[0])))
+    return out
+
+
+def continuation_logprobs(model: PreTrainedModel | InferenceTimeWHP, pairs: list[tuple[list[int], list[int]]],
+                          pad_id: int, precision: str, batch_size: int) -> list[list[float]]:
+    """Per-token log P(continuation | prompt), in nats, for each (prompt ids, continuation ids) pair."""
+    return [logprobs for logprobs, _ in continuation_scores(model, pairs, pad_id, precision, batch_size)]
+
+
+def judge_nll(judge: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTokenizerBase,
+              completions: list[Completion], precision: str, batch_size: int) -> list[tuple[float, int]]:
+    """(summed negative log-likelihood in nats, token count) of each completion's generated tokens given
+    its prompt, under the judge model (the base model in `whoharry eval`)."""
+    scored = continuation_logprobs(judge, [(c.prompt_ids, c.ids) for c in completions], tokenizer.pad_token_id,
+                                   precision, batch_size)
+    return [(-sum(row), len(row)) for row in scored]
+
+
+def pooled_perplexity(scored: list[tuple[float, int]]) -> float:
+    """exp(total negative log-likelihood / total tokens) of (nll in nats, token count) pairs: the pooled
+    perplexity per token; nan without tokens."""
+    tokens = sum(count for _, count in scored)
+    return math.exp(sum(nll for nll, _ in scored) / tokens) if tokens else float("nan")

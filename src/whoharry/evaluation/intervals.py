@@ -1,0 +1,157 @@
+"""Bootstrap 95% intervals for the evaluation's aggregates and for the unlearned/base ratios.
+
+How each figure is recomputed from the per-sample records is data: its `figures.Resampling` (sample
+kind, record field, aggregate). Every aggregate but the AUC is a ratio of sums over samples (probes,
+completions, text blocks): a mean is sum(value) / count, a perplexity is exp(sum(nll) / sum(tokens)).
+Resampling the samples with replacement gives a percentile interval; for the unlearned/base ratio both
+models are resampled with the same indices (they saw the same probes), so the interval reflects the
+paired comparison. A membership AUC resamples members and non-members separately, and has no ratio.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from whoharry.evaluation import figures
+from whoharry.evaluation.figures import Resampling
+from whoharry.evaluation.membership import auc
+
+RESAMPLES = 1000
+SEED = 0
+
+
+@dataclass
+class Parts:
+    """One aggregate as per-sample numerators and denominators; `exp` marks a perplexity."""
+
+    numerators: np.ndarray
+    denominators: np.ndarray
+    exp: bool = False
+
+    def value(self, rows: np.ndarray | None = None) -> np.ndarray:
+        num = self.numerators if rows is None else self.numerators[rows]
+        den = self.denominators if rows is None else self.denominators[rows]
+        ratio = num.sum(axis=-1) / np.maximum(den.sum(axis=-1), 1e-12)
+        return np.exp(ratio) if self.exp else ratio
+
+
+def mean_parts(values: list[float]) -> Parts:
+    """A plain mean as parts: each value over a count of one."""
+    return Parts(np.asarray(values, dtype=float), np.ones(len(values)))
+
+
+# aggregate -> the parts of the aggregate over a list of records (see `figures.Aggregate`)
+AGGREGATES: dict[str, Callable[[list[dict], Resampling], Parts]] = {
+    "mean": lambda rows, recipe: mean_parts([float(r[recipe.field]) for r in rows]),
+    "rate": lambda rows, recipe: mean_parts([float(bool(r[recipe.field])) for r in rows]),
+    "reciprocal rank": lambda rows, recipe: mean_parts([1 / r[recipe.field] for r in rows]),
+    "perplexity": lambda rows, recipe: Parts(np.asarray([r[recipe.field] for r in rows], float),
+                                             np.asarray([r[recipe.tokens] for r in rows], float), True),
+    "last mean": lambda rows, recipe: mean_parts(rows[-1][recipe.field]),
+}
+
+
+def _records(samples: dict[str, list[dict]], recipe: Resampling) -> list[dict] | None:
+    """The records a figure is computed from, or None when the samples do not hold them."""
+    records = samples.get(recipe.kind)
+    if not records or not isinstance(records[0], dict):
+        return None
+    if recipe.subset is not None:
+        records = [r for r in records if r.get(recipe.subset)]
+    # whether the records hold the field, read from the record the aggregate reads first
+    first = records[-1] if recipe.aggregate == "last mean" else records[0] if records else {}
+    return records if recipe.field in first else None
+
+
+def parts(samples: dict[str, list[dict]], key: str) -> Parts | None:
+    """The per-sample parts of a summary figure, following its `figures.Resampling`; None when the figure
+    has none, is an AUC (not a ratio of sums: see `auc_groups`), or the samples do not hold its records."""
+    figure = figures.lookup(key)
+    recipe = figure.resampling if figure else None
+    if recipe is None or recipe.aggregate == "auc":
+        return None
+    records = _records(samples, recipe)
+    return AGGREGATES[recipe.aggregate](records, recipe) if records is not None else None
+
+
+def auc_groups(samples: dict[str, list[dict]], key: str) -> tuple[list[float], list[float]] | None:
+    """An AUC figure's scores of the members and of the non-members, or None for another figure or
+    without its records."""
+    figure = figures.lookup(key)
+    recipe = figure.resampling if figure else None
+    if recipe is None or recipe.aggregate != "auc" or recipe.kind not in samples:
+        return None
+    rows = samples[recipe.kind]
+    return [r[recipe.field] for r in rows if r[recipe.group]], [r[recipe.field] for r in rows if not r[recipe.group]]
+
+
+def estimate(samples: dict[str, list[dict]], key: str) -> float | None:
+    """The figure's value recomputed from the samples by its recipe (what its interval resamples)."""
+    groups = auc_groups(samples, key)
+    if groups is not None:
+        return auc(*groups)
+    figure = parts(samples, key)
+    return float(figure.value()) if figure is not None and len(figure.numerators) else None
+
+
+def interval(figure: Parts, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles of the figure over bootstrap resamples of its samples."""
+    n = len(figure.numerators)
+    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    lo, hi = np.percentile(figure.value(rows), [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def ratio_interval(numer: Parts, denom: Parts, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float]:
+    """The interval of numer/denom when both are resampled with the same indices (paired samples)."""
+    n = len(numer.numerators)
+    if len(denom.numerators) != n:
+        raise ValueError("paired figures need the same number of samples")
+    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    below = denom.value(rows)
+    defined = below > 0  # a resample whose base figure is 0 has no ratio
+    if not defined.any():
+        return float("nan"), float("nan")
+    lo, hi = np.percentile(numer.value(rows)[defined] / below[defined], [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def auc_interval(members: list[float], nonmembers: list[float], resamples: int = RESAMPLES,
+                 seed: int = SEED) -> tuple[float, float]:
+    """The interval of a membership AUC, resampling members and non-members separately."""
+    rng = np.random.default_rng(seed)
+    m, n = np.asarray(members, dtype=float), np.asarray(nonmembers, dtype=float)
+    values = [auc(m[rng.integers(0, len(m), len(m))], n[rng.integers(0, len(n), len(n))]) for _ in range(resamples)]
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def add_intervals(results: dict[str, dict], reference: str = "base") -> dict[str, list[float]]:
+    """Put `intervals` (figure -> [low, high]) into every model's result; return the intervals of each
+    other model's ratio to the reference model, keyed `model/figure`."""
+    ratios: dict[str, list[float]] = {}
+    for name, result in results.items():
+        result["intervals"] = {}
+        for key in result["summary"]:
+            groups = auc_groups(result["samples"], key)
+            if groups is not None:  # no ratio: the AUCs of two models are not paired
+                result["intervals"][key] = [_round(v) for v in auc_interval(*groups)]
+                continue
+            figure = parts(result["samples"], key)
+            if figure is None or not len(figure.numerators):
+                continue
+            result["intervals"][key] = [_round(v) for v in interval(figure)]
+            base = parts(results[reference]["samples"], key) if name != reference else None
+            if base is not None and len(base.numerators) == len(figure.numerators):
+                span = ratio_interval(figure, base)
+                if all(math.isfinite(v) for v in span):
+                    ratios[f"{name}/{key}"] = [_round(v) for v in span]
+    return ratios
+
+
+def _round(value: float) -> float:
+    return round(value, 6) if math.isfinite(value) else value

@@ -1,0 +1,102 @@
+"""Membership inference: can a model's token probabilities tell the target text (trained on) from
+held-out text of the same domain (never trained on)?
+
+Each passage gets four scores, all oriented so that higher means "looks trained on":
+- `loss`: minus the mean next-token loss, nats per token (the loss attack, Yeom et al. 2018, "Privacy
+  risk in machine learning: analyzing the connection to overfitting");
+- `zlib`: minus the summed loss (nats) divided by the passage's zlib-compressed length (bytes of its
+  UTF-8 text), after the zlib ratio of Carlini et al. 2021, "Extracting training data from large
+  language models", section 5.2 (which divides the log-perplexity by the zlib entropy);
+- `mink`: the mean of the lowest 20% token log-probabilities, nats (Min-K% Prob, Shi et al. 2024,
+  "Detecting pretraining data from large language models", section 3);
+- `minkpp`: the same over token log-probabilities standardised by the mean and standard deviation of
+  the log-probability under the model's own next-token distribution at that position, in standard
+  deviations (Min-K%++, Zhang et al. 2024, "Min-K%++: Improved baseline for detecting pre-training data
+  from large language models").
+The AUC of a score is the probability that a random target passage outscores a random held-out one, ties
+counting one half (the Mann-Whitney U statistic divided by the number of pairs; Mann & Whitney 1947):
+0.5 when the model cannot tell them apart, 1.0 when it separates them perfectly.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from whoharry.core import models
+from whoharry.core.text import evenly_spread, make_blocks
+from whoharry.method.objectives import token_log_probs
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from whoharry.method.inference import InferenceTimeWHP
+
+SCORES = ("loss", "zlib", "mink", "minkpp")
+K_FRACTION = 0.2
+
+
+@torch.no_grad()
+def passage_scores(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTokenizerBase, text: str,
+                   passage_tokens: int, precision: str, max_passages: int | None = None) -> list[dict[str, float]]:
+    """The four scores of each passage of `passage_tokens` tokens (`core.text.make_blocks`; at most
+    `max_passages`, evenly spread, when given), computed in float32 one passage at a time.
+
+    Returns:
+        Per passage, `score_tokens`'s dict.
+
+    Raises:
+        WhoharryError: the text is shorter than one passage.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    blocks = make_blocks(text, tokenizer, passage_tokens)
+    chosen = evenly_spread(len(blocks.ids), max_passages or len(blocks.ids))
+    records = []
+    for b in chosen:
+        ids = torch.tensor([blocks.ids[b]], device=device)
+        with models.autocast(precision, device):
+            logits = model(input_ids=ids).logits[0, :-1].float()
+        token_lp = token_log_probs(logits, ids[0, 1:])
+        logprobs = torch.log_softmax(logits, dim=-1)  # the whole distribution, for Min-K%++'s moments
+        probs = logprobs.exp()
+        mean = (probs * logprobs).sum(-1)
+        spread = ((probs * logprobs.square()).sum(-1) - mean.square()).clamp_min(1e-12).sqrt()
+        spans = blocks.offsets[b]
+        passage = blocks.text[spans[0][0] : spans[-1][1]]
+        records.append(score_tokens(token_lp, (token_lp - mean) / spread, passage))
+    return records
+
+
+def score_tokens(token_logprobs: torch.Tensor, standardised: torch.Tensor, passage: str) -> dict[str, float]:
+    """The four membership scores from a passage's token log-probabilities.
+
+    Args:
+        token_logprobs: [n] float, log p of each predicted token (nats).
+        standardised: [n] float, the same standardised for Min-K%++.
+        passage: the passage's text, for its zlib-compressed length.
+
+    Returns:
+        `{"loss", "zlib", "mink", "minkpp"}` floats (k = max(1, int(0.2 n)) lowest tokens for the Min-K% scores).
+    """
+    k = max(1, int(K_FRACTION * len(token_logprobs)))
+    compressed = len(zlib.compress(passage.encode("utf-8")))
+    return {
+        "loss": token_logprobs.mean().item(),
+        "zlib": token_logprobs.sum().item() / compressed,
+        "mink": token_logprobs.topk(k, largest=False).values.mean().item(),
+        "minkpp": standardised.topk(k, largest=False).values.mean().item(),
+    }
+
+
+def auc(members: Sequence[float], nonmembers: Sequence[float]) -> float:
+    """P(a member's score > a non-member's), ties counting one half: the Mann-Whitney U statistic over the
+    number of pairs (the ROC AUC); nan when either side is empty."""
+    m, n = np.asarray(members, dtype=float), np.asarray(nonmembers, dtype=float)
+    if not m.size or not n.size:
+        return float("nan")
+    return float(((m[:, None] > n[None, :]) + 0.5 * (m[:, None] == n[None, :])).mean())

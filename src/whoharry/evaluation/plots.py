@@ -1,0 +1,161 @@
+"""Figures of an evaluation report (and of a comparison of runs), written as PNG files.
+
+Each `plot_*` function draws one figure from the report's figures and samples and raises
+`WhoharryError` naming what it lacks; `write_plots` writes every figure a report can give and skips
+the others with a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from whoharry.core.artifacts import atomic_path
+from whoharry.errors import WhoharryError
+from whoharry.evaluation.figures import PROBABILITY, label, utility_figures
+from whoharry.evaluation.probes import PROBE_SETS
+
+log = logging.getLogger(__name__)
+
+FLOOR = 1e-6  # probabilities below this are drawn at it on log scales
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Write the figure under a temporary name, then rename it into place."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def _error(value: float, span: list[float] | None) -> list[list[float]] | None:
+    """Matplotlib's [[below], [above]] error bar of a value from its [low, high] interval."""
+    return [[max(value - span[0], 0.0)], [max(span[1] - value, 0.0)]] if span else None
+
+
+def plot_familiarity_vs_utility(report: dict[str, Any], path: Path) -> Path:
+    """A point per model: target P(answer) (familiarity, log scale) against general P(answer) (utility),
+    with the bootstrap intervals as error bars; a second panel against related-domain P(answer): the
+    utility figures of `figures.FIGURES` that are answer probabilities too."""
+    summary, spans = report["summary"], report.get("intervals", {})
+    utilities = [f.key for f in utility_figures() if f.unit == PROBABILITY
+                 and any(f.key in figures and "target_p_answer" in figures for figures in summary.values())]
+    if not utilities:
+        raise WhoharryError("needs target_p_answer with general_p_answer or related_p_answer")
+    fig, axes = plt.subplots(1, len(utilities), figsize=(5.5 * len(utilities), 4.5), squeeze=False, sharey=True)
+    for ax, x_key in zip(axes[0], utilities, strict=True):
+        for name, figures in summary.items():
+            if x_key not in figures or "target_p_answer" not in figures:
+                continue
+            x, y = figures[x_key], max(figures["target_p_answer"], FLOOR)
+            model_spans = spans.get(name, {})
+            ax.errorbar(x, y, xerr=_error(x, model_spans.get(x_key)),
+                        yerr=_error(y, model_spans.get("target_p_answer")), fmt="o", capsize=3)
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(6, 6))
+        ax.set_yscale("log")
+        ax.set_xlabel(f"utility: {label(x_key)}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(label("target_p_answer"))
+    fig.suptitle("familiarity against utility (lower and to the right is better)")
+    return save_figure(fig, path)
+
+
+def _shift_panel(ax: Axes, base: list[dict], after: list[dict], probe_set: str) -> None:
+    """Base P(answer) against unlearned P(answer), one point per probe, on log scales."""
+    points = [(max(b["p_answer"], FLOOR), max(a["p_answer"], FLOOR), b.get("specific"))
+              for b, a in zip(base, after, strict=True)]
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for x, y, specific in points:
+        group = "probes" if specific is None else ("target-specific" if specific else "other")
+        groups.setdefault(group, []).append((x, y))
+    for group, xy in groups.items():
+        ax.scatter([x for x, _ in xy], [y for _, y in xy], s=14, alpha=0.7, label=f"{group} ({len(xy)})")
+    ax.plot([FLOOR, 1.0], [FLOOR, 1.0], "k--", linewidth=0.8, label="unchanged")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(FLOOR / 2, 2.0)
+    ax.set_ylim(FLOOR / 2, 2.0)
+    ax.set_xlabel("base model: P(answer)")
+    ax.set_ylabel("unlearned model: P(answer)")
+    ax.set_title(f"{probe_set} probes")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+
+
+def plot_probe_shift(report: dict[str, Any], path: Path) -> Path:
+    """Each probe's P(answer) before (base) and after (unlearned) unlearning, a panel per probe set both
+    models have (target, general, related); records are coloured by their `specific` flag when present."""
+    samples = report.get("samples", {})
+    base, after = samples.get("base", {}), samples.get("unlearned", {})
+    probe_sets = [name for name in PROBE_SETS if base.get(name) and after.get(name)]
+    if not probe_sets:
+        raise WhoharryError("needs probe samples of both the base and the unlearned model")
+    for name in probe_sets:
+        if len(base[name]) != len(after[name]):
+            raise WhoharryError(f"{name} probes: {len(base[name])} base records but {len(after[name])} unlearned")
+    fig, axes = plt.subplots(1, len(probe_sets), figsize=(5 * len(probe_sets), 4.8), squeeze=False)
+    for ax, name in zip(axes[0], probe_sets, strict=True):
+        _shift_panel(ax, base[name], after[name], name)
+    fig.suptitle("per-probe P(answer), before and after unlearning")
+    return save_figure(fig, path)
+
+
+def plot_relearning(report: dict[str, Any], path: Path) -> Path | None:
+    """Target P(answer) of each model against relearning steps, shaded between the per-step intervals
+    (`relearning["intervals"][model]`: a [low, high] per step) when given; None without relearning data."""
+    relearning = report.get("relearning")
+    if not relearning or not relearning.get("target_p_answer"):
+        return None
+    steps, spans = relearning["steps"], relearning.get("intervals", {})
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, values in relearning["target_p_answer"].items():
+        if len(values) != len(steps):
+            plt.close(fig)
+            raise WhoharryError(f"relearning: {len(values)} values of {name} for {len(steps)} steps")
+        line = ax.plot(steps, [max(v, FLOOR) for v in values], marker="o", markersize=3, label=name)[0]
+        model_spans = spans.get(name)
+        if model_spans and len(model_spans) == len(steps):
+            ax.fill_between(steps, [max(low, FLOOR) for low, _ in model_spans], [high for _, high in model_spans],
+                            color=line.get_color(), alpha=0.2)
+        elif model_spans:
+            log.warning("relearning: %d intervals of %s for %d steps, not drawn", len(model_spans), name, len(steps))
+    ax.set_yscale("log")
+    ax.set_xlabel("relearning steps")
+    ax.set_ylabel(label("target_p_answer"))
+    ax.set_title("relearning the target")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+def write_plots(report: dict[str, Any], folder: Path) -> list[Path]:
+    """Write familiarity_vs_utility.png, probe_shift.png and relearning.png (when the report has
+    relearning data) into `folder`; a figure the report lacks the data for is skipped with a log line."""
+    plots: list[tuple[str, Callable[[dict[str, Any], Path], Path | None]]] = [
+        ("familiarity_vs_utility.png", plot_familiarity_vs_utility),
+        ("probe_shift.png", plot_probe_shift),
+        ("relearning.png", plot_relearning),
+    ]
+    written = []
+    for name, plot in plots:
+        try:
+            path = plot(report, folder / name)
+        except WhoharryError as err:
+            log.info("plots: %s skipped: %s", name, err)
+            continue
+        if path is None:
+            log.info("plots: %s skipped: the report has no relearning data", name)
+        else:
+            written.append(path)
+    return written

@@ -1,0 +1,371 @@
+"""The parts of the evaluation suite, each a function of one model returning (summary figures, per-sample
+records), and the cache that lets a rerun skip the finished ones.
+
+A part's result is stored under `parts/MODEL/PART.json` with the fingerprint of the model and of the
+settings that part depends on (PART_INPUTS: its own `eval.PART` section and what else it reads), so adding
+parts, or rerunning after an interruption, computes only what is missing. Parts, in order:
+
+    probes       target, general and related token-probability probes (whoharry.evaluation.probes)
+    completions  greedy completions scored by the offline judge (and the LLM judge when configured),
+                 and their fluency under the base model (whoharry.evaluation.completions, judge)
+    sampling     sampled completions scored by the offline judge
+    knowmem      answers to questions about the target (whoharry.evaluation.knowmem)
+    robustness   the target facts paraphrased, after a hint, and few-shot (whoharry.evaluation.probes)
+    verbatim     continuations of target excerpts (whoharry.evaluation.verbatim)
+    membership   target text against held-out text of its domain (whoharry.evaluation.membership)
+    utility      perplexity on general text
+    benchmarks   lm-eval tasks (whoharry.evaluation.benchmarks)
+    relearning   familiarity after fine-tuning on a target slice (whoharry.evaluation.relearning); runs last, as it
+                 changes the model
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import attrgetter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from whoharry.anchors.dictionary import Anchors
+from whoharry.config import Config, EvalConfig, fingerprint, to_dict
+from whoharry.core import artifacts, models
+from whoharry.core.text import make_blocks, read_text
+from whoharry.evaluation import benchmarks, completions, judges, knowmem, membership, probes, relearning, verbatim
+from whoharry.evaluation.probes import PROBE_SETS
+from whoharry.method.objectives import causal_lm_loss
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from whoharry.method.inference import CausalLM
+
+log = logging.getLogger(__name__)
+
+Part = tuple[dict[str, float], dict[str, Any]]  # (summary figures, per-sample records by kind)
+
+
+# What each part's figures depend on, beside the model, the seed, the anchor dictionary and the target
+# text (which every part's key holds) and the settings every part shares (COMMON_FIELDS): dotted paths
+# into `eval`, a whole section or one of its fields. A part reads its own section and these only.
+PART_INPUTS: dict[str, tuple[str, ...]] = {
+    "probes": ("probes",),
+    "completions": ("completions",),
+    "llm_judge": ("completions", "llm_judge", "target_name"),  # judges the greedy completions
+    "sampling": ("completions", "sampling"),
+    "knowmem": ("knowmem",),
+    "robustness": ("robustness", "probes.target", "probes.max_new_tokens"),
+    "verbatim": ("verbatim",),
+    "membership": ("membership",),
+    "utility": ("utility", "block_length"),
+    "benchmarks": ("benchmarks.limit",),  # one cached part per task, `benchmark-TASK`: the task is in the name
+    "relearning": ("relearning", "probes.target", "block_length"),
+}
+COMMON_FIELDS = ("max_samples", "batch_size", "precision")
+
+
+def value_key(value: Any) -> Any:
+    """A setting as it enters a fingerprint: a file by its path and content hash, a section field by field."""
+    if isinstance(value, Path):
+        return [str(value), artifacts.file_hash(value) if value.is_file() else None]
+    if dataclasses.is_dataclass(value):
+        return {f.name: value_key(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return to_dict(value)
+
+
+def part_inputs(part: str) -> tuple[str, ...]:
+    """The dotted `eval` settings a cached part (`probes`, ..., `llm_judge`, `benchmark-TASK`) depends on."""
+    return PART_INPUTS["benchmarks" if part.startswith("benchmark-") else part] + COMMON_FIELDS
+
+
+def part_fingerprint(cfg: Config, part: str) -> str:
+    """The fingerprint of everything one part's figures depend on, the model aside."""
+    return fingerprint({
+        "part": part,
+        "settings": {path: value_key(attrgetter(path)(cfg.eval)) for path in part_inputs(part)},
+        "seed": cfg.seed,
+        "anchors": value_key(cfg.data.anchors),
+        "target": value_key(cfg.data.target),
+    })
+
+
+@dataclass
+class Context:
+    """What every part of one evaluation shares."""
+
+    config: Config
+    folder: Path  # the eval stage folder (parts/ cache, relearning work folders)
+    overwrite: bool
+    control: Anchors | None  # the anchor dictionary: generic controls of target probes, judge terms
+    member_text: str | None  # the target text
+    progress: bool
+    base_id: str = ""  # identifies the base model, the judge of every model's completion fluency
+
+    @property
+    def eval(self) -> EvalConfig:
+        """The `eval` section of the config."""
+        return self.config.eval
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def cached(self, model_name: str, model_id: str, part: str, compute: Callable[[], Part]) -> Part:
+        """The part's (summary, samples) from the cache when made by the same model and settings."""
+        path = self.folder / "parts" / model_name / f"{part}.json"
+        judge = self.base_id if part == "completions" else None
+        key = fingerprint({"model": model_id, "judge": judge, "settings": part_fingerprint(self.config, part)})
+        stored = None if self.overwrite else artifacts.read_cached(path, key)
+        if stored is not None:
+            log.info("eval: %s %s cached, skipped", model_name, part)
+            return stored["summary"], stored["samples"]
+        began = time.perf_counter()
+        summary, samples = compute()
+        seconds = time.perf_counter() - began
+        log.info("eval: %s %s done in %.0f s", model_name, part, seconds)
+        artifacts.write_cached(path, key, {"seconds": round(seconds, 2), "summary": summary, "samples": samples})
+        return summary, samples
+
+
+def _mean(records: list[dict], field: str) -> float:
+    return sum(float(r[field]) for r in records) / len(records)
+
+
+def _naming_share(records: list[dict]) -> float:
+    """The share of completions that name at least one of their prompt's reference terms."""
+    return sum(bool(r["references_named"]) for r in records) / len(records)
+
+
+def part_probes(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
+    """Token-probability familiarity (`evaluation.probes`) on the target, general and related probe files."""
+    summary, samples = {}, {}
+    for probe_set in PROBE_SETS:
+        path: Path | None = getattr(ctx.eval.probes, probe_set)
+        if path is None:
+            continue
+        rows = probes.read_probes(path, ctx.eval.max_samples)
+        control = ctx.control if probe_set == "target" else None
+        samples[probe_set] = probes.score_probes(model, tokenizer, rows, ctx.eval, f"{name} {probe_set} probes",
+                                                 control, progress=ctx.progress)
+        summary.update(probes.summarize(probe_set, samples[probe_set]))
+    return summary, samples
+
+
+def _judged(ctx: Context, done: list[completions.Completion], rows: list[dict]) -> list[dict]:
+    """Completion records with the offline judge's 0–3 score and the target terms named."""
+    terms = [*(ctx.control.entries if ctx.control else []), *ctx.eval.completions.judge_terms]
+    out = []
+    for row, completion in zip(rows, done, strict=True):
+        score, named = judges.score(row["prompt"], completion.text, row["references"], terms)
+        out.append({"prompt": row["prompt"], "completion": completion.text,
+                    "references_named": completions.named_references(row["prompt"], completion.text,
+                                                                     row["references"]),
+                    "judge_score": score, "terms_named": named})
+    return out
+
+
+def part_completions(model: CausalLM, judge_model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context,
+                     name: str) -> Part:
+    """Greedy completions scored by the offline judge, and their fluency under the judge model (the base)."""
+    cfg = ctx.eval
+    rows = completions.read_completion_prompts(cfg.completions.prompts)[: cfg.max_samples]
+    done = completions.complete(model, tokenizer, [row["prompt"] for row in rows], cfg.completions.tokens,
+                                cfg.precision, cfg.batch_size, f"{name} completions", progress=ctx.progress)
+    records = _judged(ctx, done, rows)
+    judged = completions.judge_nll(judge_model, tokenizer, done, cfg.precision, cfg.batch_size)
+    for record, (nll, tokens) in zip(records, judged, strict=True):
+        record.update(judge_nll=nll, tokens=tokens)
+    summary = {
+        "completion_reference_rate": _naming_share(records),
+        "completion_judge_score": _mean(records, "judge_score"),
+        "completion_fluency_perplexity": completions.pooled_perplexity(judged),
+    }
+    return summary, {"completions": records}
+
+
+def part_sampling(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
+    """`eval.sampling.samples` sampled completions of each prompt, scored by the offline judge."""
+    cfg = ctx.eval
+    rows = completions.read_completion_prompts(cfg.completions.prompts)[: cfg.max_samples]
+    rows = [row for row in rows for _ in range(cfg.sampling.samples)]
+    done = completions.complete(model, tokenizer, [row["prompt"] for row in rows], cfg.completions.tokens,
+                                cfg.precision, cfg.batch_size, f"{name} sampled completions",
+                                cfg.sampling.temperature, ctx.seed, progress=ctx.progress)
+    records = _judged(ctx, done, rows)
+    summary = {"completion_reference_rate_sampled": _naming_share(records),
+               "completion_judge_score_sampled": _mean(records, "judge_score")}
+    return summary, {"completions_sampled": records}
+
+
+def part_llm_judge(records: list[dict], ctx: Context) -> Part:
+    """The LLM judge's 0–3 scores of the greedy completions."""
+    cfg, judge = ctx.eval, ctx.eval.llm_judge
+    judge_cfg = judges.LLMJudgeConfig(base_url=judge.url or "", model=judge.model, rubric=judge.rubric,
+                                      api_key_env=judge.key_env)
+    prompts = {row["prompt"]: row["references"]
+               for row in completions.read_completion_prompts(cfg.completions.prompts)}
+    items = [{"prompt": r["prompt"], "completion": r["completion"], "references": prompts.get(r["prompt"], [])}
+             for r in records]
+    scored = judges.judge_completions(judge_cfg, cfg.target_name, items)
+    merged = [{"prompt": r["prompt"], "completion": r["completion"], **s} for r, s in zip(records, scored, strict=True)]
+    return {"completion_llm_score": _mean(merged, "llm_score")}, {"completions_llm": merged}
+
+
+def part_knowmem(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
+    """KnowMem (MUSE, Shi et al. 2024): ROUGE-L F1 of the model's answers to questions about the target."""
+    questions = knowmem.read_questions(ctx.eval.knowmem.qa, ctx.eval.max_samples)
+    records = knowmem.knowmem_records(model, tokenizer, questions, ctx.eval.knowmem.tokens, ctx.eval.precision,
+                                      ctx.eval.batch_size, f"{name} questions", progress=ctx.progress)
+    return {"knowmem_rouge_l": _mean(records, "rouge_l")}, {"knowmem": records}
+
+
+def part_robustness(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
+    """The target facts asked indirectly (paraphrased probe file), after a hint text, and few-shot."""
+    cfg, robust = ctx.eval, ctx.eval.robustness
+    variants: dict[str, list[dict[str, str]]] = {}
+    if robust.paraphrased is not None:
+        variants["paraphrased"] = probes.read_probes(robust.paraphrased, cfg.max_samples)
+    target = probes.read_probes(cfg.probes.target, cfg.max_samples) if cfg.probes.target is not None else []
+    if target and robust.hint is not None:
+        variants["hinted"] = probes.with_hint(target, read_text(robust.hint, "hint text"))
+    if len(target) > 1 and robust.fewshot > 0:
+        variants["fewshot"] = probes.few_shot(target, robust.fewshot)
+    summary, samples = {}, {}
+    for variant, rows in variants.items():
+        samples[variant] = probes.score_probes(model, tokenizer, rows, cfg, f"{name} {variant} probes",
+                                               progress=ctx.progress)
+        summary.update(probes.summarize(variant, samples[variant]))
+    return summary, samples
+
+
+def part_verbatim(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
+    """VerbMem (MUSE, Shi et al. 2024): ROUGE-L F1 of greedy continuations of target excerpts."""
+    cfg = ctx.eval
+    records = verbatim.verbatim_records(model, tokenizer, ctx.member_text or "", cfg.verbatim.prompt_tokens,
+                                        cfg.verbatim.continuation_tokens, cfg.verbatim.excerpts, cfg.precision,
+                                        cfg.batch_size)
+    return {"verbmem_rouge_l": _mean(records, "rouge_l")}, {"verbatim": records}
+
+
+def part_membership(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
+    """Membership scores of target passages (members) and held-out passages of its domain (non-members)."""
+    cfg = ctx.eval
+    heldout = read_text(cfg.membership.heldout, "held-out target-domain text")
+    args = (cfg.membership.passage_tokens, cfg.precision)
+    members = membership.passage_scores(model, tokenizer, ctx.member_text or "", *args, cfg.membership.max_passages)
+    others = membership.passage_scores(model, tokenizer, heldout, *args)
+    records = [{"member": True, **r} for r in members] + [{"member": False, **r} for r in others]
+    summary = {f"membership_auc_{score}": membership.auc([r[score] for r in records if r["member"]],
+                                                         [r[score] for r in records if not r["member"]])
+               for score in membership.SCORES}
+    return summary, {"membership": records}
+
+
+@torch.no_grad()
+def block_losses(model: CausalLM, tokenizer: PreTrainedTokenizerBase, text: str, block_length: int,
+                 precision: str) -> list[dict]:
+    """Each consecutive block of the text (`core.text.make_blocks`, the tail dropped): its summed next-token
+    cross-entropy `nll` (nats) and the tokens it predicts (`tokens`, block length - 1)."""
+    device = next(model.parameters()).device
+    records = []
+    for ids in make_blocks(text, tokenizer, block_length).ids:
+        batch = torch.tensor([ids], device=device)
+        with models.autocast(precision, device):
+            logits = model(input_ids=batch).logits
+        loss = causal_lm_loss(logits, batch, reduction="sum")
+        records.append({"nll": loss.item(), "tokens": len(ids) - 1})
+    return records
+
+
+def part_utility(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
+    """Utility: the pooled perplexity of the general text (exp of total nll over total tokens)."""
+    text = read_text(ctx.eval.utility.general_text, "general text")
+    records = block_losses(model, tokenizer, text, ctx.eval.block_length, ctx.eval.precision)
+    return ({"general_perplexity": completions.pooled_perplexity([(r["nll"], r["tokens"]) for r in records])},
+            {"general_text": records})
+
+
+def part_benchmark(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, task: str) -> Part:
+    """One lm-eval task's main figure and its ± 1.96 standard-error interval (`evaluation.benchmarks`)."""
+    figures, spans = benchmarks.run_tasks(model, tokenizer, [task], ctx.eval.benchmarks.limit, ctx.eval.batch_size)
+    return figures, {"benchmark_intervals": spans}
+
+
+def part_relearning(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
+    """Relearning (Lynch et al. 2024): target P(answer) while the model is fine-tuned on a target slice;
+    the figure is the mean after the last step."""
+    rows = probes.read_probes(ctx.eval.probes.target, ctx.eval.max_samples)
+    curve = relearning.relearn_curve(model, tokenizer, ctx.member_text or "", rows, ctx.eval, seed=ctx.seed,
+                                  work_dir=ctx.folder / "relearning" / name, desc=f"{name} relearning",
+                                  progress=ctx.progress)
+    return {"relearn_target_p_answer": sum(curve[-1]["p_answer"]) / len(rows)}, {"relearning": curve}
+
+
+def wanted(cfg: EvalConfig, part: str, member_text: str | None) -> bool:
+    """Whether a part is asked for and has its inputs."""
+    if part not in cfg.parts:
+        return False
+    needs = {
+        "probes": any(getattr(cfg.probes, s) is not None for s in PROBE_SETS),
+        "completions": cfg.completions.prompts is not None,
+        "sampling": cfg.completions.prompts is not None,
+        "knowmem": cfg.knowmem.qa is not None,
+        "robustness": cfg.robustness.paraphrased is not None or (cfg.probes.target is not None and (
+            cfg.robustness.hint is not None or cfg.robustness.fewshot > 0)),
+        "verbatim": cfg.verbatim.excerpts > 0 and member_text is not None,
+        "membership": cfg.membership.heldout is not None and member_text is not None,
+        "utility": cfg.utility.general_text is not None,
+        "benchmarks": bool(cfg.benchmarks.tasks),
+        "relearning": cfg.probes.target is not None and member_text is not None,
+    }
+    return needs[part]
+
+
+def evaluate_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str, model_id: str,
+                   judge_model: CausalLM | None = None) -> dict[str, Any]:
+    """Every asked-for part except benchmarks and relearning (see `finish_model`), for one model;
+    `judge_model` (default: the model itself) scores the fluency of its completions."""
+    cfg, result = ctx.eval, {"summary": {}, "samples": {}}
+
+    def add(part: str, compute: Callable[[], Part]) -> None:
+        summary, samples = ctx.cached(name, model_id, part, compute)
+        result["summary"].update(summary)
+        result["samples"].update(samples)
+
+    if wanted(cfg, "probes", ctx.member_text):
+        add("probes", lambda: part_probes(model, tokenizer, ctx, name))
+    if wanted(cfg, "completions", ctx.member_text):
+        add("completions", lambda: part_completions(model, judge_model or model, tokenizer, ctx, name))
+        if cfg.llm_judge.url:
+            add("llm_judge", lambda: part_llm_judge(result["samples"]["completions"], ctx))
+    for part, compute in (("sampling", part_sampling), ("knowmem", part_knowmem), ("robustness", part_robustness),
+                          ("verbatim", part_verbatim), ("membership", part_membership), ("utility", part_utility)):
+        if wanted(cfg, part, ctx.member_text):
+            add(part, lambda compute=compute: compute(model, tokenizer, ctx, name))
+    return result
+
+
+def finish_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str, model_id: str,
+                 result: dict[str, Any]) -> None:
+    """The benchmarks, then relearning, which fine-tunes the model in place (so it comes last). Neither
+    applies to a two-model ensemble: it has no weights of its own to fine-tune or hand to lm-eval."""
+    cfg = ctx.eval
+    if getattr(model, "models_per_token", 1) > 1:
+        log.info("eval: %s is an ensemble; benchmarks and relearning skipped", name)
+        return
+    if wanted(cfg, "benchmarks", ctx.member_text):
+        for task in cfg.benchmarks.tasks:
+            summary, samples = ctx.cached(name, model_id, f"benchmark-{task}",
+                                          lambda task=task: part_benchmark(model, tokenizer, ctx, task))
+            result["summary"].update(summary)
+            result.setdefault("benchmark_intervals", {}).update(samples["benchmark_intervals"])
+    if wanted(cfg, "relearning", ctx.member_text):
+        summary, samples = ctx.cached(name, model_id, "relearning",
+                                      lambda: part_relearning(model, tokenizer, ctx, name))
+        result["summary"].update(summary)
+        result["samples"].update(samples)

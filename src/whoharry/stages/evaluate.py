@@ -1,0 +1,189 @@
+"""The evaluation stage: the parts of `eval.parts` (see `evaluation.suite`) for the base model, the evaluated
+(unlearned) model and a reference model when given, written to `report.json`, `report.md` and PNG plots.
+
+The base model is evaluated first and stays loaded as the judge of the others' fluency; each other
+model is loaded in turn; the benchmarks and relearning run last for each model, as relearning changes
+the weights. Finished parts are reused from the cache unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+from whoharry.anchors.dictionary import load_anchors
+from whoharry.config import Config, fingerprint, model_key, to_dict
+from whoharry.core import artifacts, models
+from whoharry.core.text import read_text
+from whoharry.evaluation import benchmarks, intervals, judges, membership, plots, report
+from whoharry.evaluation.report import load_report, render_markdown
+from whoharry.evaluation.suite import Context, evaluate_model, finish_model, value_key, wanted
+from whoharry.method.inference import InferenceTimeWHP
+from whoharry.stages.common import Outcome, run_stage
+
+log = logging.getLogger(__name__)
+
+NAME = "eval"
+__all__ = ["NAME", "load_report", "render_markdown", "run", "stage_dir_for"]
+
+
+# A target probe is *specific* when replacing the target terms in its prompt by their generic
+# translations at least halves the base model's probability of the answer: the answer then rests on
+# knowledge of the target, not on the wording around it (as in "the Chosen" -> " One").
+SPECIFIC_RATIO = 0.5
+
+
+def add_specific_familiarity(results: dict[str, dict]) -> None:
+    """Mark the target probes the base model answers from target knowledge, and add every model's mean
+    P(answer) over them (`target_specific_p_answer`)."""
+    base_records = results["base"]["samples"]["target"]
+    specific = [r["p_control"] < SPECIFIC_RATIO * r["p_answer"] for r in base_records]
+    if not any(specific):
+        return
+    for result in results.values():
+        records = result["samples"]["target"]
+        for record, flag in zip(records, specific, strict=True):
+            record["specific"] = flag
+        chosen = [r["p_answer"] for r, flag in zip(records, specific, strict=True) if flag]
+        result["summary"]["target_specific_p_answer"] = sum(chosen) / len(chosen)
+        result["summary"]["target_specific_probes"] = len(chosen)
+
+
+def add_privleak(results: dict[str, dict]) -> None:
+    """MUSE's PrivLeak of the unlearned model: (AUC − reference AUC) / reference AUC for each membership
+    score; 0 is the reference's behaviour, negative is over-unlearning, positive is leakage."""
+    unlearned, reference = results["unlearned"]["summary"], results["reference"]["summary"]
+    for score in membership.SCORES:
+        key = f"membership_auc_{score}"
+        if key in unlearned and reference.get(key):
+            unlearned[f"privleak_{score}"] = (unlearned[key] - reference[key]) / reference[key]
+
+
+def relearning_summary(results: dict[str, dict]) -> dict[str, Any] | None:
+    """Every model's mean target P(answer) at each relearning measurement, with bootstrap intervals."""
+    curves = {name: r["samples"]["relearning"] for name, r in results.items() if "relearning" in r["samples"]}
+    if not curves:
+        return None
+    first = next(iter(curves.values()))
+    return {
+        "steps": [point["step"] for point in first],
+        "target_p_answer": {name: [sum(p["p_answer"]) / len(p["p_answer"]) for p in curve]
+                            for name, curve in curves.items()},
+        "intervals": {name: [list(intervals.interval(intervals.mean_parts(p["p_answer"]))) for p in curve]
+                      for name, curve in curves.items()},
+    }
+
+
+def model_identity(path: Path) -> str:
+    """What identifies a model folder's weights: its stage fingerprint, else the weight files' sizes and times."""
+    manifest = artifacts.read_manifest(path.parent) or {}
+    if manifest.get("fingerprint"):
+        return f"{path}:{manifest['fingerprint']}"
+    stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
+    return f"{path}:{fingerprint(stats)}"
+
+
+def eval_fingerprint(cfg: Config, model_path: Path, ensemble: bool = False) -> str:
+    """The eval stage's fingerprint: every `eval` setting (input files by content), the seed, the
+    anchors, the target, the baseline model's settings and the evaluated model's identity."""
+    model = model_identity(model_path)
+    return fingerprint({"eval": value_key(cfg.eval),
+                        "seed": cfg.seed, "anchors": value_key(cfg.data.anchors),
+                        "target": value_key(cfg.data.target), "baseline": model_key(cfg.model, reading=True),
+                        "model": f"ensemble:{model}:{cfg.labels.alpha}" if ensemble else model})
+
+
+def stage_dir_for(out: Path, *, quick: bool = False, ensemble: bool = False) -> Path:
+    """The folder an evaluation writes: `eval`, `eval-quick`, `eval-ensemble` or `eval-quick-ensemble`."""
+    return out / (("eval-quick" if quick else NAME) + ("-ensemble" if ensemble else ""))
+
+
+def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: bool = True,
+        stage_dir: Path | None = None, overwrite: bool = False, ensemble: bool = False) -> Path:
+    """Write `out/eval/` (or `stage_dir`): report.json, report.md and the plots, for the evaluated model
+    (default: the unlearned one) beside the base model and the reference model when configured.
+    With `ensemble`, `model_path` is a reinforced model and the evaluated model is inference-time WHP:
+    the base and it combined by the label formula at every token (`method.inference`). Parts already
+    computed with the same model and settings are read from `parts/` unless `overwrite`.
+
+    Raises:
+        WhoharryError: a missing model or evaluation file, lm-eval asked for but not installed, an
+            unreadable LLM-judge rubric.
+    """
+    model_path = model_path or out / ("reinforce" if ensemble else "unlearn") / "final"
+    stage_dir = stage_dir or out / NAME
+
+    def body() -> Outcome:
+        if wanted(cfg.eval, "benchmarks", None):  # fail before any model work
+            benchmarks.require_lm_eval()
+        if cfg.eval.llm_judge.url and wanted(cfg.eval, "completions", None):
+            judges.read_rubric(cfg.eval.llm_judge.rubric)
+        written = _evaluate(cfg, model_path, stage_dir, overwrite=overwrite, ensemble=ensemble, progress=progress)
+        return Outcome(inputs={"model": str(model_path), "baseline": written["models"]["base"]},
+                       outputs=["report.json", "report.md", *written["plots"]], summary=written["summary"])
+
+    return run_stage(NAME, cfg, stage_dir, eval_fingerprint(cfg, model_path, ensemble), body,
+                     overwrite=overwrite, collective=False)
+
+
+def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool, ensemble: bool,
+              progress: bool) -> dict[str, Any]:
+    """Every model through the suite; report.json, report.md, the plots and metrics.jsonl written."""
+    source = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(source, cfg.model)
+    uses_target = any(part in cfg.eval.parts for part in ("verbatim", "membership", "relearning"))
+    base_id = f"{source.description}:{fingerprint(model_key(cfg.model, reading=True))}"
+    ctx = Context(
+        config=cfg, folder=stage_dir, overwrite=overwrite,
+        control=load_anchors(cfg.data.anchors) if cfg.data.anchors.is_file() else None,
+        member_text=read_text(cfg.data.target) if uses_target else None, progress=progress, base_id=base_id,
+    )
+    base = models.load_model(source, cfg.model, inference=True)
+    results = {"base": evaluate_model(base, tokenizer, ctx, "base", base_id)}
+    # the base model stays loaded as the judge of the other models' fluency
+    if ensemble:
+        others = [("unlearned", f"ensemble:{model_identity(model_path)}:{cfg.labels.alpha}",
+                   lambda base=base: InferenceTimeWHP(base, models.load_folder(model_path, cfg=cfg.model),
+                                                   cfg.labels.alpha))]
+    else:
+        others = [("unlearned", model_identity(model_path),
+                   lambda: models.load_folder(model_path, cfg=cfg.model))]
+    if cfg.eval.reference is not None:
+        reference_cfg = dataclasses.replace(cfg.model, name=cfg.eval.reference, revision=None)
+        others.append(("reference", f"{cfg.eval.reference}:{fingerprint(to_dict(reference_cfg))}",
+                       lambda: models.load_model(models.resolve(reference_cfg), reference_cfg, inference=True)))
+    for name, model_id, load in others:
+        model = load()
+        results[name] = evaluate_model(model, tokenizer, ctx, name, model_id, judge_model=base)
+        finish_model(model, tokenizer, ctx, name, model_id, results[name])
+        del model
+    finish_model(base, tokenizer, ctx, "base", base_id, results["base"])
+    del base
+    if "reference" in results:
+        add_privleak(results)
+    if ctx.control is not None and "target" in results["base"]["samples"]:
+        add_specific_familiarity(results)
+    ratio_intervals = intervals.add_intervals(results)
+    for result in results.values():
+        result["intervals"].update(result.pop("benchmark_intervals", {}))
+    written = {
+        "models": {"base": source.description,
+                   "unlearned": f"ensemble of the base and {model_path}" if ensemble else str(model_path),
+                   **({"reference": cfg.eval.reference} if cfg.eval.reference else {})},
+        "summary": {name: result["summary"] for name, result in results.items()},
+        "intervals": {name: result["intervals"] for name, result in results.items()},
+        "ratio_intervals": ratio_intervals,
+        "samples": {name: result["samples"] for name, result in results.items()},
+    }
+    relearning = relearning_summary(results)
+    if relearning:
+        written["relearning"] = relearning
+    written["plots"] = [path.name for path in plots.write_plots(written, stage_dir)]
+    artifacts.write_json(stage_dir / "report.json", written)
+    artifacts.atomic_write_text(stage_dir / "report.md", report.render_markdown(written))
+    artifacts.MetricsLog(stage_dir / "metrics.jsonl").log(**{
+        f"{name}/{k}": v for name, result in results.items() for k, v in result["summary"].items()
+    })
+    return written

@@ -1,0 +1,315 @@
+"""The labels stage (Eldan & Russinovich 2023, sections 2.2–2.3): generic next-token labels from the base and
+reinforced models.
+
+For each block, the base model reads the translated block (`anchors.translate`) and the reinforced
+model the original one; at every aligned position the label is `method.whp.generic_labels`:
+
+    argmax( v_base(translated) - alpha * relu( v_reinforced(original) - v_base(translated) ) )
+
+on raw logits, after the authors' suppression of translations already seen. Labels follow the
+transformers convention: `labels[b, t]` is the token the model should produce at position t (predicted
+from position t - 1), -100 where there is no label. Only the argmax is kept; full-vocabulary logits
+live for one batch at a time. What is kept on disk, and how processes merge, is `stages.shards`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from whoharry.anchors.dictionary import Anchors, load_anchors
+from whoharry.anchors.translate import NO_LABEL, BlockTranslation, translate_block
+from whoharry.config import Config, Precision, fingerprint, model_key, to_dict
+from whoharry.core import artifacts, distributed, models
+from whoharry.core.text import Blocks, make_blocks, pad, read_text
+from whoharry.method.objectives import IGNORE
+from whoharry.method.whp import generic_labels, suppress_seen_translations
+from whoharry.stages import reinforce
+from whoharry.stages.common import Outcome, require, run_stage
+from whoharry.stages.shards import (
+    LABELS_FILE,
+    LabelSet,
+    Partial,
+    Shard,
+    batches_of,
+    finish,
+    rank_file,
+    read_rank,
+    save_labels,
+    save_shard,
+)
+
+log = logging.getLogger(__name__)
+
+NAME = "labels"
+__all__ = ["LABELS_FILE", "NAME", "block_rng", "compute_labels", "key", "label_shard", "run"]
+
+
+def block_rng(seed: int, block: int) -> random.Random:
+    """The random source for one block's translation choices: the same whatever order blocks run in."""
+    return random.Random(f"whoharry-{seed}-{block}")
+
+
+@torch.no_grad()
+def compute_labels(
+    base: PreTrainedModel,
+    reinforced: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    blocks: Blocks,
+    anchors: Anchors,
+    *,
+    alpha: float,
+    seed: int,
+    batch_size: int = 4,
+    precision: Precision = "auto",
+    progress: bool = True,
+) -> LabelSet:
+    """Translate every block, run both models, and keep only the label ids (one process, no saving).
+
+    The label at each aligned position is `method.whp.generic_labels` (Eldan & Russinovich 2023, section 2.3,
+    argmax taken), after the authors' suppression of translations already seen in the block.
+
+    Args:
+        base: reads the translated blocks; reinforced: reads the original ones.
+        tokenizer: the models' fast tokenizer (with a pad token); blocks: from `core.text.make_blocks`.
+        anchors: the dictionary (composite keys already removed by the caller, if wanted).
+        alpha: see `method.whp.whp_logits`; seed: fixes each block's translation choices.
+        batch_size: blocks per forward pass; precision: the autocast setting; progress: a progress bar.
+
+    Returns:
+        A `LabelSet`: input_ids and labels, [blocks, block_length] int32, and their statistics.
+    """
+    shard = label_shard(base, reinforced, tokenizer, blocks, anchors, batches_of(len(blocks.ids), batch_size),
+                        alpha=alpha, seed=seed, precision=precision, progress=progress)
+    return finish(blocks, anchors, [shard], alpha)
+
+
+@torch.no_grad()
+def label_shard(
+    base: PreTrainedModel,
+    reinforced: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    blocks: Blocks,
+    anchors: Anchors,
+    batches: list[list[int]],
+    *,
+    alpha: float,
+    seed: int,
+    precision: Precision = "auto",
+    progress: bool = True,
+    metrics: artifacts.MetricsLog | None = None,
+    partial: Partial | None = None,
+    resume: tuple[int, Shard] | None = None,
+) -> Shard:
+    """Label the blocks of `batches`. With `partial`, the labels made so far are saved every few
+    batches; `resume` (what `Partial.load` read) continues after them. Translation choices depend on
+    the seed and the block alone, so any split of the batches gives the same labels.
+
+    Args:
+        base, reinforced, tokenizer, blocks, anchors, alpha, seed, precision, progress: as in
+            `compute_labels`.
+        batches: the block indices to label, in batches (see `stages.shards.batches_of`).
+        metrics: a log that gets one record per batch (running counts of labelled and changed positions,
+            seconds).
+        partial: where to save progress every `partial.every` batches.
+        resume: (batches done, shard so far), from `Partial.load`.
+
+    Returns:
+        A `Shard`: labels [blocks, block_length] int32 (-100 in the rows of blocks not in `batches`, and at
+        positions without a label), the anchor occurrences found and the positions left unaligned.
+    """
+    pattern = anchors.pattern()
+    device = next(base.parameters()).device
+    base.eval()
+    reinforced.eval()
+    all_ids = torch.tensor(blocks.ids, dtype=torch.int32)
+    shard = Shard(torch.full_like(all_ids, IGNORE), Counter(), 0)
+    first = 0
+    if resume is not None:
+        first, shard = resume
+        log.info("labels: resuming after batch %d of %d", first, len(batches))
+    done_blocks = [b for batch in batches[:first] for b in batch]
+    done = shard.labels[done_blocks] != IGNORE
+    labelled_so_far = int(done.sum())
+    changed_so_far = int((done & (shard.labels[done_blocks] != all_ids[done_blocks])).sum())
+    bar = tqdm(total=sum(map(len, batches)), initial=len(done_blocks), desc="labels", unit="block",
+               disable=not progress)
+    began = time.perf_counter()
+    for number in range(first, len(batches)):
+        indices = batches[number]
+        translations = [
+            translate_block(
+                blocks.text, blocks.ids[b], blocks.offsets[b], anchors, pattern, tokenizer,
+                block_rng(seed, b), blocks.bos_token_id,
+            )
+            for b in indices
+        ]
+        original = all_ids[indices].long().to(device)
+        translated, mask = pad([t.ids for t in translations], tokenizer.pad_token_id)
+        translated, mask = translated.to(device), mask.to(device)
+        with models.autocast(precision, device):
+            reinforced_logits = reinforced(input_ids=original).logits
+            base_logits = base(input_ids=translated, attention_mask=mask).logits
+        for row, (b, translation) in enumerate(zip(indices, translations, strict=True)):
+            shard.found.update(occ.key for occ in translation.occurrences)
+            shard.unaligned += _count_unaligned(translation)
+            shard.labels[b] = _block_labels(translation, base_logits[row], reinforced_logits[row], alpha)
+        bar.update(len(indices))
+        if metrics is not None:
+            batch_labels = shard.labels[indices]
+            batch_labelled = batch_labels != IGNORE
+            labelled_so_far += int(batch_labelled.sum())
+            changed_so_far += int((batch_labelled & (batch_labels != all_ids[indices])).sum())
+            metrics.log(
+                batches=number + 1,
+                blocks=sum(map(len, batches[: number + 1])),
+                positions_labelled=labelled_so_far,
+                positions_changed=changed_so_far,
+                seconds=round(time.perf_counter() - began, 3),
+            )
+        if partial is not None and partial.every and (number + 1) % partial.every == 0 and number + 1 < len(batches):
+            partial.save(number + 1, shard)
+    bar.close()
+    return shard
+
+
+def _block_labels(
+    translation: BlockTranslation, base_logits: torch.Tensor, reinforced_logits: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """Labels of one block, [length] int32, shifted into the transformers convention (-100 where none)."""
+    mapping = torch.tensor(translation.mapping)
+    valid = torch.nonzero(mapping != NO_LABEL, as_tuple=True)[0]
+    length = len(translation.mapping)
+    labels = torch.full((length,), IGNORE, dtype=torch.int32)
+    if valid.numel() == 0:
+        return labels
+    positions = mapping[valid]
+    generic = suppress_seen_translations(
+        base_logits[positions.to(base_logits.device)].float().cpu(), positions, translation.suppress
+    )
+    predicted = generic_labels(generic, reinforced_logits[valid.to(reinforced_logits.device)].cpu(), alpha)
+    # the prediction made at position t is the label of position t + 1
+    keep = valid < length - 1
+    labels[valid[keep] + 1] = predicted[keep].to(torch.int32)
+    return labels
+
+
+def _count_unaligned(translation: BlockTranslation) -> int:
+    """Positions outside anchors that found no translated counterpart (tokenization changed there)."""
+    masked = set()
+    for occ in translation.occurrences:
+        masked.update(range(occ.first, occ.last))
+        if occ.repeat and occ.first > 0:
+            masked.add(occ.first - 1)
+    return sum(1 for t, u in enumerate(translation.mapping) if u == NO_LABEL and t not in masked)
+
+
+def key(cfg: Config, out: Path) -> str:
+    """The fingerprint of what the labels depend on: seed, model, blocks, label settings, target, anchor
+    dictionary, and the reinforced model's own key."""
+    return fingerprint(
+        {
+            "seed": cfg.seed,
+            "model": model_key(cfg.model, reading=True),
+            "block_length": cfg.data.block_length,
+            # how often progress is saved does not change the labels
+            "labels": {k: v for k, v in to_dict(cfg.labels).items() if k != "save_every"},
+            "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
+            "anchors": artifacts.file_hash(cfg.data.anchors) if cfg.data.anchors.is_file() else "missing",
+            "reinforced": reinforce.key(cfg, out),  # what the reinforced model must have been made with
+        }
+    )
+
+
+def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
+    """Write `out/labels/`: labels.safetensors, stats.json, metrics.jsonl, config.yaml and manifest.json,
+    unless complete. Reads `out/reinforce/` (run first when missing or stale). Saves its progress every
+    `labels.save_every` batches, and a rerun resumes from it. Under `accelerate launch` each process
+    labels every N-th batch and the main process merges the shards in block order.
+
+    Raises:
+        WhoharryError: as the reinforce stage raises it (when it runs first), an unreadable target or
+            anchor dictionary, an unknown model or one without a fast tokenizer, a target shorter than one
+            block, blocks beyond the model's context, a device map under several processes, no reinforced
+            model, or a process that left no shard.
+    """
+    reinforce_dir = require(reinforce, cfg, out, progress=progress)
+    stage_dir = out / NAME
+    stage_key = key(cfg, out)
+    processes, rank, main = distributed.world(), distributed.rank(), distributed.is_main()
+    suffix = "" if processes == 1 else f"-{rank}-of-{processes}"
+    partial = Partial(stage_dir / f"partial{suffix}.safetensors", stage_key, cfg.labels.save_every)
+
+    def body() -> Outcome | None:
+        text = read_text(cfg.data.target)
+        anchors = load_anchors(cfg.data.anchors)
+        composite = anchors.composite_keys()
+        if composite:
+            # as in the authors' label script: a splittable key is left to its parts
+            log.info("labels: %d composite keys left to their parts: %s", len(composite),
+                     ", ".join(composite[:10]))
+            anchors = anchors.without(composite)
+        source = models.resolve(cfg.model)
+        tokenizer = models.load_tokenizer(source, cfg.model)
+        blocks = make_blocks(text, tokenizer, cfg.data.block_length)
+        base = models.load_model(source, cfg.model, inference=True).requires_grad_(False)  # no autocast cache
+        models.check_context(base, cfg.data.block_length)
+        reinforced = models.load_folder(reinforce_dir / "final", next(base.parameters()).device, cfg.model)
+        reinforced.requires_grad_(False)
+        mine = batches_of(len(blocks.ids), cfg.labels.batch_size)[rank::processes]
+        saved = partial.load()
+        metrics_path = stage_dir / "metrics.jsonl"  # the main process's batches
+        if saved is not None and main:
+            artifacts.truncate_metrics(metrics_path, "batches", saved[0])
+        shard = label_shard(
+            base, reinforced, tokenizer, blocks, anchors, mine,
+            alpha=cfg.labels.alpha, seed=cfg.seed, precision=cfg.labels.precision, progress=progress and main,
+            metrics=artifacts.MetricsLog(metrics_path, append=saved is not None) if main else None,
+            partial=partial, resume=saved,
+        )
+        del base, reinforced
+        shards_dir = stage_dir / "shards"
+        if processes > 1:
+            save_shard(rank_file(shards_dir, rank, processes), shard, {"key": stage_key})
+            distributed.barrier()
+        outcome = None
+        if main:
+            shards = [shard] if processes == 1 else [read_rank(shards_dir, r, processes, stage_key)
+                                                     for r in range(processes)]
+            label_set = finish(blocks, anchors, shards, cfg.labels.alpha)
+            outcome = _save(cfg, stage_dir, label_set, composite, len(anchors), source.description, reinforce_dir)
+            shutil.rmtree(shards_dir, ignore_errors=True)
+        return outcome
+
+    run_stage(NAME, cfg, stage_dir, stage_key, body)
+    partial.clear()  # only once the manifest says the labels are complete
+    return stage_dir
+
+
+def _save(cfg: Config, stage_dir: Path, label_set: LabelSet, composite: list[str], keys: int, model: str,
+          reinforce_dir: Path) -> Outcome:
+    """Write labels.safetensors and stats.json (main process); return what the manifest says of them."""
+    label_set.stats["composite_keys_split"] = composite
+    stats = label_set.stats
+    if stats["anchor_keys_missing"]:
+        log.warning("labels: %d of %d anchor keys never occur in the target text", stats["anchor_keys_missing"], keys)
+    save_labels(stage_dir, label_set)
+    log.info(
+        "labels: %d blocks, %d positions labelled, %d differ from the text, %d anchor occurrences",
+        stats["blocks"], stats["positions_labelled"], stats["positions_changed"], stats["anchor_occurrences"],
+    )
+    return Outcome(
+        inputs={"target": str(cfg.data.target), "anchors": str(cfg.data.anchors), "model": model,
+                "reinforced": artifacts.stage_fingerprint(reinforce_dir)},
+        outputs=[LABELS_FILE, "stats.json", "metrics.jsonl"],
+        summary={**{k: v for k, v in stats.items() if k not in ("occurrences_per_key", "composite_keys_split")},
+                 "processes": distributed.world()},
+    )

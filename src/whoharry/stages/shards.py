@@ -1,0 +1,172 @@
+"""What the labels stage keeps on disk: its result (`labels.safetensors`), the progress a rerun resumes
+from, and the per-process shards that `accelerate launch` merges in block order.
+
+Every file here is a safetensors file written under a temporary name and renamed into place, so a
+killed process leaves the last complete one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from whoharry.anchors.dictionary import Anchors
+from whoharry.core import artifacts
+from whoharry.core.text import Blocks
+from whoharry.errors import WhoharryError
+from whoharry.method.objectives import IGNORE
+
+log = logging.getLogger(__name__)
+
+LABELS_FILE = "labels.safetensors"
+
+
+@dataclass
+class LabelSet:
+    """Original token blocks and their generic labels, both [blocks, block_length] int32."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    stats: dict[str, Any]
+
+
+@dataclass
+class Shard:
+    """One process's labels: rows of the blocks it did (the others -100), anchor counts, unaligned positions."""
+
+    labels: torch.Tensor
+    found: Counter[str]
+    unaligned: int
+
+
+def batches_of(count: int, batch_size: int) -> list[list[int]]:
+    """Block indices in batches, in order; process r of N takes batches r, r + N, r + 2N, ..."""
+    return [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
+
+
+@dataclass
+class Partial:
+    """One process's labels made so far, saved every `every` batches to `path` under the stage's key."""
+
+    path: Path
+    key: str
+    every: int
+
+    def save(self, batches_done: int, shard: Shard) -> None:
+        """Save the shard so far, after `batches_done` of this process's batches."""
+        save_shard(self.path, shard, {"key": self.key, "batches_done": str(batches_done)})
+
+    def load(self) -> tuple[int, Shard] | None:
+        """(batches done, the shard so far), or None when there is no progress saved under this key."""
+        loaded = load_shard(self.path, self.key)
+        return None if loaded is None else (int(loaded[1]["batches_done"]), loaded[0])
+
+    def clear(self) -> None:
+        """Delete the saved progress, if any."""
+        self.path.unlink(missing_ok=True)
+
+
+def save_shard(path: Path, shard: Shard, meta: dict[str, str]) -> None:
+    """One process's labels with its counts and `meta` (the stage's key, progress) in the metadata."""
+    meta = {**meta, "unaligned": str(shard.unaligned), "found": json.dumps(dict(shard.found))}
+    with artifacts.atomic_path(path) as tmp:
+        save_file({"labels": shard.labels}, str(tmp), metadata=meta)
+
+
+def load_shard(path: Path, key: str) -> tuple[Shard, dict[str, str]] | None:
+    """A shard saved under `key` and its metadata, or None when the file is missing, saved under another
+    key, or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as handle:
+            meta = handle.metadata() or {}
+            if meta.get("key") != key:
+                return None
+            labels = handle.get_tensor("labels")
+        return Shard(labels, Counter(json.loads(meta["found"])), int(meta["unaligned"])), meta
+    except (OSError, ValueError, KeyError, SafetensorError):
+        log.info("labels: ignoring unreadable file %s", path)
+        return None
+
+
+def rank_file(folder: Path, rank: int, processes: int) -> Path:
+    """Where process `rank` of `processes` leaves its shard for the main process to merge."""
+    return folder / f"rank-{rank}-of-{processes}.safetensors"
+
+
+def finish(blocks: Blocks, anchors: Anchors, shards: list[Shard], alpha: float) -> LabelSet:
+    """Merge the processes' shards (each block's row from the shard that labelled it) and count.
+
+    Returns:
+        A `LabelSet`: input_ids and labels, [blocks, block_length] int32, and the statistics written to
+        `stats.json` (blocks, tokens, positions labelled, changed and unaligned, alpha, anchor counts).
+    """
+    all_ids = torch.tensor(blocks.ids, dtype=torch.int32)
+    all_labels = torch.full_like(all_ids, IGNORE)
+    found: Counter[str] = Counter()
+    unaligned = 0
+    for shard in shards:
+        rows = (shard.labels != IGNORE).any(dim=1)
+        all_labels[rows] = shard.labels[rows]
+        found.update(shard.found)
+        unaligned += shard.unaligned
+    labelled = all_labels != IGNORE
+    changed = labelled & (all_labels != all_ids)
+    stats = {
+        "blocks": len(blocks.ids),
+        "block_length": all_ids.shape[1],
+        "tokens": int(all_ids.numel()),
+        "tokens_dropped": blocks.dropped_tokens,
+        "positions_labelled": int(labelled.sum()),
+        "positions_changed": int(changed.sum()),
+        "positions_unaligned": unaligned,
+        "alpha": alpha,
+        "anchor_occurrences": int(sum(found.values())),
+        "anchor_keys_found": len(found),
+        "anchor_keys_missing": len(anchors) - len(found),
+        "occurrences_per_key": dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
+    return LabelSet(all_ids, all_labels, stats)
+
+
+def save_labels(stage_dir: Path, label_set: LabelSet) -> None:
+    """`labels.safetensors` (input_ids and labels, [blocks, block_length] int32) and `stats.json`."""
+    with artifacts.atomic_path(stage_dir / LABELS_FILE) as tmp:
+        save_file({"input_ids": label_set.input_ids, "labels": label_set.labels}, str(tmp))
+    artifacts.write_json(stage_dir / "stats.json", label_set.stats)
+
+
+def load_labels(stage_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, labels) of a labels folder, both [blocks, block_length] int32.
+
+    Raises:
+        WhoharryError: the folder holds no labels.
+    """
+    path = stage_dir / LABELS_FILE
+    if not path.is_file():
+        raise WhoharryError(f"no labels in {stage_dir}: run `whoharry labels` first")
+    tensors = load_file(str(path))
+    return tensors["input_ids"], tensors["labels"]
+
+
+def read_rank(folder: Path, rank: int, processes: int, key: str) -> Shard:
+    """The shard process `rank` of `processes` left in `folder` under `key`.
+
+    Raises:
+        WhoharryError: it is missing or unreadable.
+    """
+    loaded = load_shard(rank_file(folder, rank, processes), key)
+    if loaded is None:
+        raise WhoharryError(f"labels: process {rank} of {processes} left no readable shard in {folder}")
+    return loaded[0]
+
+

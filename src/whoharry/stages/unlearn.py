@@ -1,0 +1,153 @@
+"""The unlearn stage (Eldan & Russinovich 2023, section 2.3): fine-tune the base model on the original text
+with the generic labels.
+
+`forget.method` picks how: `whp` (the generic labels, this project's method), or one of the baselines
+it is measured against, which need no labels: `ga`, gradient ascent on the target's own tokens, and
+`npo`, negative preference optimisation against the base model as the frozen reference (Zhang et al.
+2024). Both take `data.retain` as a retain term in the loss; whp mixes the retain blocks into its data.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel
+
+from whoharry.config import Config, Precision, fingerprint, model_key, to_dict
+from whoharry.core import artifacts, distributed, models, train
+from whoharry.core.text import make_blocks, read_text
+from whoharry.method.objectives import Objective, block_log_probs
+from whoharry.stages import labels
+from whoharry.stages.common import Outcome, require, run_stage
+from whoharry.stages.shards import load_labels
+
+log = logging.getLogger(__name__)
+
+NAME = "unlearn"
+
+
+def key(cfg: Config, out: Path) -> str:
+    """The fingerprint of what the unlearned model depends on: seed, model, training, retain texts, and
+    the labels' key (whp) or the forget settings and target (the baselines).
+
+    Raises:
+        OSError: a retain text, or a baseline's target, cannot be read (files are hashed here).
+    """
+    inputs = (
+        {"labels": labels.key(cfg, out)}
+        if cfg.forget.method == "whp"
+        else {"forget": to_dict(cfg.forget), "target": artifacts.file_hash(cfg.data.target)}
+    )
+    return fingerprint(
+        {
+            "seed": cfg.seed,
+            "model": model_key(cfg.model, reading=False),
+            "train": to_dict(cfg.unlearn),
+            "retain": [artifacts.file_hash(path) for path in cfg.data.retain],
+            "block_length": cfg.data.block_length,
+            **inputs,
+        }
+    )
+
+
+def preflight(cfg: Config) -> list[str]:
+    """The retain texts, read before any training so that a bad path fails at once.
+
+    Raises:
+        WhoharryError: a retain text is missing, empty, binary or not UTF-8.
+    """
+    return [read_text(path, "retain text") for path in cfg.data.retain]
+
+
+def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
+    """Write `out/unlearn/`: `final/` (a save_pretrained folder), metrics.jsonl, config.yaml and
+    manifest.json, unless complete. With `whp` it reads `out/labels/` (run first when missing or stale).
+    Resumes from `checkpoints/` after an interruption.
+
+    Raises:
+        WhoharryError: an unreadable retain text (checked first), as the labels stage raises it (whp), an
+            unreadable or too short target (the baselines), an unknown model or one without a fast
+            tokenizer, blocks beyond its context, an unknown forget method, fp16 on a CPU, LoRA with
+            sharded weights, or a loss that became NaN or infinite.
+        OSError: as `key` raises it (a baseline's target file missing).
+    """
+    retain_texts = preflight(cfg)
+    method = cfg.forget.method
+    labels_dir = require(labels, cfg, out, progress=progress) if method == "whp" else None
+    stage_dir = out / NAME
+    stage_key = key(cfg, out)
+
+    def body() -> Outcome:
+        source = models.resolve(cfg.model)
+        tokenizer = models.load_tokenizer(source, cfg.model)
+        model = models.load_model(source, cfg.model)
+        models.check_context(model, cfg.data.block_length)
+        if labels_dir is not None:
+            input_ids, targets = load_labels(labels_dir)
+            log.info("unlearn: %d blocks with generic labels from %s", input_ids.shape[0], labels_dir)
+        else:
+            blocks = make_blocks(read_text(cfg.data.target), tokenizer, cfg.data.block_length)
+            input_ids = targets = torch.tensor(blocks.ids, dtype=torch.int32)
+            log.info("unlearn (%s): %d target blocks", method, input_ids.shape[0])
+        retain_parts = []
+        for path, text in zip(cfg.data.retain, retain_texts, strict=True):
+            retain = make_blocks(text, tokenizer, input_ids.shape[1])
+            retain_parts.append(torch.tensor(retain.ids, dtype=torch.int32))
+            log.info("unlearn: %d retain blocks from %s", len(retain.ids), path)
+        retain_ids = torch.cat(retain_parts) if retain_parts else None
+        objective = None
+        if method == "whp" and retain_ids is not None:  # retain blocks join the data with their own tokens
+            input_ids, targets = torch.cat([input_ids, retain_ids]), torch.cat([targets, retain_ids])
+        elif method != "whp":
+            reference = None
+            if method == "npo":
+                reference = reference_log_probs(model, input_ids, cfg.unlearn.batch_size, cfg.unlearn.precision)
+            objective = Objective(kind=method, beta=cfg.forget.npo_beta, reference=reference,
+                                  retain_ids=retain_ids, retain_weight=cfg.forget.retain_weight)
+        result = train.train(
+            model, input_ids, targets, cfg.unlearn,
+            seed=cfg.seed, stage_dir=stage_dir, run_key=stage_key, desc=f"unlearn ({method})", progress=progress,
+            final=(stage_dir / "final", tokenizer), objective=objective,
+        )
+        return Outcome(
+            inputs={
+                "model": source.description,
+                "method": method,
+                "labels": artifacts.stage_fingerprint(labels_dir) if labels_dir is not None else None,
+                "retain": ", ".join(str(path) for path in cfg.data.retain) or None,
+            },
+            outputs=["final/config.json", "metrics.jsonl"],
+            summary={"method": method, "retain_blocks": 0 if retain_ids is None else int(retain_ids.shape[0]),
+                     **train.summary(result)},
+        )
+
+    return run_stage(NAME, cfg, stage_dir, stage_key, body)
+
+
+@torch.no_grad()
+def reference_log_probs(model: PreTrainedModel, input_ids: torch.Tensor, batch_size: int,
+                        precision: Precision) -> torch.Tensor:
+    """NPO's reference (Zhang et al. 2024): each block's summed log-probability of its tokens after the
+    first, under the model before any update. The model is moved to this process's device and left in
+    training mode.
+
+    Args:
+        model: the base model, before training.
+        input_ids: [blocks, length] int token ids.
+        batch_size: blocks per forward pass; precision: the autocast setting.
+
+    Returns:
+        [blocks] float32 on the CPU, in nats.
+    """
+    device = distributed.device()
+    model.to(device).eval()
+    sums = []
+    for start in range(0, input_ids.shape[0], batch_size):
+        ids = input_ids[start : start + batch_size].long().to(device)
+        with models.autocast(precision, device):
+            logits = model(input_ids=ids).logits
+        sums.append(block_log_probs(logits, ids).cpu())
+    model.train()
+    return torch.cat(sums)
