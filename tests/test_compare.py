@@ -109,3 +109,20 @@ def test_duplicate_folder_names_are_told_apart(tmp_path):
     assert "| figure | base (sweep-a/final) | sweep-a/final | sweep-b/final | other |" in render_compare(data)
     same = [{"run": "x/runs/final"}, {"run": "y/runs/final"}]
     assert run_labels(same) == ["x/runs/final", "y/runs/final"]
+
+
+def test_a_collapsed_run_is_flagged_and_its_figures_print_as_inf_or_nan(tmp_path):
+    healthy = write_run(tmp_path / "whp", {"target_p_answer": 0.4, "general_perplexity": 20.0},
+                        {"target_p_answer": 0.2, "general_perplexity": 21.0})
+    destroyed = write_run(tmp_path / "ga", {"target_p_answer": 0.4, "general_perplexity": float("inf")},
+                          {"target_p_answer": 0.0, "general_perplexity": float("inf")})
+    huge = write_run(tmp_path / "npo", {"target_p_answer": 0.4, "general_perplexity": 20.0},
+                     {"target_p_answer": 0.1, "general_perplexity": 6.557e170})
+    data = compare([healthy, destroyed, huge])
+    assert "utility_collapse" not in data["runs"][0] and "utility_collapse" not in data["runs"][1]  # inf base
+    assert "perplexity on general text is 6.557e+170" in data["runs"][2]["utility_collapse"][0]
+    assert len(data["warnings"]) == 1
+    assert str(huge) in data["warnings"][0] and "utility collapsed" in data["warnings"][0]
+    text = render_compare(data)
+    assert table_row(text, "general_perplexity") == ["20", "21 (1.05×)", "inf (nan×)", "6.557e+170 (3.28e+169×)"]
+    assert data["warnings"][0] in text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from whoharry.errors import WhoharryError
 from whoharry.evaluation.completions import (
     Completion,
     complete,
+    end_token_ids,
+    generate,
     judge_nll,
     named_references,
     pooled_perplexity,
@@ -21,6 +24,7 @@ from whoharry.evaluation.completions import (
 )
 from whoharry.evaluation.probes import read_probes, score_probes
 from whoharry.evaluation.suite import Context, block_losses, part_completions, part_sampling
+from whoharry.method.inference import InferenceTimeWHP
 from whoharry.stages.evaluate import add_specific_familiarity
 
 from .conftest import make_copy_model
@@ -195,3 +199,74 @@ def test_part_cache_is_keyed_by_model_settings_and_the_fluency_judge(tmp_path):
     ctx.overwrite = True
     assert ctx.cached("unlearned", "m2", "probes", compute(9))[0] == {"figure": 9}
     assert calls == [1, 3, 4, 6, 7, 9]
+
+
+THE = " the"  # the copy model repeats a prompt's last token: after "... the" it writes " the" forever
+
+
+@pytest.mark.parametrize(
+    "declare",
+    [
+        lambda model, end: setattr(model.generation_config, "eos_token_id", [0, end]),  # a list (Gemma-style)
+        lambda model, end: setattr(model.generation_config, "eos_token_id", end),  # an int other than the tokenizer's
+        lambda model, end: setattr(model.config, "eos_token_id", end),  # only the model config names it
+    ],
+)
+def test_completions_end_at_every_end_token_the_model_declares(tokenizer, declare):
+    """A model whose end token is not the tokenizer's EOS: the completion stops there, and the padding that
+    generation put after it is neither kept nor judged."""
+    model = make_copy_model(len(tokenizer)).eval()
+    end = tokenizer(THE).input_ids[0]
+    declare(model, end)
+    done = complete(model, tokenizer, ["the river flows past the", "a b"], 8, "fp32", 2)
+    assert done[0].ids == [] and done[0].text == ""
+    assert done[1].ids and end not in done[1].ids and tokenizer.pad_token_id not in done[1].ids
+    assert judge_nll(model, tokenizer, done[:1], "fp32", 2) == [(0, 0)]
+
+
+def test_completions_end_at_padding(tokenizer):
+    """Padding (here not the EOS token) never counts as generated text."""
+    model = make_copy_model(len(tokenizer)).eval()
+    prompt = tokenizer("the river").input_ids + [tokenizer.pad_token_id]
+    assert generate(model, tokenizer, [prompt], 4, "fp32") == [[]]
+
+
+def test_the_two_model_pair_ends_at_its_base_models_end_tokens(tokenizer):
+    """`InferenceTimeWHP` has no config of its own and never stops early: its base model's end tokens cut."""
+    base, reinforced = make_copy_model(len(tokenizer)).eval(), make_copy_model(len(tokenizer)).eval()
+    end = tokenizer(THE).input_ids[0]
+    base.generation_config.eos_token_id = [0, end]
+    pair = InferenceTimeWHP(base, reinforced, 1.0)
+    prompts = [tokenizer("the river flows past the").input_ids, tokenizer("a b").input_ids]
+    cut = generate(pair, tokenizer, prompts, 5, "fp32")
+    assert cut[0] == [] and len(cut[1]) == 5
+    assert end_token_ids(pair, tokenizer) == {0, tokenizer.pad_token_id, end}
+
+
+def test_end_tokens_with_padding_equal_to_eos(tokenizer):
+    """SmolLM2 pads with its EOS token: one end token, and the declared ones beside it."""
+    model = make_copy_model(len(tokenizer)).eval()
+    model.generation_config.eos_token_id = [0, 7]
+    model.config.eos_token_id = 9
+    same = SimpleNamespace(eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    assert end_token_ids(model, same) == {0, 7, 9}
+    assert end_token_ids(model, tokenizer) == {0, 1, 7, 9}
+
+
+@pytest.mark.parametrize(
+    ("scored", "expected"),
+    [
+        ([(1000.0, 1)], math.inf),  # a collapsed model: over 709 nats a token overflows exp
+        ([(1e9, 100), (2.0, 1)], math.inf),
+        ([(float("inf"), 3)], math.inf),
+        ([(6.0, 3)], math.exp(2.0)),
+        ([(-0.0, 2)], 1.0),
+    ],
+)
+def test_pooled_perplexity_never_overflows(scored, expected):
+    assert pooled_perplexity(scored) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("scored", [[(float("nan"), 3)], [(2.0, 1), (float("nan"), 1)], [], [(0.0, 0)]])
+def test_pooled_perplexity_is_nan_only_for_nan_losses_or_no_tokens(scored):
+    assert math.isnan(pooled_perplexity(scored))

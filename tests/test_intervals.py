@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 
-from whoharry.evaluation.intervals import Parts, add_intervals, interval, parts, ratio_interval
+from whoharry.evaluation.intervals import Parts, add_intervals, interval, parts, percentiles, ratio_interval
 
 
 def test_interval_holds_the_mean_and_is_a_point_for_constant_samples():
@@ -79,3 +80,43 @@ def test_parts_follow_the_figure_table():
     assert auc_groups(samples, "membership_auc_loss") == ([-1.0], [-2.0, -0.5])
     assert estimate(samples, "membership_auc_loss") == pytest.approx(0.5)
     assert estimate(samples, "target_p_answer") is None and estimate(samples, "privleak_loss") is None
+
+
+@pytest.fixture()
+def no_warnings():
+    """Overflow, inf - inf and inf / inf warnings raise: none may turn a figure into a silent nan."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+def test_a_perplexity_past_exps_range_is_inf_and_its_interval_too(no_warnings):
+    collapsed = Parts(np.array([9000.0, 8000.0, 7500.0]), np.array([10.0, 10.0, 10.0]), exp=True)
+    assert collapsed.value() == math.inf
+    assert interval(collapsed) == (math.inf, math.inf)  # numpy's interpolation would make inf - inf = nan
+    base = Parts(np.array([30.0, 20.0, 25.0]), np.ones(3) * 10, exp=True)
+    assert ratio_interval(collapsed, base) == (math.inf, math.inf)
+    assert all(math.isnan(v) for v in ratio_interval(collapsed, collapsed))  # inf / inf
+    # some resamples overflow, some do not: the interval runs from a number to inf
+    mixed = Parts(np.array([20.0, 90000.0, 25.0, 30.0]), np.ones(4) * 10, exp=True)
+    low, high = interval(mixed)
+    assert math.isfinite(low) and high == math.inf
+
+
+def test_percentiles_of_infinite_and_nan_values(no_warnings):
+    assert percentiles(np.array([1.0, 2.0, 3.0])) == pytest.approx(tuple(np.percentile([1.0, 2.0, 3.0], [2.5, 97.5])))
+    assert percentiles(np.full(5, -math.inf)) == (-math.inf, -math.inf)
+    assert all(math.isnan(v) for v in percentiles(np.array([1.0, math.nan, math.inf])))
+
+
+def test_add_intervals_of_a_destroyed_model(no_warnings):
+    def result(nll: float) -> dict:
+        return {"summary": {"general_perplexity": math.exp(min(nll / 10, 700)) if nll < 7000 else math.inf},
+                "samples": {"general_text": [{"nll": nll, "tokens": 10}, {"nll": nll * 1.1, "tokens": 10}]}}
+
+    results = {"base": result(30.0), "unlearned": result(9000.0)}
+    ratios = add_intervals(results)
+    assert results["unlearned"]["intervals"]["general_perplexity"] == [math.inf, math.inf]
+    assert ratios["unlearned/general_perplexity"] == [math.inf, math.inf]
+    both = {"base": result(9000.0), "unlearned": result(9000.0)}
+    assert "unlearned/general_perplexity" not in add_intervals(both)  # inf / inf: no ratio interval

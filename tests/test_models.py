@@ -100,3 +100,47 @@ def test_an_alias_whose_parts_do_not_check_out_is_one_error(tmp_path, monkeypatc
     with pytest.raises(WhoharryError, match="sha256 did not match.*-part1"):
         models.resolve(ModelConfig(name="bad-270m"))
     sys.modules.pop("bad_parts_pkg")
+
+
+def test_a_gguf_conversion_is_cached_per_converter_version(tmp_path, monkeypatch, tokenizer, tiny_model_dir):
+    """A dequantised GGUF is reused only by the transformers and gguf versions that made it: a conversion
+    by a converter since fixed is not read again."""
+    from importlib import metadata
+
+    from transformers import AutoModelForCausalLM
+
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF tiny")
+    monkeypatch.setenv("WHOHARRY_CACHE", str(tmp_path / "cache"))
+    versions, real = {"transformers": "5.0.0", "gguf": "0.1.0"}, metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: versions.get(name) or real(name))
+    conversions = []
+
+    class Converter:  # stands for transformers reading the GGUF file: gives the tiny model
+        from_config = staticmethod(AutoModelForCausalLM.from_config)
+
+        @staticmethod
+        def from_pretrained(folder, gguf_file, **kwargs):
+            conversions.append(dict(versions))
+            return AutoModelForCausalLM.from_pretrained(tiny_model_dir, **kwargs)
+
+    class Tokenizers:
+        @staticmethod
+        def from_pretrained(folder, gguf_file, **kwargs):
+            return tokenizer
+
+    monkeypatch.setattr(models, "AutoModelForCausalLM", Converter)
+    monkeypatch.setattr(models, "AutoTokenizer", Tokenizers)
+    first = models.gguf_to_folder(gguf)
+    assert models.gguf_to_folder(gguf) == first and len(conversions) == 1  # cached
+    assert first.name.endswith("-transformers-5.0.0-gguf-0.1.0")
+    assert models.resolve(ModelConfig(name=str(gguf))).path == str(first)
+    folders = {first}
+    for package, version in (("gguf", "0.2.0"), ("transformers", "5.1.0")):
+        versions[package] = version
+        folder = models.gguf_to_folder(gguf)
+        assert folder not in folders and (folder / "config.json").is_file(), folder
+        folders.add(folder)
+    assert len(conversions) == 3 and all((folder / "config.json").is_file() for folder in folders)  # old ones kept
+    monkeypatch.setattr(metadata, "version", real)
+    assert models.converter_versions() == f"transformers-{real('transformers')}-gguf-{real('gguf')}"

@@ -157,3 +157,42 @@ def test_plot_comparison(tmp_path):
         lacking["runs"][0]["ratio"].pop(key)
     with pytest.raises(WhoharryError, match="no run has target_p_answer with a utility figure"):
         plot_comparison(lacking, tmp_path / "none.png")
+
+
+def test_points_that_are_not_finite_are_left_out_with_a_log_line(tmp_path, caplog):
+    """A destroyed model's nan probabilities and an infinite perplexity ratio do not stop the plots."""
+    report = make_report(relearning=True)
+    report["summary"]["unlearned"]["target_p_answer"] = float("nan")
+    report["intervals"]["base"]["general_p_answer"] = [float("nan"), float("inf")]
+    report["samples"]["unlearned"]["target"][1]["p_answer"] = float("nan")
+    report["relearning"]["target_p_answer"]["unlearned"][2] = float("nan")
+    report["relearning"]["intervals"]["unlearned"][2] = [float("nan"), float("nan")]
+    with caplog.at_level(logging.INFO, logger="whoharry.evaluation.plots"):
+        paths = write_plots(report, tmp_path)
+    assert [path.name for path in paths] == ["familiarity_vs_utility.png", "probe_shift.png", "relearning.png"]
+    assert "unlearned's target_p_answer or general_p_answer is not finite" in caplog.text
+    assert "1 target probes with a P(answer) that is not finite" in caplog.text
+    assert "relearning: 1 values of unlearned are not finite" in caplog.text
+
+
+def test_comparison_leaves_out_runs_whose_ratios_are_not_finite(tmp_path, caplog):
+    from whoharry.evaluation.compare import write_comparison
+
+    runs = []
+    for name, target, perplexity in (("gentle", 0.3, 21.0), ("destroyed", 0.0, float("inf")),
+                                     ("broken", float("nan"), float("nan"))):
+        report = make_report()
+        report["summary"]["base"] = {"target_p_answer": 0.4, "general_perplexity": 20.0}
+        report["summary"]["unlearned"] = {"target_p_answer": target, "general_perplexity": perplexity}
+        (tmp_path / name / "eval").mkdir(parents=True)
+        (tmp_path / name / "eval" / "report.json").write_text(json.dumps(report), encoding="utf-8")
+        runs.append(tmp_path / name)
+    with caplog.at_level(logging.INFO, logger="whoharry.evaluation.compare"):
+        assert png_size(plot_comparison(compare(runs), tmp_path / "comparison.png"))[0] > 100
+    assert "destroyed's ratios" in caplog.text and "broken's ratios" in caplog.text
+    # no run left to draw: compare.md and compare.json are written, the plot is skipped with a log line
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="whoharry.evaluation.compare"):
+        write_comparison(compare(runs[1:]), tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["compare.json", "compare.md"]
+    assert "compare.png skipped" in caplog.text

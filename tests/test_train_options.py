@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
@@ -157,3 +158,46 @@ def test_labels_with_bf16_weights_spread_by_a_device_map(project, tiny_model_dir
     assert torch.equal(labelled, two != -100)  # the same positions get labels
     agree = (one[labelled] == two[labelled]).float().mean().item()
     assert agree > 0.8, agree
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj", "lm_head"], ["q_proj", "v_proj", "embed_tokens"],
+                                     ["embed_tokens", "lm_head"], ["all-linear"]])
+def test_lora_on_a_tied_model_saves_the_model_it_trained(tmp_path, tokenizer, targets):
+    """Merging an adapter into a weight the embedding and the head share would change both: the saved
+    folder must compute what the adapted model computed while training, and say whether it is tied."""
+    ids, labels = _data()
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_config(len(tokenizer)))
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    probe = ids[:2].long()
+    trained = []
+
+    def capture(step: int) -> None:  # the model with its adapters, after the last step, before any merge
+        model.eval()
+        with torch.no_grad():
+            trained[:] = [model(input_ids=probe).logits]
+
+    cfg = TrainConfig(epochs=2, learning_rate=1e-2, batch_size=4, precision="fp32", warmup_ratio=0.0,
+                      lora_rank=4, lora_target_modules=targets)
+    folder = tmp_path / "final"
+    train(model, ids, labels, cfg, seed=0, stage_dir=tmp_path, run_key="tied", desc="tied", progress=False,
+          on_step=capture, final=(folder, tokenizer))
+    saved = AutoModelForCausalLM.from_pretrained(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(saved(input_ids=probe).logits, trained[0], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(input_ids=probe).logits, trained[0], rtol=1e-4, atol=1e-4)  # merged
+    tied = targets == ["all-linear"]  # peft leaves the output layer out of all-linear
+    config = json.loads((folder / "config.json").read_text())
+    assert config["tie_word_embeddings"] is tied and saved.config.tie_word_embeddings is tied
+    assert (saved.lm_head.weight is saved.model.embed_tokens.weight) is tied
+    weights = load_file(str(folder / "model.safetensors"))
+    assert ("lm_head.weight" in weights) is not tied and not any("lora" in name for name in weights)
+
+
+def test_all_linear_leaves_the_output_layer_out(tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(LlamaForCausalLM(tiny_config(len(tokenizer))),
+                           LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
+    adapted = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if hasattr(module, "lora_A")}
+    assert adapted == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}

@@ -1,8 +1,9 @@
 """`whoharry anchors check`: how a dictionary meets a text, before any model runs.
 
-Occurrences per key as the labels stage will match them (whole words, longest key first), keys that
-never match, keys that overlap (one inside another, so the shorter one loses those occurrences), the
-composite keys the labels stage leaves to their parts, and the share of the text's tokens covered.
+Occurrences per key as the labels stage will match them (whole words as `anchors.dictionary.term_pattern`
+decides for every script, longest key first), keys that never match, keys that overlap (one inside
+another, so the shorter one loses those occurrences), the composite keys the labels stage leaves to their
+parts, and the share of the text's tokens covered.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class CheckReport:
 def check(anchors: Anchors, text: str, tokenizer: PreTrainedTokenizerBase | None = None) -> CheckReport:
     """Match the dictionary against the text the way translation does (`Anchors.pattern`); with a
     `tokenizer`, count the text's tokens (no special tokens) and those inside a match (a token's leading
-    space may lie outside it). Keys in `occurrences` are ordered most frequent first."""
+    whitespace may lie outside it). Keys in `occurrences` are ordered most frequent first."""
     matches = list(anchors.pattern().finditer(text))
     occurrences = Counter(match.group(0) for match in matches)
     covered_chars = [(match.start(), match.end()) for match in matches]
@@ -83,7 +84,7 @@ def check(anchors: Anchors, text: str, tokenizer: PreTrainedTokenizerBase | None
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         spans = encoded["offset_mapping"]
         tokens = len(spans)
-        covered = sum(1 for start, end in spans if end > start and _inside((start, end), covered_chars))
+        covered = sum(1 for start, end in spans if end > start and _inside((start, end), covered_chars, text))
     return CheckReport(
         keys=len(anchors),
         occurrences={key: occurrences[key] for key in sorted(anchors.entries, key=lambda k: (-occurrences[k], k))},
@@ -115,10 +116,11 @@ def check_file(anchors_path: Path, text_path: Path, model: ModelConfig) -> Check
     return check(dictionary, target, tokenizer)
 
 
-def _inside(span: tuple[int, int], covered: list[tuple[int, int]]) -> bool:
-    """Whether a token's span lies within one of the sorted `covered` spans (its leading space may not)."""
+def _inside(span: tuple[int, int], covered: list[tuple[int, int]], text: str) -> bool:
+    """Whether a token's span lies within one of the sorted `covered` spans, but for a leading whitespace
+    character (a byte-level " Harry"); a token with any other character outside a match is not inside."""
     start, end = span
-    start += 1 if end - start > 1 else 0
+    start += 1 if end - start > 1 and text[start].isspace() else 0
     index = bisect.bisect_right(covered, (start, float("inf"))) - 1
     return index >= 0 and covered[index][0] <= start and end <= covered[index][1]
 

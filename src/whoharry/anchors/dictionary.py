@@ -2,13 +2,33 @@
 
 The YAML form is a mapping, `term: generic` or `term: [generic, ...]`. Terms are matched
 case-sensitively as whole words (not inside a longer word), the longest term first.
+
+What "a whole word" means is decided here once (`term_pattern`), for every place that matches a term:
+the labels stage, `anchors check` and the evaluation's mentions of reference terms.
+
+- A term whose first (last) character is of a script written with spaces between words (Latin, Greek,
+  Cyrillic, Hangul, Devanagari...) must not have a word character of such a script just before (after)
+  it: `Ron` is not found in `Ronald`. A combining mark (Unicode category M) counts as a word character,
+  so an Indic vowel sign or a decomposed accent does not end a word.
+- A term whose first (last) character is of a script written without spaces (`UNSPACED_SCRIPTS`: Han,
+  Hiragana, Katakana, Thai, Lao, Khmer, Myanmar...) needs no boundary on that side: such a text has none
+  to find, so `哈利` is found in `哈利去了霍格沃茨`. A Latin term next to such characters is found too
+  (`Harry` in `我和Harry去了`): they do not continue a Latin word.
+- On either kind, a match never ends right before a combining mark: it would cut a character off the
+  mark drawn on it (a Thai tone mark, an accent).
+
+The scripts without spaces are named by Unicode block below rather than by the Unicode Script property,
+which Python's `re` cannot read. Hangul is not among them: Korean puts spaces between words, though its
+particles attach to the noun before them (list `해리는`, `해리가` as keys of their own to catch those).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +36,85 @@ import yaml
 
 from whoharry.core.artifacts import atomic_write_text
 from whoharry.errors import WhoharryError
+
+# Unicode blocks of the scripts written without spaces between words: (first, last code point, name).
+UNSPACED_SCRIPTS: tuple[tuple[int, int, str], ...] = (
+    (0x0E00, 0x0E7F, "Thai"),
+    (0x0E80, 0x0EFF, "Lao"),
+    (0x0F00, 0x0FFF, "Tibetan"),
+    (0x1000, 0x109F, "Myanmar"),
+    (0x1780, 0x17FF, "Khmer"),
+    (0x1980, 0x19FF, "New Tai Lue, Khmer Symbols"),
+    (0x1A20, 0x1AAF, "Tai Tham"),
+    (0x1B00, 0x1B7F, "Balinese"),
+    (0x2E80, 0x2FDF, "CJK Radicals Supplement, Kangxi Radicals"),
+    (0x3005, 0x3007, "ideographic iteration mark, closing mark, number zero"),
+    (0x3021, 0x3029, "Hangzhou numerals"),
+    (0x3031, 0x3035, "kana repeat marks"),
+    (0x3038, 0x303C, "Hangzhou numerals, ideographic marks"),
+    (0x3040, 0x30FF, "Hiragana, Katakana"),
+    (0x3100, 0x312F, "Bopomofo"),
+    (0x31A0, 0x31BF, "Bopomofo Extended"),
+    (0x31F0, 0x31FF, "Katakana Phonetic Extensions"),
+    (0x3400, 0x4DBF, "CJK Unified Ideographs Extension A"),
+    (0x4E00, 0x9FFF, "CJK Unified Ideographs"),
+    (0xA000, 0xA4CF, "Yi"),
+    (0xA980, 0xA9FF, "Javanese, Myanmar Extended-B"),
+    (0xAA60, 0xAADF, "Myanmar Extended-A, Tai Viet"),
+    (0xF900, 0xFAFF, "CJK Compatibility Ideographs"),
+    (0xFF66, 0xFF9F, "Halfwidth Katakana"),
+    (0x1AFF0, 0x1B16F, "Kana Extended-A and -B, Kana Supplement, Small Kana Extension"),
+    (0x20000, 0x323AF, "CJK Unified Ideographs Extensions B to H, CJK Compatibility Ideographs Supplement"),
+)
+
+
+def is_unspaced(char: str) -> bool:
+    """Whether a character is of a script written without spaces between words (`UNSPACED_SCRIPTS`)."""
+    code = ord(char)
+    return any(first <= code <= last for first, last, _ in UNSPACED_SCRIPTS)
+
+
+@cache
+def script_classes() -> tuple[str, str, str]:
+    """Regex character-class bodies (no brackets): the scripts without spaces, all combining marks, and
+    the combining marks of the other scripts. The marks are read from `unicodedata` once, when first needed
+    (planes 0, 1 and 14 hold all of them)."""
+
+    def ranges(codes: list[int]) -> str:
+        spans: list[list[int]] = []
+        for code in codes:
+            if spans and code == spans[-1][1] + 1:
+                spans[-1][1] = code
+            else:
+                spans.append([code, code])
+        return "".join(f"\\U{first:08x}-\\U{last:08x}" for first, last in spans)
+
+    unspaced = "".join(f"\\U{first:08x}-\\U{last:08x}" for first, last, _ in UNSPACED_SCRIPTS)
+    marks = [code for code in (*range(0x20000), *range(0xE0000, 0xE1000))
+             if unicodedata.category(chr(code)).startswith("M")]
+    return unspaced, ranges(marks), ranges([code for code in marks if not is_unspaced(chr(code))])
+
+
+def term_pattern(terms: Iterable[str]) -> str:
+    """The regex source that finds any of `terms` (taken literally, the first listed first where several
+    match at one place) as a whole word, by the rule in this module's docstring. Compile it, with
+    `re.IGNORECASE` if wanted; `Anchors.pattern` and the evaluation's mentions use it.
+
+    Without terms, the pattern never matches.
+
+    Raises:
+        ValueError: an empty term (it would match everywhere).
+    """
+    listed = list(terms)
+    if not all(listed):
+        raise ValueError("an empty term matches everywhere")
+    if not listed:
+        return "(?!)"
+    unspaced, marks, spaced_marks = script_classes()
+    word = rf"[^\W{unspaced}]"  # a letter, digit or underscore of a script written with spaces
+    head = rf"(?:(?=[{unspaced}])|(?<!{word})(?<![{spaced_marks}]))"
+    tail = rf"(?![{marks}])(?:(?<=[{unspaced}])|(?!{word}))"
+    return head + "(?:" + "|".join(re.escape(term) for term in listed) + ")" + tail
 
 
 @dataclass(frozen=True)
@@ -26,9 +125,8 @@ class Anchors:
     entries: dict[str, tuple[str, ...]]
 
     def pattern(self) -> re.Pattern[str]:
-        """One regex for all terms, longest first, bounded so a term never matches inside a word."""
-        terms = sorted(self.entries, key=lambda term: (-len(term), term))
-        return re.compile(r"(?<!\w)(?:" + "|".join(re.escape(term) for term in terms) + r")(?!\w)")
+        """One regex for all terms, longest first, each found only as a whole word (`term_pattern`)."""
+        return re.compile(term_pattern(sorted(self.entries, key=lambda term: (-len(term), term))))
 
     def composite_keys(self) -> list[str]:
         """Keys the authors' label script drops as splittable: `X's` where `X` is a key, and keys of

@@ -5,6 +5,14 @@ that span of text is replaced (one random translation per key per block), and th
 tokenized afresh. An original position t is aligned with the translated token that ends at the same
 logical character, so the base model's prediction there continues the same (translated) prefix.
 
+Anchors are found in the whole text, not in the block alone (`_text_matches`): whether a key stands as a
+whole word depends on the characters on either side, and a block cut is not a word boundary (`Ron|ald`
+holds no `Ron`); a match that a block cut splits is not translated in either block. Before the first
+anchor the translated block keeps the original tokens (`_original_lead`): text tokenized on its own
+can start differently from the same text inside the whole (a SentencePiece dummy prefix, a byte-level
+`add_prefix_space`, a word or a character cut by the block start), and the base model must read there
+what the reinforced model read.
+
 Masking rules (the paper's, as in its published label script):
 - predictions from inside an anchor get no label; the anchor's last token maps to its translation's
   last token;
@@ -17,6 +25,7 @@ from __future__ import annotations
 import bisect
 import random
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
@@ -83,7 +92,8 @@ def translate_block(
     script does it).
 
     Args:
-        text: the whole text the offsets point into.
+        text: the whole text the offsets point into; anchors are matched in it whole, so a key stands as a
+            whole word in the block only where it does in the text.
         ids: the block's token ids; offsets: their (start, end) character spans (a BOS's is empty). The
             block needs at least one token with a non-empty span (`IndexError` otherwise).
         anchors: the dictionary; pattern: its `Anchors.pattern()`, compiled once by the caller.
@@ -136,9 +146,8 @@ def translate_block(
     encoded = tokenizer(translated, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     t_ids: list[int] = list(encoded["input_ids"])
     t_offsets: list[tuple[int, int]] = [tuple(span) for span in encoded["offset_mapping"]]
-    if adds_dummy_prefix(tokenizer):
-        lead_end = regions[0].start if regions else finish
-        t_ids, t_offsets = _original_lead(ids, offsets, content, begin, lead_end, t_ids, t_offsets)
+    lead_end = regions[0].start if regions else finish
+    t_ids, t_offsets = _original_lead(ids, offsets, content, begin, lead_end, t_ids, t_offsets)
     lead = 0
     if bos_token_id is not None:
         t_ids = [bos_token_id, *t_ids]
@@ -181,18 +190,15 @@ def translate_block(
     return BlockTranslation(translated, t_ids, mapping, occurrences, suppress)
 
 
-def adds_dummy_prefix(tokenizer: PreTrainedTokenizerBase) -> bool:
-    """Whether the tokenizer marks the start of any text it is given as a word start (SentencePiece's
-    dummy prefix, as in Llama 2): then "pt." alone becomes "▁pt", where inside "slept." it is "pt"."""
-    pieces = tokenizer.convert_ids_to_tokens(tokenizer("a", add_special_tokens=False).input_ids)
-    return bool(pieces) and pieces[0].startswith("▁")
-
-
 def _original_lead(ids: list[int], offsets: list[tuple[int, int]], content: list[int], begin: int, lead_end: int,
                    t_ids: list[int], t_offsets: list[tuple[int, int]]) -> tuple[list[int], list[tuple[int, int]]]:
     """The translated block's tokens with the unchanged text before its first anchor given back its
-    original tokens, up to the last token boundary the two tokenizations share there: a block that
-    starts mid-word must not gain a word-start marker."""
+    original tokens, up to the last token boundary the two tokenizations share there.
+
+    Whatever the tokenizer, a block that starts mid-word must not gain a word start: SentencePiece's dummy
+    prefix makes "pt." alone "▁pt" where inside "slept." it is "pt", a byte-level BPE with
+    `add_prefix_space` makes "atch" alone "Ġatch" (" atch") where inside "match" it is "atch", and any BPE
+    may merge a cut word or character differently. Where the two tokenizations agree, nothing changes."""
     cut = lead_end - begin  # no anchor before it, so the same position in the translated text
     original_ends = {offsets[i][1] - begin for i in content if offsets[i][1] <= lead_end}
     split, k = 0, 0  # the translated tokens [0, k) cover exactly [0, split)
@@ -209,14 +215,27 @@ def _original_lead(ids: list[int], offsets: list[tuple[int, int]], content: list
             [(offsets[i][0] - begin, offsets[i][1] - begin) for i in kept] + t_offsets[k:])
 
 
+@lru_cache(maxsize=2)
+def _text_matches(pattern: re.Pattern[str], text: str) -> tuple[list[int], list[tuple[int, int, str]]]:
+    """Every match of the pattern in the whole text, as `anchors check` finds them: (start, end, key) in
+    order, and their starts for bisecting. Kept for the last texts, so labelling a text's blocks one by one
+    searches it once."""
+    matches = [(match.start(), match.end(), match.group(0)) for match in pattern.finditer(text)]
+    return [start for start, _, _ in matches], matches
+
+
 def _find_regions(text: str, begin: int, finish: int, offsets: list[tuple[int, int]], content: list[int],
                   ends: list[int], pattern: re.Pattern[str]) -> list[_Region]:
-    """Anchor matches in the block, each widened to whole tokens; overlapping matches are skipped."""
+    """The whole text's anchor matches that lie inside [begin, finish), each widened to whole tokens; a
+    match the block's start or end cuts, and one overlapping an earlier region's tokens, is skipped."""
     regions: list[_Region] = []
     seen: set[str] = set()
     last_token = -1
-    for match in pattern.finditer(text, begin, finish):
-        ms, me = match.start(), match.end()
+    starts, matches = _text_matches(pattern, text)
+    for index in range(bisect.bisect_left(starts, begin), bisect.bisect_left(starts, finish)):
+        ms, me, key = matches[index]
+        if me > finish:
+            continue  # the block's end cuts the match
         # first content token ending after the match start, last one starting before its end
         k = bisect.bisect_right(ends, ms)
         if k >= len(content):
@@ -230,7 +249,6 @@ def _find_regions(text: str, begin: int, finish: int, offsets: list[tuple[int, i
         if first <= last_token or offsets[first][0] > ms or offsets[last][1] < me:
             continue
         start, end = offsets[first][0], offsets[last][1]
-        key = match.group(0)
         occ = Occurrence(key=key, value="", first=first, last=last, repeat=key in seen)
         seen.add(key)
         last_token = last

@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import os
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -120,15 +121,28 @@ def _assembled(name: str, package: str) -> Path:
     return target
 
 
+def converter_versions() -> str:
+    """The versions of the packages that dequantise a GGUF file, `transformers-X-gguf-Y` ("none" for one not
+    installed): part of the cache key, so a conversion made by an older converter is not reused."""
+    found = []
+    for package in ("transformers", "gguf"):
+        try:
+            found.append(f"{package}-{metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{package}-none")
+    return "-".join(found)
+
+
 def gguf_to_folder(gguf: Path) -> Path:
     """Dequantise a GGUF file once into a cached save_pretrained folder (float32 weights and the
-    tokenizer), `cache_dir()/models/STEM-HASH`; return that folder. A folder already holding
-    `config.json` and `tokenizer_config.json` is returned as is.
+    tokenizer), `cache_dir()/models/STEM-HASH-VERSIONS` (the file's hash, `converter_versions()`); return
+    that folder. A folder already holding `config.json` and `tokenizer_config.json` is returned as is; one
+    made by other versions of transformers or gguf is not used (it stays until deleted).
 
     Raises:
         Whatever transformers raises for a GGUF file it cannot read, or `OSError` writing the cache.
     """
-    target = cache_dir() / "models" / f"{gguf.stem}-{file_hash(gguf)}"
+    target = cache_dir() / "models" / f"{gguf.stem}-{file_hash(gguf)}-{converter_versions()}"
     if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
         return target
     log.info("converting %s to a transformers folder in %s (once)", gguf.name, target)

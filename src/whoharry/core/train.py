@@ -12,6 +12,13 @@ mean over every labelled token of the step, so N processes take the steps one pr
 What the loop minimises is its `Objective`: cross-entropy against the labels (reinforce, WHP
 unlearning), its negative (gradient ascent), or NPO's loss against a frozen reference; gradient
 ascent and NPO may add a retain term, the cross-entropy on retain blocks paired with each batch.
+
+The weights it updates must be fp32 (master weights; `precision` sets only the compute dtype): a model in
+bf16 or fp16 is refused, as updates smaller than a weight's rounding step would be lost. With LoRA, the
+adapters are merged into the saved model; an adapter on a layer whose weight is tied to another (`lm_head`
+or `embed_tokens` of a model with `tie_word_embeddings`) unties them first, so the saved folder computes
+exactly what was trained and its config says `tie_word_embeddings: false`. The default target `all-linear`
+leaves the output layer out (peft's rule), so it keeps a tied model tied.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import logging
 import math
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,7 +185,7 @@ def train(
         on_step: called with n after optimizer step n (for measurements, one process only; the model is
             put back in training mode after it).
         final: `(folder, tokenizer)`: write the trained model there as a save_pretrained folder (LoRA
-            merged in, sharded weights gathered).
+            merged in, a tied layer it adapted untied first; sharded weights gathered).
         objective: what to minimise; default cross-entropy against `labels` (`Objective()`).
 
     Returns:
@@ -185,9 +193,14 @@ def train(
         labelled token (nats), for `npo` the mean per block, plus the weighted retain term when there is one.
 
     Raises:
-        WhoharryError: fp16 on a CPU, LoRA with sharded weights, or a loss that became NaN or infinite
-            (the last checkpoint is kept).
+        WhoharryError: a trainable weight that is not fp32 (before anything is changed), fp16 on a CPU,
+            LoRA with sharded weights, or a loss that became NaN or infinite (the last checkpoint is kept).
     """
+    halved = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
+                     if p.requires_grad and p.dtype != torch.float32})
+    if halved:  # updates below a bf16 weight's rounding step would be lost: most weights would never move
+        raise WhoharryError(f"{desc}: training needs fp32 weights, this model's are {', '.join(halved)} "
+                            "(precision sets the compute dtype; load the model in fp32)")
     objective = objective or Objective()
     retain = objective.retain_ids
     acc = make_accelerator(cfg)
@@ -290,6 +303,7 @@ def _save_final(acc: Accelerator, wrapped: torch.nn.Module, tokenizer: PreTraine
     state_dict = acc.get_state_dict(wrapped) if distributed.sharded() else None  # every process gathers
     model = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
     if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the weights
+        _untie_adapted(model)
         model = model.merge_and_unload()
     model = getattr(model, "_orig_mod", model)
     if acc.is_main_process:
@@ -297,6 +311,21 @@ def _save_final(acc: Accelerator, wrapped: torch.nn.Module, tokenizer: PreTraine
             model.save_pretrained(tmp, state_dict=state_dict)
             tokenizer.save_pretrained(tmp)
     acc.wait_for_everyone()
+
+
+def _untie_adapted(model: torch.nn.Module) -> None:
+    """Give every LoRA-adapted layer whose weight is shared with another layer (an embedding tied to the
+    output head) its own copy, and mark the config untied: merging into a shared weight would change the
+    layer that was never adapted too. The frozen weights are equal, so the model computes the same."""
+    owners = Counter(id(param) for _, param in model.named_parameters(remove_duplicate=False))
+    for module in model.modules():
+        layer = getattr(module, "base_layer", None)
+        if layer is not None and owners[id(layer.weight)] > 1:
+            owners[id(layer.weight)] -= 1
+            layer.weight = torch.nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
+            config = model.get_base_model().config
+            config.tie_word_embeddings = config.get_text_config().tie_word_embeddings = False
+            log.info("LoRA adapts a tied layer: the saved model has untied input and output embeddings")
 
 
 def _save_checkpoint(root: Path, step: int, run_key: str, acc: Accelerator, scheduler: LRScheduler,

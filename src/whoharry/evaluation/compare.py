@@ -2,7 +2,8 @@
 
 `compare` reads every run's `eval/report.json`; `render_compare` turns the result into one markdown
 table, a row per listed figure of `figures.FIGURES` and a column per run; `plot_comparison` draws
-familiarity against each utility figure (`Figure.utility`).
+familiarity against each utility figure (`Figure.utility`). A run whose utility collapsed
+(`report.utility_collapse`) is named in a warning: its familiarity and privacy figures are noise.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 from whoharry.core import artifacts
 from whoharry.errors import WhoharryError
 from whoharry.evaluation import figures
-from whoharry.evaluation.plots import FLOOR, plt, save_figure
-from whoharry.evaluation.report import load_report
+from whoharry.evaluation.plots import FLOOR, finite, plt, save_figure
+from whoharry.evaluation.report import load_report, utility_collapse
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,8 @@ def ratios(unlearned: dict[str, float], base: dict[str, float]) -> dict[str, flo
 
 def compare(run_dirs: list[Path]) -> dict[str, Any]:
     """The unlearned and base summaries of each run's evaluation report, with their ratios. Runs whose
-    base model differs from the first run's are kept, and named in `warnings`."""
+    base model differs from the first run's are kept, and named in `warnings`, as are runs whose utility
+    collapsed (their reasons under `utility_collapse`)."""
     if not run_dirs:
         raise WhoharryError("no runs to compare: name at least one run folder")
     runs: list[dict[str, Any]] = []
@@ -37,8 +39,12 @@ def compare(run_dirs: list[Path]) -> dict[str, Any]:
         report = load_report(run_dir / "eval")
         summary = report["summary"]
         unlearned, base = summary.get("unlearned", {}), summary.get("base", {})
+        collapse = utility_collapse(summary)
         runs.append({"run": str(run_dir), "models": report["models"], "summary": unlearned, "base": base,
-                     "ratio": ratios(unlearned, base)})
+                     "ratio": ratios(unlearned, base), **({"utility_collapse": collapse} if collapse else {})})
+        if collapse:
+            warnings.append(f"{run_dir}: utility collapsed ({'; '.join(collapse)}); its familiarity and privacy "
+                            "figures are noise")
         first_base, this_base = runs[0]["models"].get("base"), report["models"].get("base")
         if this_base != first_base:
             warnings.append(f"{run_dir}: base model `{this_base}` differs from `{first_base}` of "
@@ -61,9 +67,11 @@ def run_labels(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def _cell(value: float | None, ratio: float | None = None) -> str:
+    """`value (ratio×)` with four and three significant digits; `inf` and `nan` as such."""
     if value is None:
         return ""
-    return f"{value:.4g} ({ratio:.3g}×)" if ratio is not None else f"{value:.4g}"
+    text = f"{value:.4g}"
+    return f"{text} ({ratio:.3g}×)" if ratio is not None else text
 
 
 def _escape(text: str) -> str:
@@ -103,9 +111,13 @@ def plot_comparison(data: dict[str, Any], path: Path) -> Path:
     labels = run_labels(data["runs"])
     panels = []
     for key in (figure.key for figure in figures.utility_figures()):
-        points = sorted((run["ratio"][key], max(run["ratio"]["target_p_answer"], FLOOR), label)
-                        for run, label in zip(data["runs"], labels, strict=True)
-                        if key in run["ratio"] and "target_p_answer" in run["ratio"])
+        held = [(run["ratio"][key], run["ratio"]["target_p_answer"], label)
+                for run, label in zip(data["runs"], labels, strict=True)
+                if key in run["ratio"] and "target_p_answer" in run["ratio"]]
+        points = sorted((x, max(y, FLOOR), label) for x, y, label in held if finite(x, y))
+        for x, y, label in held:
+            if not finite(x, y):
+                log.info("compare: %s's ratios (%s %s, target_p_answer %s) are not finite, not drawn", label, key, x, y)
         if points:
             panels.append((key, points))
     if not panels:
@@ -127,7 +139,11 @@ def plot_comparison(data: dict[str, Any], path: Path) -> Path:
 
 
 def write_comparison(data: dict[str, Any], folder: Path) -> None:
-    """compare.json, compare.md and compare.png of `compare(...)`'s result in `folder`."""
+    """compare.json, compare.md and compare.png of `compare(...)`'s result in `folder`; the plot is skipped
+    with a log line when no run has finite ratios to draw."""
     artifacts.write_json(folder / "compare.json", data)
     artifacts.atomic_write_text(folder / "compare.md", render_compare(data))
-    plot_comparison(data, folder / "compare.png")
+    try:
+        plot_comparison(data, folder / "compare.png")
+    except WhoharryError as err:
+        log.info("compare: compare.png skipped: %s", err)

@@ -6,6 +6,11 @@ reference when the term appears in it (case-insensitive, as whole words) and not
 
 Fluency is the perplexity of the completion tokens given the prompt, scored by a fixed judge model
 (the base model): an unlearned model that forgets by writing gibberish gets a high figure.
+
+A text prompt is generated from without its trailing spaces and tabs (`generation_prompt`; a final
+newline stays): a prompt ending in a lone space token makes the first generated token one the model
+never writes there. A continuation ends at the first end token the model or tokenizer declares, or at
+padding (`end_token_ids`), so no padding is judged.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
+from whoharry.anchors.dictionary import term_pattern
 from whoharry.core import models
 from whoharry.core.text import pad, read_jsonl
 from whoharry.method.objectives import token_log_probs
@@ -31,36 +37,47 @@ if TYPE_CHECKING:
 
 @dataclass
 class Completion:
-    """A prompt, its token ids (as the tokenizer encodes it, special tokens included), the generated ids
-    and their decoded text (special tokens skipped)."""
+    """A prompt (as given), the token ids the model read (its `generation_prompt`, as the tokenizer encodes
+    it, special tokens included), the generated ids and their decoded text (special tokens skipped)."""
 
     prompt: str
     prompt_ids: list[int]
-    ids: list[int]  # generated tokens, without padding or the end-of-sequence token
+    ids: list[int]  # generated tokens, before the first end token or padding (`end_token_ids`)
     text: str
 
 
+def has_text(value: object) -> bool:
+    """Whether a file's field holds something besides whitespace (what every prompt, answer and question
+    needs: a blank one would be scored or generated from as nothing)."""
+    return bool(value) and bool(str(value).strip())
+
+
 def read_completion_prompts(path: Path) -> list[dict]:
-    """Read a completion file; every line needs a prompt and a list of reference terms (non-empty strings).
+    """Read a completion file; every line needs a prompt and a list of reference terms, none of them blank
+    (empty or only whitespace); the prompt is kept as written.
 
     Returns:
-        `{"prompt": str, "references": [str, ...]}` per line, in file order.
+        `{"prompt": str, "references": [str, ...]}` per line, in file order; the terms without surrounding
+        whitespace (a term is matched as whole words, so a space around it would only hide it).
 
     Raises:
         WhoharryError: as `core.text.read_jsonl` raises it (a missing or empty file, a bad line).
     """
     def valid(row: dict) -> bool:
-        refs = row.get("references")
-        return bool(row.get("prompt")) and isinstance(refs, list) and all(isinstance(r, str) and r for r in refs)
+        refs, prompt = row.get("references"), row.get("prompt")
+        return has_text(prompt) and isinstance(refs, list) and all(isinstance(r, str) and has_text(r) for r in refs)
 
-    rows = read_jsonl(path, "completion prompt file", valid, '{"prompt": ..., "references": [terms...]}')
-    return [{"prompt": str(row["prompt"]), "references": list(row["references"])} for row in rows]
+    rows = read_jsonl(path, "completion prompt file", valid,
+                      '{"prompt": ..., "references": [terms...]} (none blank)')
+    return [{"prompt": str(row["prompt"]), "references": [term.strip() for term in row["references"]]}
+            for row in rows]
 
 
 def mentions(term: str, text: str, ignore_case: bool = True) -> bool:
-    """Whether the text holds the term as whole words (not inside a longer word)."""
+    """Whether the text holds the term as whole words (not inside a longer word), by the one rule the anchors
+    are matched with (`anchors.dictionary.term_pattern`: in scripts written without spaces, no boundary)."""
     flags = re.IGNORECASE if ignore_case else 0
-    return re.search(rf"(?<!\w){re.escape(term)}(?!\w)", text, flags=flags) is not None
+    return re.search(term_pattern([term]), text, flags=flags) is not None
 
 
 def named_references(prompt: str, completion: str, references: list[str]) -> list[str]:
@@ -68,16 +85,44 @@ def named_references(prompt: str, completion: str, references: list[str]) -> lis
     return [term for term in references if mentions(term, completion) and not mentions(term, prompt)]
 
 
+# Whitespace at a line's end that is not a line break: what `generation_prompt` strips.
+_TRAILING_BLANKS = re.compile(r"[^\S\n\r\v\f\x1c-\x1e\x85\u2028\u2029]+\Z")
+
+
+def generation_prompt(text: str) -> str:
+    """The text a prompt is generated from: without trailing horizontal whitespace (spaces, tabs and their
+    Unicode kin); a line break at the end, and anything before it, stays."""
+    return _TRAILING_BLANKS.sub("", text)
+
+
+def _token_ids(value: object) -> set[int]:
+    """The token ids of a declared end token: an int, a list or tuple of ints, or None (no ids)."""
+    values = value if isinstance(value, list | tuple) else [value]
+    return {v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+
+
+def end_token_ids(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Every token that ends a generated continuation: the tokenizer's EOS and padding token, and the end
+    tokens the model declares, `generation_config.eos_token_id` (an int or a list: models with several end
+    tokens) and `config.eos_token_id`. A model pair without a config of its own (`InferenceTimeWHP`) is
+    looked up through its `base` model."""
+    ids = _token_ids(tokenizer.eos_token_id) | _token_ids(tokenizer.pad_token_id)
+    for source in (model, getattr(model, "base", None)):
+        ids |= _token_ids(getattr(getattr(source, "generation_config", None), "eos_token_id", None))
+        ids |= _token_ids(getattr(getattr(source, "config", None), "eos_token_id", None))
+    return ids
+
+
 @torch.no_grad()
 def generate(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
              max_new_tokens: int, precision: str, temperature: float | None = None) -> list[list[int]]:
-    """Greedy continuations of token-id prompts (one left-padded batch), cut at end-of-sequence; with a
+    """Greedy continuations of token-id prompts (one left-padded batch), cut at the first end token; with a
     `temperature`, sampled ones instead, from the full distribution (top-k 0, top-p 1; seed torch's
     generator first for repeatable samples).
 
     Returns:
         Per prompt, the generated token ids (at most `max_new_tokens`), the prompt and everything from the
-        first EOS on left out.
+        first end token or padding (`end_token_ids`) on left out.
     """
     device = next(model.parameters()).device
     model.eval()
@@ -92,11 +137,11 @@ def generate(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTok
             pad_token_id=tokenizer.pad_token_id,
             **sampling,
         )
+    ends = end_token_ids(model, tokenizer)
     out = []
     for row in generated[:, ids.shape[1] :].tolist():
-        if tokenizer.eos_token_id in row:
-            row = row[: row.index(tokenizer.eos_token_id)]
-        out.append(row)
+        cut = next((i for i, token in enumerate(row) if token in ends), len(row))
+        out.append(row[:cut])
     return out
 
 
@@ -104,7 +149,8 @@ def complete(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTok
              max_new_tokens: int, precision: str, batch_size: int, desc: str = "completions",
              temperature: float | None = None, seed: int = 0, progress: bool = True) -> list[Completion]:
     """Greedy (or, with a temperature, sampled) completions of text prompts, in batches of `batch_size`
-    (`generate`); with a temperature, torch's generator is seeded with `seed` first.
+    (`generate`), each prompt read as its `generation_prompt`; with a temperature, torch's generator is
+    seeded with `seed` first.
 
     Returns:
         One `Completion` per prompt, in order.
@@ -114,7 +160,7 @@ def complete(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTok
     results = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
         texts = prompts[start : start + batch_size]
-        prompt_ids = [tokenizer(text).input_ids for text in texts]
+        prompt_ids = [tokenizer(generation_prompt(text)).input_ids for text in texts]
         done = generate(model, tokenizer, prompt_ids, max_new_tokens, precision, temperature)
         for text, p_ids, ids in zip(texts, prompt_ids, done, strict=True):
             results.append(Completion(text, p_ids, ids, tokenizer.decode(ids, skip_special_tokens=True)))
@@ -167,6 +213,12 @@ def judge_nll(judge: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTo
 
 def pooled_perplexity(scored: list[tuple[float, int]]) -> float:
     """exp(total negative log-likelihood / total tokens) of (nll in nats, token count) pairs: the pooled
-    perplexity per token; nan without tokens."""
+    perplexity per token; inf when that overflows a float (a collapsed model, above ~709 nats a token),
+    nan when a loss is nan or there are no tokens."""
     tokens = sum(count for _, count in scored)
-    return math.exp(sum(nll for nll, _ in scored) / tokens) if tokens else float("nan")
+    if not tokens:
+        return math.nan
+    try:
+        return math.exp(sum(nll for nll, _ in scored) / tokens)
+    except OverflowError:
+        return math.inf

@@ -6,6 +6,11 @@ completions, text blocks): a mean is sum(value) / count, a perplexity is exp(sum
 Resampling the samples with replacement gives a percentile interval; for the unlearned/base ratio both
 models are resampled with the same indices (they saw the same probes), so the interval reflects the
 paired comparison. A membership AUC resamples members and non-members separately, and has no ratio.
+
+A destroyed model's figures may be infinite (a perplexity whose mean loss is past exp's range) or nan:
+perplexities overflow to inf without a warning, percentiles of infinite values are those values (numpy's
+interpolation would make inf - inf = nan of them), a ratio inf / inf is nan, and an interval whose
+resamples hold a nan is nan.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from whoharry.evaluation.membership import auc
 
 RESAMPLES = 1000
 SEED = 0
+QUANTILES = (2.5, 97.5)
 
 
 @dataclass
@@ -36,7 +42,27 @@ class Parts:
         num = self.numerators if rows is None else self.numerators[rows]
         den = self.denominators if rows is None else self.denominators[rows]
         ratio = num.sum(axis=-1) / np.maximum(den.sum(axis=-1), 1e-12)
-        return np.exp(ratio) if self.exp else ratio
+        if not self.exp:
+            return ratio
+        with np.errstate(over="ignore"):  # a mean loss past ~709 nats is an infinite perplexity
+            return np.exp(ratio)
+
+
+def percentiles(values: np.ndarray) -> tuple[float, float]:
+    """The 2.5th and 97.5th percentiles (numpy's linear interpolation) of values that may be infinite:
+    between two equal infinite values the percentile is that value, not inf - inf = nan; nan when any
+    value is nan."""
+    values = np.asarray(values, dtype=float)
+    if np.isfinite(values).all():
+        lo, hi = np.percentile(values, QUANTILES)
+        return float(lo), float(hi)
+    if np.isnan(values).any():
+        return float("nan"), float("nan")
+    lower, higher = np.percentile(values, QUANTILES, method="lower"), np.percentile(values, QUANTILES, method="higher")
+    with np.errstate(invalid="ignore"):  # inf - inf between equal neighbours: replaced below
+        linear = np.percentile(values, QUANTILES)
+    lo, hi = np.where(lower == higher, lower, linear)
+    return float(lo), float(hi)
 
 
 def mean_parts(values: list[float]) -> Parts:
@@ -102,12 +128,12 @@ def interval(figure: Parts, resamples: int = RESAMPLES, seed: int = SEED) -> tup
     """The 2.5th and 97.5th percentiles of the figure over bootstrap resamples of its samples."""
     n = len(figure.numerators)
     rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    lo, hi = np.percentile(figure.value(rows), [2.5, 97.5])
-    return float(lo), float(hi)
+    return percentiles(figure.value(rows))
 
 
 def ratio_interval(numer: Parts, denom: Parts, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float]:
-    """The interval of numer/denom when both are resampled with the same indices (paired samples)."""
+    """The interval of numer/denom when both are resampled with the same indices (paired samples); a
+    resample whose denominator is 0 or nan has no ratio, nan when none has one."""
     n = len(numer.numerators)
     if len(denom.numerators) != n:
         raise ValueError("paired figures need the same number of samples")
@@ -116,8 +142,8 @@ def ratio_interval(numer: Parts, denom: Parts, resamples: int = RESAMPLES, seed:
     defined = below > 0  # a resample whose base figure is 0 has no ratio
     if not defined.any():
         return float("nan"), float("nan")
-    lo, hi = np.percentile(numer.value(rows)[defined] / below[defined], [2.5, 97.5])
-    return float(lo), float(hi)
+    with np.errstate(invalid="ignore"):  # inf / inf is nan
+        return percentiles(numer.value(rows)[defined] / below[defined])
 
 
 def auc_interval(members: list[float], nonmembers: list[float], resamples: int = RESAMPLES,
@@ -126,13 +152,13 @@ def auc_interval(members: list[float], nonmembers: list[float], resamples: int =
     rng = np.random.default_rng(seed)
     m, n = np.asarray(members, dtype=float), np.asarray(nonmembers, dtype=float)
     values = [auc(m[rng.integers(0, len(m), len(m))], n[rng.integers(0, len(n), len(n))]) for _ in range(resamples)]
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)
+    return percentiles(np.asarray(values))
 
 
 def add_intervals(results: dict[str, dict], reference: str = "base") -> dict[str, list[float]]:
     """Put `intervals` (figure -> [low, high]) into every model's result; return the intervals of each
-    other model's ratio to the reference model, keyed `model/figure`."""
+    other model's ratio to the reference model, keyed `model/figure` (infinite bounds kept, a nan interval
+    left out)."""
     ratios: dict[str, list[float]] = {}
     for name, result in results.items():
         result["intervals"] = {}
@@ -148,7 +174,7 @@ def add_intervals(results: dict[str, dict], reference: str = "base") -> dict[str
             base = parts(results[reference]["samples"], key) if name != reference else None
             if base is not None and len(base.numerators) == len(figure.numerators):
                 span = ratio_interval(figure, base)
-                if all(math.isfinite(v) for v in span):
+                if not any(math.isnan(v) for v in span):
                     ratios[f"{name}/{key}"] = [_round(v) for v in span]
     return ratios
 

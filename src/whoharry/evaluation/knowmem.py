@@ -4,7 +4,8 @@ the model, scored by ROUGE-L F1 (Lin 2004) of its answer against the true one, o
 
 A question file holds JSONL lines `{"question": ..., "answer": ...}`. Each question is asked after two
 solved general-knowledge questions that show the format, and the model's greedy answer runs to the end
-of its first line.
+of its first line. The question is written on one line, its whitespace runs (tabs, newlines, several
+spaces) read as one space, so the prompt always ends `Question: ...\nAnswer:` however the file spaces it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ FORMAT = (
 
 
 def read_questions(path: Path, limit: int | None = None) -> list[dict[str, str]]:
-    """Read a question file (its first `limit` rows when given); every line needs a question and an answer.
+    """Read a question file (its first `limit` rows when given); every line needs a question and an answer,
+    neither blank (empty or only whitespace); the fields are kept as written.
 
     Returns:
         `{"question": str, "answer": str}` per row, in file order.
@@ -38,14 +40,16 @@ def read_questions(path: Path, limit: int | None = None) -> list[dict[str, str]]
     Raises:
         WhoharryError: as `core.text.read_jsonl` raises it (a missing or empty file, a bad line).
     """
-    rows = read_jsonl(path, "question file", lambda row: bool(row.get("question") and row.get("answer")),
-                      '{"question": ..., "answer": ...}')
+    rows = read_jsonl(path, "question file",
+                      lambda row: completions.has_text(row.get("question")) and completions.has_text(row.get("answer")),
+                      '{"question": ..., "answer": ...} (neither blank)')
     return [{"question": str(row["question"]), "answer": str(row["answer"])} for row in rows[:limit]]
 
 
 def prompt_for(question: str) -> str:
-    """The question after the two solved ones of `FORMAT`, ending in `Answer:`."""
-    return f"{FORMAT}Question: {question.strip()}\nAnswer:"
+    """The question, on one line (each whitespace run one space), after the two solved ones of `FORMAT`,
+    ending in `Answer:`."""
+    return f"{FORMAT}Question: {' '.join(question.split())}\nAnswer:"
 
 
 def knowmem_records(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTokenizerBase,

@@ -16,6 +16,10 @@ Each passage gets four scores, all oriented so that higher means "looks trained 
 The AUC of a score is the probability that a random target passage outscores a random held-out one, ties
 counting one half (the Mann-Whitney U statistic divided by the number of pairs; Mann & Whitney 1947):
 0.5 when the model cannot tell them apart, 1.0 when it separates them perfectly.
+
+Models may mask vocabulary rows with `-inf` logits: a token of probability 0 adds 0 to Min-K%++'s moments
+(never 0 · -inf = nan), and a predicted token of probability 0 scores -inf. A nan that still arises (a
+model whose logits are nan) stays nan: in the scores, and in the AUC of any scores holding one.
 """
 
 from __future__ import annotations
@@ -62,14 +66,36 @@ def passage_scores(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrai
         with models.autocast(precision, device):
             logits = model(input_ids=ids).logits[0, :-1].float()
         token_lp = token_log_probs(logits, ids[0, 1:])
-        logprobs = torch.log_softmax(logits, dim=-1)  # the whole distribution, for Min-K%++'s moments
-        probs = logprobs.exp()
-        mean = (probs * logprobs).sum(-1)
-        spread = ((probs * logprobs.square()).sum(-1) - mean.square()).clamp_min(1e-12).sqrt()
+        mean, spread = log_prob_moments(logits)
         spans = blocks.offsets[b]
         passage = blocks.text[spans[0][0] : spans[-1][1]]
         records.append(score_tokens(token_lp, (token_lp - mean) / spread, passage))
     return records
+
+
+def log_prob_moments(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and standard deviation of log p under each position's own next-token distribution, for
+    Min-K%++; a token of probability 0 (a `-inf` logit) contributes 0, not 0 · -inf = nan.
+
+    Args:
+        logits: [n, vocab] float32.
+
+    Returns:
+        [n] means and [n] standard deviations (at least 1e-6), nats.
+    """
+    logprobs = torch.log_softmax(logits, dim=-1)
+    probs = logprobs.exp()
+    possible = probs > 0
+    mean = torch.where(possible, probs * logprobs, 0.0).sum(-1)
+    second = torch.where(possible, probs * logprobs.square(), 0.0).sum(-1)
+    return mean, (second - mean.square()).clamp_min(1e-12).sqrt()
+
+
+def _lowest_mean(values: torch.Tensor, k: int) -> float:
+    """The mean of the k lowest values; nan when any value is nan (topk would pass over it)."""
+    if values.isnan().any():
+        return float("nan")
+    return values.topk(k, largest=False).values.mean().item()
 
 
 def score_tokens(token_logprobs: torch.Tensor, standardised: torch.Tensor, passage: str) -> dict[str, float]:
@@ -81,22 +107,24 @@ def score_tokens(token_logprobs: torch.Tensor, standardised: torch.Tensor, passa
         passage: the passage's text, for its zlib-compressed length.
 
     Returns:
-        `{"loss", "zlib", "mink", "minkpp"}` floats (k = max(1, int(0.2 n)) lowest tokens for the Min-K% scores).
+        `{"loss", "zlib", "mink", "minkpp"}` floats (k = max(1, int(0.2 n)) lowest tokens for the Min-K% scores);
+        -inf where a token has probability 0, nan where a log-probability is nan.
     """
     k = max(1, int(K_FRACTION * len(token_logprobs)))
     compressed = len(zlib.compress(passage.encode("utf-8")))
     return {
         "loss": token_logprobs.mean().item(),
         "zlib": token_logprobs.sum().item() / compressed,
-        "mink": token_logprobs.topk(k, largest=False).values.mean().item(),
-        "minkpp": standardised.topk(k, largest=False).values.mean().item(),
+        "mink": _lowest_mean(token_logprobs, k),
+        "minkpp": _lowest_mean(standardised, k),
     }
 
 
 def auc(members: Sequence[float], nonmembers: Sequence[float]) -> float:
     """P(a member's score > a non-member's), ties counting one half: the Mann-Whitney U statistic over the
-    number of pairs (the ROC AUC); nan when either side is empty."""
+    number of pairs (the ROC AUC); nan when either side is empty or holds a nan score (a nan loses every
+    comparison, which would read as a number)."""
     m, n = np.asarray(members, dtype=float), np.asarray(nonmembers, dtype=float)
-    if not m.size or not n.size:
+    if not m.size or not n.size or np.isnan(m).any() or np.isnan(n).any():
         return float("nan")
     return float(((m[:, None] > n[None, :]) + 0.5 * (m[:, None] == n[None, :])).mean())

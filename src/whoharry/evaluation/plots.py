@@ -2,12 +2,14 @@
 
 Each `plot_*` function draws one figure from the report's figures and samples and raises
 `WhoharryError` naming what it lacks; `write_plots` writes every figure a report can give and skips
-the others with a log line.
+the others with a log line. A point that is not finite (the figures of a destroyed model: an infinite
+perplexity, a nan probability) is left out with a log line, and so is an error bar or band that is not.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,9 +41,17 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
+def finite(*values: float) -> bool:
+    """Whether every value is a finite number: what a plot can place."""
+    return all(math.isfinite(v) for v in values)
+
+
 def _error(value: float, span: list[float] | None) -> list[list[float]] | None:
-    """Matplotlib's [[below], [above]] error bar of a value from its [low, high] interval."""
-    return [[max(value - span[0], 0.0)], [max(span[1] - value, 0.0)]] if span else None
+    """Matplotlib's [[below], [above]] error bar of a value from its [low, high] interval; none when the
+    interval is not finite."""
+    if not span or not finite(*span):
+        return None
+    return [[max(value - span[0], 0.0)], [max(span[1] - value, 0.0)]]
 
 
 def plot_familiarity_vs_utility(report: dict[str, Any], path: Path) -> Path:
@@ -57,6 +67,9 @@ def plot_familiarity_vs_utility(report: dict[str, Any], path: Path) -> Path:
     for ax, x_key in zip(axes[0], utilities, strict=True):
         for name, figures in summary.items():
             if x_key not in figures or "target_p_answer" not in figures:
+                continue
+            if not finite(figures[x_key], figures["target_p_answer"]):
+                log.info("plots: %s's target_p_answer or %s is not finite, not drawn", name, x_key)
                 continue
             x, y = figures[x_key], max(figures["target_p_answer"], FLOOR)
             model_spans = spans.get(name, {})
@@ -74,7 +87,10 @@ def plot_familiarity_vs_utility(report: dict[str, Any], path: Path) -> Path:
 def _shift_panel(ax: Axes, base: list[dict], after: list[dict], probe_set: str) -> None:
     """Base P(answer) against unlearned P(answer), one point per probe, on log scales."""
     points = [(max(b["p_answer"], FLOOR), max(a["p_answer"], FLOOR), b.get("specific"))
-              for b, a in zip(base, after, strict=True)]
+              for b, a in zip(base, after, strict=True) if finite(b["p_answer"], a["p_answer"])]
+    if len(points) < len(base):
+        log.info("plots: %d %s probes with a P(answer) that is not finite, not drawn", len(base) - len(points),
+                 probe_set)
     groups: dict[str, list[tuple[float, float]]] = {}
     for x, y, specific in points:
         group = "probes" if specific is None else ("target-specific" if specific else "other")
@@ -123,11 +139,16 @@ def plot_relearning(report: dict[str, Any], path: Path) -> Path | None:
         if len(values) != len(steps):
             plt.close(fig)
             raise WhoharryError(f"relearning: {len(values)} values of {name} for {len(steps)} steps")
-        line = ax.plot(steps, [max(v, FLOOR) for v in values], marker="o", markersize=3, label=name)[0]
+        drawn = [i for i, v in enumerate(values) if finite(v)]
+        if len(drawn) < len(values):
+            log.info("plots: relearning: %d values of %s are not finite, not drawn", len(values) - len(drawn), name)
+        line = ax.plot([steps[i] for i in drawn], [max(values[i], FLOOR) for i in drawn], marker="o", markersize=3,
+                       label=name)[0]
         model_spans = spans.get(name)
         if model_spans and len(model_spans) == len(steps):
-            ax.fill_between(steps, [max(low, FLOOR) for low, _ in model_spans], [high for _, high in model_spans],
-                            color=line.get_color(), alpha=0.2)
+            banded = [i for i in range(len(steps)) if finite(*model_spans[i])]
+            ax.fill_between([steps[i] for i in banded], [max(model_spans[i][0], FLOOR) for i in banded],
+                            [model_spans[i][1] for i in banded], color=line.get_color(), alpha=0.2)
         elif model_spans:
             log.warning("relearning: %d intervals of %s for %d steps, not drawn", len(model_spans), name, len(steps))
     ax.set_yscale("log")

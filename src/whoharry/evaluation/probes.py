@@ -4,6 +4,15 @@ A probe file holds JSONL lines `{"prompt": ..., "answer": ...}`. For each probe:
 answer continuation given the prompt, the rank of its first token among all next tokens, and whether
 a greedy completion contains the answer. The robustness variants (Lynch et al. 2024) ask the same
 facts after a hint text and after a few solved probes; paraphrased probes are a file of their own.
+
+The seam between prompt and answer is read the way probes are meant, however it is written (`seam`):
+whitespace at the prompt's end and at the answer's start, any mix of spaces, tabs and newlines, counts
+as the one space that starts the answer, and whitespace at the answer's end is dropped. So
+`"Harry Potter went to "` + `"Hogwarts"` scores as `"Harry Potter went to"` + `" Hogwarts"`, the
+canonical form (as lm-eval moves a context's trailing whitespace into the continuation): a prompt
+ending in a lone space token would make the model predict the answer in pieces it never writes there.
+The greedy completion starts from the same canonical prompt. Records keep `prompt` and `answer` as the
+file wrote them.
 """
 
 from __future__ import annotations
@@ -28,14 +37,37 @@ PROBE_SETS = ("target", "general", "related")  # the probe files of the config: 
 
 
 def read_probes(path: Path, limit: int | None = None) -> list[dict[str, str]]:
-    """Read a probe file (its first `limit` lines when given); every line needs a prompt and an answer."""
-    rows = read_jsonl(path, "probe file", lambda row: bool(row.get("prompt") and row.get("answer")),
-                      '{"prompt": ..., "answer": ...}')
+    """Read a probe file (its first `limit` lines when given); every line needs a prompt and an answer,
+    each with some text besides whitespace. The fields are kept as written (`seam` reads them).
+
+    Raises:
+        WhoharryError: as `core.text.read_jsonl` raises it (a missing or empty file, a bad line).
+    """
+    def valid(row: dict) -> bool:
+        return completions.has_text(row.get("prompt")) and completions.has_text(row.get("answer"))
+
+    rows = read_jsonl(path, "probe file", valid, '{"prompt": ..., "answer": ...} (neither blank)')
     return [{"prompt": str(row["prompt"]), "answer": str(row["answer"])} for row in rows[:limit]]
 
 
+def seam(prompt: str, answer: str) -> tuple[str, str]:
+    """The probe in its canonical form: the prompt without trailing whitespace and the answer without
+    trailing whitespace, starting with one space when the seam held any whitespace (on either side, of
+    any kind or length); a seam without whitespace (`"Harry Pot"` + `"ter"`), and a blank answer (which
+    the readers refuse), are kept as they are."""
+    head, body = prompt.rstrip(), answer.rstrip()
+    stripped = body.lstrip()
+    if not stripped:
+        return prompt, answer
+    if len(head) < len(prompt) or len(stripped) < len(body):
+        return head, f" {stripped}"
+    return head, body
+
+
 def answer_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str) -> tuple[list[int], list[int]]:
-    """Prompt ids and answer ids, split where the prompt's own tokenization ends."""
+    """Prompt ids and answer ids of the probe's canonical form (`seam`), split where the prompt's own
+    tokenization ends (so a merge across the seam is handled)."""
+    prompt, answer = seam(prompt, answer)
     prompt_ids = tokenizer(prompt).input_ids
     full = tokenizer(prompt + answer).input_ids
     if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
@@ -44,18 +76,20 @@ def answer_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str) -> 
 
 
 def with_hint(probes: list[dict[str, str]], hint: str) -> list[dict[str, str]]:
-    """The probes with a hint text (a paragraph naming the target's world) placed before each prompt."""
+    """The probes with a hint text (a paragraph naming the target's world), stripped, on its own line before
+    each prompt; the seam of each probe is left to `answer_ids`."""
     return [{**probe, "prompt": f"{hint.strip()}\n{probe['prompt']}"} for probe in probes]
 
 
 def few_shot(probes: list[dict[str, str]], shots: int) -> list[dict[str, str]]:
     """Each probe after `shots` other probes of the set written out with their answers (the next ones,
-    wrapping around), one per line: the format primes the model to answer from the target."""
+    wrapping around), one per line, each solved probe written in its canonical form (`seam`) and ended
+    by `.`: the format primes the model to answer from the target."""
     shots = min(shots, len(probes) - 1)
     out = []
     for i, probe in enumerate(probes):
         solved = [probes[(i + k) % len(probes)] for k in range(1, shots + 1)]
-        context = "".join(f"{p['prompt']}{p['answer']}.\n" for p in solved)
+        context = "".join("{}{}.\n".format(*seam(p["prompt"], p["answer"])) for p in solved)
         out.append({**probe, "prompt": context + probe["prompt"]})
     return out
 

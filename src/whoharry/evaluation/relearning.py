@@ -3,6 +3,10 @@ target text and measure how much familiarity comes back.
 
 Knowledge that was removed has to be learnt again from the slice; knowledge that was only hidden
 returns within a few steps. The same steps run on the base model give the mark to compare with.
+
+The fine-tune always runs on fp32 weights, whatever `model.inference_dtype` the evaluation loaded the
+model in: on bf16 weights an update smaller than the weight's rounding step is lost, so most weights
+would never move and the familiarity that comes back would be under-measured.
 """
 
 from __future__ import annotations
@@ -36,7 +40,13 @@ def relearn_curve(model: CausalLM, tokenizer: PreTrainedTokenizerBase, text: str
                   work_dir: Path, desc: str, progress: bool = False) -> list[dict]:
     """Fine-tune `model` in place for `cfg.relearning.steps` steps on the slice, scoring the probes before
     the first step, every `cfg.relearning.eval_every` steps and after the last: one record per measurement
-    with the step and each probe's P(answer)."""
+    with the step and each probe's P(answer).
+
+    A model whose weights are not all fp32 (an inference dtype of bf16 or fp16) is first cast to fp32 in
+    place, so the fine-tune updates fp32 master weights; it is left in fp32, fine-tuned.
+    """
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        model.float()
     relearn = cfg.relearning
     ids = relearn_blocks(text, tokenizer, cfg.block_length, relearn.blocks)
     train_cfg = TrainConfig(

@@ -1,17 +1,55 @@
 """The evaluation report: which figures it shows (the listed ones of `figures.FIGURES`, then lm-eval's),
-`report.md` rendered from `report.json`, and reading a report back."""
+`report.md` rendered from `report.json`, and reading a report back.
+
+Every figure prints finite, `inf`, `-inf` or `nan` (`number`): a destroyed model is a normal thing to
+evaluate. When its utility has collapsed (`utility_collapse`), the report says so above the table and
+does not read the privacy verdicts (membership AUC, PrivLeak) off what is then noise.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from whoharry.errors import WhoharryError
-from whoharry.evaluation.figures import FIGURES, LMEVAL_PREFIX, Direction, Figure, lmeval_figure
+from whoharry.evaluation.figures import FIGURES, LMEVAL_PREFIX, Direction, Figure, label, lmeval_figure
 
 # A "keep" or "keep low" figure counts as kept within this relative change of the base model's value.
 KEEP_TOLERANCE = 0.05
+# Numbers this large print with three significant digits and an exponent (1.23e+30), not dozens of digits.
+COMPACT_ABOVE = 1e6
+# A change up to this many times the base value prints as a percentage (+900%), a larger one as a factor (×25.3).
+PERCENT_UP_TO = 10.0
+
+# Utility has collapsed when the evaluated model no longer models language: its perplexity on the general
+# text, or the base model's perplexity of its completions, above COLLAPSE_PERPLEXITY times the base
+# model's (or nan, where the base's is a number), or its mean P(answer) on the general probes below
+# COLLAPSE_P_ANSWER times the base model's. Its membership scores are then noise, and the privacy verdicts
+# (membership AUC, PrivLeak) are not read.
+COLLAPSE_PERPLEXITY = 10.0
+COLLAPSE_P_ANSWER = 0.1
+COLLAPSE_PERPLEXITIES = ("general_perplexity", "completion_fluency_perplexity")
+PRIVACY_DIRECTIONS: tuple[Direction, ...] = ("toward 0.5", "toward 0")
+NOT_READ = "not read: utility collapsed"
+UNDEFINED = "undefined (nan)"
+
+
+def number(value: float, digits: int = 4) -> str:
+    """A figure as the reports print it: `digits` decimals; `inf`, `-inf` and `nan` as such; beyond
+    ±`COMPACT_ABOVE`, three significant digits with an exponent (1.23e+30)."""
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.3g}" if abs(value) >= COMPACT_ABOVE else f"{value:.{digits}f}"
+
+
+def change(ratio: float) -> str:
+    """A ratio to the base value as a change: `+38%`, or a factor `×1.56e+170` (`×inf`) beyond
+    `PERCENT_UP_TO` times."""
+    return f"{ratio - 1:+.0%}" if abs(ratio) <= PERCENT_UP_TO else f"×{ratio:.3g}"
 
 
 def figures(summary: dict[str, dict[str, float]]) -> list[Figure]:
@@ -21,12 +59,51 @@ def figures(summary: dict[str, dict[str, float]]) -> list[Figure]:
     return present + [lmeval_figure(key) for key in extra]
 
 
+def utility_collapse(summary: dict[str, dict[str, float]]) -> list[str]:
+    """Why the unlearned model's utility has collapsed (see `COLLAPSE_PERPLEXITY`), one reason per figure
+    that shows it; empty when it has not, or when the summary lacks the figures to tell."""
+    base, other = summary.get("base", {}), summary.get("unlearned", {})
+
+    def reason(key: str, bound: str) -> str:
+        value, mark = float(other[key]), float(base[key])
+        if math.isnan(value):
+            return f"{label(key)} is nan where the base model's is {mark:.4g}"
+        return f"{label(key)} is {value:.4g}, {bound} the base model's {mark:.4g}"
+
+    reasons = []
+    for key in COLLAPSE_PERPLEXITIES:
+        if key in base and key in other:
+            value, mark = float(other[key]), float(base[key])
+            if (math.isnan(value) and not math.isnan(mark)) or value > COLLAPSE_PERPLEXITY * mark:
+                reasons.append(reason(key, f"above {COLLAPSE_PERPLEXITY:g}×"))
+    key = "general_p_answer"
+    if key in base and key in other and float(base[key]) > 0:
+        value = float(other[key])
+        if math.isnan(value) or value < COLLAPSE_P_ANSWER * float(base[key]):
+            reasons.append(reason(key, f"below {COLLAPSE_P_ANSWER:g}×"))
+    return reasons
+
+
+def collapse_notice(reasons: list[str]) -> str:
+    """One paragraph saying that utility collapsed, why, and which verdicts are therefore not read."""
+    return ("**Utility collapsed**: " + "; ".join(reasons) + ". The unlearned model no longer models language: "
+            "its membership scores are noise, so the membership AUC and PrivLeak verdicts are not read "
+            f"(the rule: a general-text or completion perplexity above {COLLAPSE_PERPLEXITY:g}× the base model's, "
+            f"or general probes' mean P(answer) below {COLLAPSE_P_ANSWER:g}× the base model's).")
+
+
 def verdict(key: str, direction: Direction, summary: dict[str, dict[str, float]], spans: dict[str, dict[str, list]],
-            ratio_span: list[float] | None) -> str:
-    """What happened to one figure of the unlearned model, judged by its direction and its interval."""
+            ratio_span: list[float] | None, collapsed: bool = False) -> str:
+    """What happened to one figure of the unlearned model, judged by its direction and its interval;
+    `collapsed`: utility collapsed, so the privacy verdicts are not read (`NOT_READ`). A nan figure, or a
+    nan ratio (inf / inf), is `UNDEFINED`."""
     base, value = summary.get("base", {}).get(key), summary.get("unlearned", {}).get(key)
     if value is None:
         return ""
+    if collapsed and direction in PRIVACY_DIRECTIONS:
+        return NOT_READ
+    if math.isnan(value):
+        return UNDEFINED
     if direction == "toward 0":
         if abs(value) <= KEEP_TOLERANCE:
             return "like the reference"
@@ -34,16 +111,18 @@ def verdict(key: str, direction: Direction, summary: dict[str, dict[str, float]]
     if base is None or not base:
         return ""
     ratio = value / base
+    if math.isnan(ratio):
+        return UNDEFINED
     low, high = ratio_span or [ratio, ratio]
     if direction == "lower":
         if high < 1:
-            return f"lower ({ratio - 1:+.0%})"
-        return f"higher ({ratio - 1:+.0%})" if low > 1 else "no clear change"
+            return f"lower ({change(ratio)})"
+        return f"higher ({change(ratio)})" if low > 1 else "no clear change"
     if direction in ("keep", "keep low"):
         if low <= 1 <= high or abs(ratio - 1) <= KEEP_TOLERANCE:
             return "kept"
         better = ratio > 1 if direction == "keep" else ratio < 1
-        return f"{'better' if better else 'worse'} ({ratio - 1:+.0%})"
+        return f"{'better' if better else 'worse'} ({change(ratio)})"
     span = spans.get("unlearned", {}).get(key)
     if span and span[1] < 0.5:
         return "below 0.5: over-unlearning"
@@ -58,13 +137,15 @@ def table_rows(summary: dict[str, dict[str, float]]) -> list[tuple[str, str, str
         key = figure.key
         if key in base and key in other:
             ratio = other[key] / base[key] if base[key] else float("nan")
-            rows.append((figure.label, f"{base[key]:.4f}", f"{other[key]:.4f}", f"{ratio:.3f}"))
+            rows.append((figure.label, number(base[key]), number(other[key]), number(ratio, 3)))
     return rows
 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """One table: every figure for every model (base, unlearned, reference when given) with bootstrap
-    95% intervals, the unlearned/base ratio, and a verdict; then the plots."""
+    95% intervals, the unlearned/base ratio, and a verdict; then the relearning curve and the plots. When
+    utility collapsed (`utility_collapse`), a notice above the table says so and the privacy verdicts
+    are not read."""
     summary, spans = report["summary"], report.get("intervals", {})
     ratio_spans = report.get("ratio_intervals", {})
     names = list(summary)
@@ -72,8 +153,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     def cell(value: float | None, span: list[float] | None, digits: int = 4) -> str:
         if value is None:
             return ""
-        text = f"{value:.{digits}f}"
-        return f"{text} [{span[0]:.{digits}f}, {span[1]:.{digits}f}]" if span else text
+        text = number(value, digits)
+        return f"{text} [{number(span[0], digits)}, {number(span[1], digits)}]" if span else text
 
     lines = ["# whoharry evaluation", ""]
     lines += [f"- {name}: `{where}`" for name, where in report["models"].items()]
@@ -81,6 +162,11 @@ def render_markdown(report: dict[str, Any]) -> str:
         "- brackets: bootstrap 95% intervals over the probes, prompts, passages or text blocks "
         "(paired for the ratio; ± 1.96 standard errors for lm-eval)",
         "",
+    ]
+    collapse = utility_collapse(summary)
+    if collapse:
+        lines += [collapse_notice(collapse), ""]
+    lines += [
         "| figure | " + " | ".join(names) + " | unlearned / base | verdict |",
         "|" + " --- |" + " ---: |" * (len(names) + 1) + " --- |",
     ]
@@ -91,7 +177,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         ratio = other[key] / base[key] if base.get(key) and key in other else None
         ratio_span = ratio_spans.get(f"unlearned/{key}")
         cells.append(cell(ratio, ratio_span, 3))
-        cells.append(verdict(key, figure.direction, summary, spans, ratio_span))
+        cells.append(verdict(key, figure.direction, summary, spans, ratio_span, collapsed=bool(collapse)))
         lines.append(f"| {figure.label} | " + " | ".join(cells) + " |")
     relearning = report.get("relearning")
     if relearning:
@@ -100,7 +186,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                   "| step | " + " | ".join(relearning["target_p_answer"]) + " |",
                   "|" + " ---: |" * (len(relearning["target_p_answer"]) + 1)]
         for i, step in enumerate(relearning["steps"]):
-            values = [f"{curve[i]:.4f}" for curve in relearning["target_p_answer"].values()]
+            values = [number(curve[i]) for curve in relearning["target_p_answer"].values()]
             lines.append(f"| {step} | " + " | ".join(values) + " |")
     plots = report.get("plots", [])
     if plots:
@@ -109,7 +195,8 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def render_table(summary: dict[str, dict[str, float]]) -> str:
-    """The base vs. unlearned table of `table_rows` for a terminal (100 columns)."""
+    """The base vs. unlearned table of `table_rows` for a terminal (100 columns), then a line saying that
+    utility collapsed when it did."""
     from rich.console import Console
     from rich.table import Table
 
@@ -121,6 +208,10 @@ def render_table(summary: dict[str, dict[str, float]]) -> str:
     console = Console(width=100)
     with console.capture() as captured:
         console.print(table)
+        collapse = utility_collapse(summary)
+        if collapse:
+            console.print("utility collapsed: " + "; ".join(collapse) + ". The membership AUC and PrivLeak "
+                          "verdicts are not read.", markup=False, highlight=False)
     return captured.get().rstrip()
 
 

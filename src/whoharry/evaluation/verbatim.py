@@ -1,13 +1,25 @@
 """Verbatim memorisation (VerbMem of MUSE, Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation
 for Language Models", criterion C1 "no verbatim memorization"): how closely a model's greedy continuation
 of an excerpt of the target text follows the text's true continuation, by ROUGE-L F1 (Lin 2004) over
-lower-cased words."""
+lower-cased words (`words`).
+
+What a word is: a run of letters, digits, underscores and combining marks of a script written with spaces
+(Latin, Cyrillic, Hangul, Devanagari...), and, in a script written without spaces (Han, kana, Thai...,
+`anchors.dictionary.UNSPACED_SCRIPTS`), each character with the combining marks drawn on it: such text has
+no word boundaries to find without a dictionary-based segmenter, and character-level ROUGE is common for
+Chinese. A CJK sentence is thus not one word, as a `\\w+` run would make it (two sentences sharing 8 of
+10 characters scored 0). MUSE reports ROUGE through Google's `rouge-score`, whose default tokenizer
+(`rouge/tokenize.py`) lower-cases and turns every character outside [a-z0-9] into a space: it scores such
+text as if it were empty and drops any non-ASCII letter; on plain ASCII text the two agree but at
+underscores."""
 
 from __future__ import annotations
 
 import re
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from whoharry.anchors.dictionary import script_classes
 from whoharry.core.text import evenly_spread, make_blocks
 from whoharry.evaluation import completions
 
@@ -17,9 +29,18 @@ if TYPE_CHECKING:
     from whoharry.method.inference import InferenceTimeWHP
 
 
+@cache
+def _word_pattern() -> re.Pattern[str]:
+    """One character of a script without spaces (a letter, with its marks), or a run of word characters and
+    combining marks of the other scripts."""
+    unspaced, marks, spaced_marks = script_classes()
+    return re.compile(rf"(?=\w)[{unspaced}][{marks}]*|(?:[^\W{unspaced}]|[{spaced_marks}])+")
+
+
 def words(text: str) -> list[str]:
-    """The lower-cased words (`\\w+` runs) of a text, for ROUGE-L."""
-    return re.findall(r"\w+", text.lower())
+    """The lower-cased words of a text, for ROUGE-L, as the module docstring defines them: `\\w+` runs
+    in scripts written with spaces (combining marks kept in the word), one character a word in the others."""
+    return _word_pattern().findall(text.lower())
 
 
 def rouge_l_f1(candidate: list[str], reference: list[str]) -> float:

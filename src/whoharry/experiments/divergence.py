@@ -3,6 +3,10 @@
 For the retrain-gap experiment the reference is the gold model (trained without the target), and the
 figure is KL(p_gold || p_model) averaged over every predicted token of a set of passages: 0 when the
 model predicts exactly as the gold model does.
+
+Either model may mask vocabulary rows with `-inf` logits: a token the reference gives probability 0
+adds 0 (never 0 · (-inf - log q) = nan); one the reference deems possible and the model impossible makes
+the KL infinite, as it is.
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ def passages(text: str, tokenizer: PreTrainedTokenizerBase, passage_tokens: int,
     return [blocks[i] for i in evenly_spread(len(blocks), count)]
 
 
+def kl_terms(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """p · (log p − log q) per vocabulary entry, p from the reference's logits and q from the model's
+    (float32, same shape); 0 where p is 0, so `-inf` logits make no nan. Sum over the last axis for KL(p || q)."""
+    log_p, log_q = torch.log_softmax(reference_logits, dim=-1), torch.log_softmax(logits, dim=-1)
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), 0.0)
+
+
 @torch.no_grad()
 def mean_kl(model: PreTrainedModel | InferenceTimeWHP, reference: PreTrainedModel, ids: list[list[int]],
             precision: str, batch_size: int = 8) -> float:
@@ -47,7 +59,6 @@ def mean_kl(model: PreTrainedModel | InferenceTimeWHP, reference: PreTrainedMode
         with models.autocast(precision, device):
             theirs = reference(input_ids=batch).logits[:, :-1].float()
             ours = model(input_ids=batch).logits[:, :-1].float()
-        log_p, log_q = torch.log_softmax(theirs, dim=-1), torch.log_softmax(ours, dim=-1)
-        total += float((log_p.exp() * (log_p - log_q)).sum())
+        total += float(kl_terms(theirs, ours).sum())
         tokens += batch.shape[0] * (batch.shape[1] - 1)
     return total / tokens if tokens else float("nan")

@@ -180,6 +180,11 @@ def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool
     relearning = relearning_summary(results)
     if relearning:
         written["relearning"] = relearning
+    collapse = report.utility_collapse(written["summary"])
+    if collapse:  # report.md says so too, and leaves the privacy verdicts unread
+        written["utility_collapse"] = collapse
+        log.warning("eval: utility collapsed: %s; the membership AUC and PrivLeak verdicts are not read",
+                    "; ".join(collapse))
     written["plots"] = [path.name for path in plots.write_plots(written, stage_dir)]
     artifacts.write_json(stage_dir / "report.json", written)
     artifacts.atomic_write_text(stage_dir / "report.md", report.render_markdown(written))
