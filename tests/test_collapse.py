@@ -129,3 +129,24 @@ def test_gradient_ascent_that_destroys_the_model_is_evaluated(project, tiny_mode
     assert "**Utility collapsed**" in text and f"| {NOT_READ} |" in text and "| inf [inf, inf] |" in text
     assert not LONG_NUMBER.search(text)
     assert "utility collapsed: perplexity on general text is inf" in " ".join(result.output.split())
+
+
+def test_the_retrain_gap_keeps_a_seeds_inf_and_nan_and_marks_a_collapse():
+    from whoharry.experiments import gap_report
+    from whoharry.experiments.retrain_gap import ExperimentConfig
+
+    def seed(ga_perplexity: float, ga_auc: float) -> dict[str, dict[str, float]]:
+        gold = {"general_perplexity": 30.0, "general_p_answer": 0.5, "membership_auc_minkpp": 0.6}
+        ga = {"general_perplexity": ga_perplexity, "general_p_answer": 0.01, "membership_auc_minkpp": ga_auc}
+        return {"gold": gold, "ga": ga}
+
+    results = gap_report.summarise({0: seed(40.0, 0.6), 1: seed(math.inf, math.nan), 2: seed(1.5e70, 0.7)},
+                                   ExperimentConfig())
+    ga = results["table"]["ga"]
+    assert ga["general_perplexity"]["mean"] == math.inf and ga["general_perplexity"]["n"] == 3
+    assert math.isnan(ga["membership_auc_minkpp"]["mean"]) and math.isnan(ga["privleak"]["mean"])
+    assert ga["utility_collapse"] and "utility_collapse" not in results["table"]["gold"]
+    text = gap_report.render(results)
+    row = next(line for line in text.splitlines() if line.startswith("| gradient ascent |"))
+    assert "inf" in row and "not read" in row and len(row) < 400  # no 70-digit number
+    assert "gradient ascent: utility collapsed" in text

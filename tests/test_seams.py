@@ -142,3 +142,29 @@ def test_reference_terms_are_read_without_surrounding_whitespace(tmp_path):
     (row,) = completions.read_completion_prompts(path)
     assert row == {"prompt": "Harry went to ", "references": ["Hogwarts", "Ron"]}
     assert completions.named_references(row["prompt"], " Hogwarts. Ron!", row["references"]) == ["Hogwarts", "Ron"]
+
+
+@pytest.mark.parametrize(("prompt", "answer"), [("哈利的朋友是 ", "罗恩"), ("哈利的朋友是", " 罗恩"),
+                                                ("ハリーの友達は\t", "ロン")])
+def test_a_seam_in_a_script_without_spaces_has_no_space(prompt, answer):
+    assert probes.seam(prompt, answer) == (prompt.rstrip(), answer.strip())
+
+
+def test_a_nan_log_probability_has_no_rank():
+    import torch
+
+    from whoharry.evaluation.completions import continuation_scores
+
+    class Broken(torch.nn.Module):
+        """A model whose logits are all NaN."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, input_ids, attention_mask=None):
+            return type("Out", (), {"logits": torch.full((*input_ids.shape, 8), float("nan"))})()
+
+    (logprobs, rank), = continuation_scores(Broken(), [([1, 2], [3])], 0, "fp32", 1)
+    assert logprobs[0] != logprobs[0] and rank != rank  # both NaN: no figure made from NaN
+

@@ -15,6 +15,7 @@ padding (`end_token_ids`), so no padding is judged.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -76,8 +77,14 @@ def read_completion_prompts(path: Path) -> list[dict]:
 def mentions(term: str, text: str, ignore_case: bool = True) -> bool:
     """Whether the text holds the term as whole words (not inside a longer word), by the one rule the anchors
     are matched with (`anchors.dictionary.term_pattern`: in scripts written without spaces, no boundary)."""
-    flags = re.IGNORECASE if ignore_case else 0
-    return re.search(term_pattern([term]), text, flags=flags) is not None
+    return _term_regex(term, ignore_case).search(text) is not None
+
+
+@functools.cache
+def _term_regex(term: str, ignore_case: bool) -> re.Pattern[str]:
+    """The compiled whole-word pattern of one term (compiled once: the judge asks about every anchor key
+    for every completion, more patterns than `re`'s own cache holds)."""
+    return re.compile(term_pattern([term]), flags=re.IGNORECASE if ignore_case else 0)
 
 
 def named_references(prompt: str, completion: str, references: list[str]) -> list[str]:
@@ -192,7 +199,9 @@ def continuation_scores(model: PreTrainedModel | InferenceTimeWHP, pairs: list[t
                 continue
             picked, ranks = token_log_probs(logits[row, len(prompt) - 1 : len(prompt) + len(cont) - 1],
                                             torch.tensor(cont, device=device), ranks=True)
-            out.append((picked.tolist(), int(ranks[0])))
+            # a NaN log-probability (a broken model) has no rank: NaN, not the 1 that no comparison beats
+            rank = float("nan") if torch.isnan(picked[0]) else int(ranks[0])
+            out.append((picked.tolist(), rank))
     return out
 
 

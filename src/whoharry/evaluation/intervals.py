@@ -41,7 +41,9 @@ class Parts:
     def value(self, rows: np.ndarray | None = None) -> np.ndarray:
         num = self.numerators if rows is None else self.numerators[rows]
         den = self.denominators if rows is None else self.denominators[rows]
-        ratio = num.sum(axis=-1) / np.maximum(den.sum(axis=-1), 1e-12)
+        total = den.sum(axis=-1)
+        # nothing to average over (every completion empty): no value, NaN, not the 1 of exp(0 / tiny)
+        ratio = np.where(total > 0, num.sum(axis=-1) / np.where(total > 0, total, 1.0), np.nan)
         if not self.exp:
             return ratio
         with np.errstate(over="ignore"):  # a mean loss past ~709 nats is an infinite perplexity

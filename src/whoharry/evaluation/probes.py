@@ -9,8 +9,12 @@ The seam between prompt and answer is read the way probes are meant, however it 
 whitespace at the prompt's end and at the answer's start, any mix of spaces, tabs and newlines, counts
 as the one space that starts the answer, and whitespace at the answer's end is dropped. So
 `"Harry Potter went to "` + `"Hogwarts"` scores as `"Harry Potter went to"` + `" Hogwarts"`, the
-canonical form (as lm-eval moves a context's trailing whitespace into the continuation): a prompt
-ending in a lone space token would make the model predict the answer in pieces it never writes there.
+canonical form: a prompt ending in a lone space token would make the model predict the answer in pieces
+it never writes there. (lm-eval moves a context's trailing whitespace into the continuation as it is;
+here it is also made one space, so that every way of writing the seam gives one figure.) Where the
+prompt ends or the answer starts in a script written without spaces (Chinese, Japanese, Thai, ...),
+whitespace at the seam is no word break and is dropped: `"哈利的朋友是 "` + `"罗恩"` scores as `"罗恩"`
+right after the prompt.
 The greedy completion starts from the same canonical prompt. Records keep `prompt` and `answer` as the
 file wrote them.
 """
@@ -23,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from whoharry.anchors.dictionary import Anchors
+from whoharry.anchors.dictionary import Anchors, is_unspaced
 from whoharry.config import EvalConfig
 from whoharry.core.text import read_jsonl
 from whoharry.evaluation import completions
@@ -53,13 +57,15 @@ def read_probes(path: Path, limit: int | None = None) -> list[dict[str, str]]:
 def seam(prompt: str, answer: str) -> tuple[str, str]:
     """The probe in its canonical form: the prompt without trailing whitespace and the answer without
     trailing whitespace, starting with one space when the seam held any whitespace (on either side, of
-    any kind or length); a seam without whitespace (`"Harry Pot"` + `"ter"`), and a blank answer (which
-    the readers refuse), are kept as they are."""
+    any kind or length) — none next to a script written without spaces; a seam without whitespace
+    (`"Harry Pot"` + `"ter"`), and a blank answer (which the readers refuse), are kept as they are."""
     head, body = prompt.rstrip(), answer.rstrip()
     stripped = body.lstrip()
     if not stripped:
         return prompt, answer
     if len(head) < len(prompt) or len(stripped) < len(body):
+        if (head and is_unspaced(head[-1])) or is_unspaced(stripped[0]):
+            return head, stripped  # no space between words in that script
         return head, f" {stripped}"
     return head, body
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from whoharry.config import to_dict
 from whoharry.evaluation.figures import BY_KEY, Figure
+from whoharry.evaluation.report import number, utility_collapse
 
 ORDER = ("gold", "subject", "whp", "whp-generated", "ga", "ga-retain", "npo", "npo-retain", "ensemble")
 NAMES = {
@@ -74,21 +75,45 @@ def summarise(per_seed: dict[int, dict[str, dict[str, float]]], exp: Any) -> dic
         table[name] = {}
         for key in keys:
             values = [rows[seed][name][key] for seed in seeds if key in rows[seed][name]]
-            values = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+            values = [float(v) for v in values if isinstance(v, int | float)]
             if values:
-                table[name][key] = {"mean": statistics.fmean(values),
-                                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                                    "min": min(values), "max": max(values), "n": len(values)}
+                table[name][key] = spread(values)
+        reasons = collapse_reasons(table, name)
+        if reasons:
+            table[name]["utility_collapse"] = reasons
     return {"seeds": seeds, "methods": names, "table": table, "per_seed": {str(s): rows[s] for s in seeds},
             "settings": to_dict(exp)}
 
 
+def spread(values: list[float]) -> dict[str, float]:
+    """Mean, standard deviation, minimum and maximum of one figure over seeds. A seed's inf or nan is kept,
+    not dropped: the mean of values holding inf is inf (nan with both signs), any nan makes every
+    statistic nan, and the spread of values that are not all finite is nan."""
+    n = len(values)
+    if any(math.isnan(v) for v in values):
+        return {"mean": math.nan, "std": math.nan, "min": math.nan, "max": math.nan, "n": n}
+    finite = all(math.isfinite(v) for v in values)
+    std = (statistics.stdev(values) if n > 1 else 0.0) if finite else math.nan
+    return {"mean": statistics.fmean(values), "std": std, "min": min(values), "max": max(values), "n": n}
+
+
+def collapse_reasons(table: dict[str, dict[str, Any]], name: str) -> list[str]:
+    """Why a method's utility collapsed, measured against the gold model by `report.utility_collapse`'s
+    rule on the mean figures; empty for the gold model itself or when it did not."""
+    if name == "gold" or "gold" not in table:
+        return []
+    means = {model: {key: stat["mean"] for key, stat in table[model].items() if isinstance(stat, dict)}
+             for model in ("gold", name)}
+    return utility_collapse({"base": means["gold"], "unlearned": means[name]})
+
+
 def _cell(stat: dict[str, float] | None, digits: int) -> str:
+    """mean ± standard deviation as the reports print numbers (`report.number`: inf, nan, 1.2e+30)."""
     if stat is None:
         return "–"
-    if stat["n"] > 1 and stat["std"] > 0:
-        return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-    return f"{stat['mean']:.{digits}f}"
+    if stat["n"] > 1 and stat["std"] != 0:
+        return f"{number(stat['mean'], digits)} ± {number(stat['std'], digits)}"
+    return number(stat["mean"], digits)
 
 
 def render(results: dict[str, Any]) -> str:
@@ -103,10 +128,18 @@ def render(results: dict[str, Any]) -> str:
         "| model | " + " | ".join(column.heading for column in COLUMNS) + " |",
         "| --- | " + " | ".join("---:" for _ in COLUMNS) + " |",
     ]
+    collapsed = []
     for name in results["methods"]:
         stats = results["table"][name]
+        reasons = stats.get("utility_collapse")
         cells = [_cell(stats.get(column.key), column.digits) for column in COLUMNS]
+        if reasons:  # a destroyed model's membership scores are noise: its PrivLeak is not read
+            cells = [("not read" if column.key == "privleak" else cell) for column, cell in zip(COLUMNS, cells,
+                                                                                              strict=True)]
+            collapsed.append(f"- {NAMES.get(name, name)}: utility collapsed ({'; '.join(reasons)})")
         lines.append(f"| {NAMES.get(name, name)} | " + " | ".join(cells) + " |")
+    if collapsed:
+        lines += ["", *collapsed]
     settings = results["settings"]
     lines += [
         "",
