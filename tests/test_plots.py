@@ -133,15 +133,22 @@ def test_probe_shift_needs_matching_records(tmp_path):
         plot_probe_shift(report, tmp_path / "shift.png")
 
 
-def test_plot_comparison(tmp_path):
+def write_runs(folder, utility: str, base_utility: float, rows: list[tuple[str, float, float]]) -> list:
+    """Run folders whose reports hold target P(answer) 0.4 → `target` and `utility` `base_utility` → the row's."""
     runs = []
-    for name, target, general in (("gentle", 0.3, 0.19), ("strong", 0.02, 0.15), ("no-utility", 0.1, 0.0)):
+    for name, target, value in rows:
         report = make_report()
-        report["summary"]["base"] = {"target_p_answer": 0.4, "general_p_answer": 0.2}
-        report["summary"]["unlearned"] = {"target_p_answer": target, "general_p_answer": general}
-        (tmp_path / name / "eval").mkdir(parents=True)
-        (tmp_path / name / "eval" / "report.json").write_text(json.dumps(report), encoding="utf-8")
-        runs.append(tmp_path / name)
+        report["summary"]["base"] = {"target_p_answer": 0.4, utility: base_utility}
+        report["summary"]["unlearned"] = {"target_p_answer": target, utility: value}
+        (folder / name / "eval").mkdir(parents=True)
+        (folder / name / "eval" / "report.json").write_text(json.dumps(report), encoding="utf-8")
+        runs.append(folder / name)
+    return runs
+
+
+def test_plot_comparison(tmp_path):
+    runs = write_runs(tmp_path, "general_p_answer", 0.2,
+                      [("gentle", 0.3, 0.19), ("strong", 0.02, 0.15), ("no-utility", 0.1, 0.0)])
     path = plot_comparison(compare(runs), tmp_path / "comparison.png")
     one_panel = png_size(path)[0]
     assert one_panel > 100
@@ -178,15 +185,8 @@ def test_points_that_are_not_finite_are_left_out_with_a_log_line(tmp_path, caplo
 def test_comparison_leaves_out_runs_whose_ratios_are_not_finite(tmp_path, caplog):
     from whoharry.evaluation.compare import write_comparison
 
-    runs = []
-    for name, target, perplexity in (("gentle", 0.3, 21.0), ("destroyed", 0.0, float("inf")),
-                                     ("broken", float("nan"), float("nan"))):
-        report = make_report()
-        report["summary"]["base"] = {"target_p_answer": 0.4, "general_perplexity": 20.0}
-        report["summary"]["unlearned"] = {"target_p_answer": target, "general_perplexity": perplexity}
-        (tmp_path / name / "eval").mkdir(parents=True)
-        (tmp_path / name / "eval" / "report.json").write_text(json.dumps(report), encoding="utf-8")
-        runs.append(tmp_path / name)
+    runs = write_runs(tmp_path, "general_perplexity", 20.0,
+                      [("gentle", 0.3, 21.0), ("destroyed", 0.0, float("inf")), ("broken", float("nan"), float("nan"))])
     with caplog.at_level(logging.INFO, logger="whoharry.evaluation.compare"):
         assert png_size(plot_comparison(compare(runs), tmp_path / "comparison.png"))[0] > 100
     assert "destroyed's ratios" in caplog.text and "broken's ratios" in caplog.text
