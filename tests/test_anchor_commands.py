@@ -95,6 +95,22 @@ def test_check_counts_occurrences_overlaps_and_coverage(project, tiny_model_dir,
         "shadowed"].get("Harry", 0)
 
 
+def test_check_in_dictionary_order_counts_what_the_first_listed_key_takes(project, tiny_model_dir):
+    """Listed first, "Hogwarts" takes the whole-word occurrences of "Hogwarts Express" in the authors' order."""
+    anchors = parse_anchors({"Hogwarts": "Mystic Academy", "Hogwarts Express": "school train"})
+    longest = anchor_check.check(anchors, STORY)
+    authors = anchor_check.check(anchors, STORY, order="dictionary")
+    assert longest.shadowed == {"Hogwarts": 1} and longest.occurrences["Hogwarts Express"] == 1
+    assert authors.shadowed == {"Hogwarts Express": 1} and authors.occurrences["Hogwarts Express"] == 0
+    assert authors.occurrences["Hogwarts"] == STORY.count("Hogwarts")
+    (project / "order.yaml").write_text("Hogwarts: Mystic Academy\nHogwarts Express: school train\n")
+    config = write_config(project, tiny_model_dir)
+    result = runner.invoke(app, ["anchors", "check", str(project / "order.yaml"), "--config", str(config),
+                                 "--set", "labels.match_order=dictionary", "--json", str(project / "c.json")])
+    assert result.exit_code == 0, result.output
+    assert json.loads((project / "c.json").read_text())["shadowed"] == {"Hogwarts Express": 6}  # STORY * 6
+
+
 def test_the_llm_route_asks_passage_by_passage_and_merges(server, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("WHOHARRY_TEST_ANCHORS_KEY", "sk-anchors-test")
     text = ("Harry went to Hogwarts.\n\n" * 30) + ("Ron played Quidditch.\n\n" * 30)
@@ -105,7 +121,7 @@ def test_the_llm_route_asks_passage_by_passage_and_merges(server, tmp_path, monk
     cfg = AnchorsConfig(llm_url=server.url, llm_model="test-model", llm_key_env="WHOHARRY_TEST_ANCHORS_KEY",
                         llm_prompt=prompt, llm_passage_chars=760)
     entries, counts = mine.ask_llm(text, cfg, "the books")
-    assert entries == {"Harry": ["Jon", "Sam"], "Hogwarts": ["the school"], "Ron": ["Tom"], "Quidditch": ["football"]}
+    assert entries == {"Harry": ["Jon", "Sam"], "Hogwarts": ["school"], "Ron": ["Tom"], "Quidditch": ["football"]}
     assert counts == {"passages": 2, "parsed": 1, "salvaged": 1, "unreadable": 0}
     first = server.requests[0]
     assert first["headers"]["Authorization"] == "Bearer sk-anchors-test" and first["path"] == "/v1/chat/completions"
@@ -113,6 +129,43 @@ def test_the_llm_route_asks_passage_by_passage_and_merges(server, tmp_path, monk
     assert content.startswith("Work: the books\nPassage:\nHarry went to Hogwarts.") and "A {brace} stays." in content
     assert "Ron played" not in content  # one passage a request
     assert first["body"]["model"] == "test-model"
+
+
+def test_the_llm_route_strips_a_leading_function_word_and_skips_what_is_left_empty(server, tmp_path):  # noqa: F811
+    server.say('translations = {"Hogwarts": ["The Old Castle", "Mystic Academy", "the castle"], "Harry": "Jon", '
+               '"Quidditch": ["the", "of the"], "Hagrid": ["in the hut", "Hank"]}')
+    prompt = tmp_path / "prompt.md"
+    prompt.write_text("{passage}", encoding="utf-8")
+    cfg = AnchorsConfig(llm_url=server.url, llm_model="test-model", llm_prompt=prompt)
+    entries, _ = mine.ask_llm("Harry went to Hogwarts and played Quidditch with Hagrid.", cfg, "the books")
+    assert entries == {"Hogwarts": ["Old Castle", "Mystic Academy", "castle"], "Harry": ["Jon"],
+                       "Hagrid": ["hut", "Hank"]}  # "Quidditch" had nothing but function words
+
+
+def test_the_shipped_prompt_asks_for_values_without_a_leading_function_word():
+    from pathlib import Path
+
+    prompt = (Path(__file__).resolve().parents[1] / "data" / "anchors" / "llm_prompt.md").read_text()
+    assert "must not start with a function word" in prompt
+
+
+def test_check_flags_translations_that_open_with_a_function_word(project, tiny_model_dir):
+    anchors = parse_anchors({**ANCHORS, "Hogwarts": ["Mystic Academy", "the academy"], "Ron": "of Tom"})
+    report = anchor_check.check(anchors, STORY)
+    assert report.function_word_values == {"Hogwarts": ["the academy"], "Ron": ["of Tom"]}
+    assert report.as_dict()["function_word_values"] == report.function_word_values
+    assert anchor_check.check(parse_anchors(ANCHORS), STORY).function_word_values == {}
+    (project / "flagged.yaml").write_text(yaml.safe_dump({**ANCHORS, "Hogwarts": ["the academy"]}), encoding="utf-8")
+    config = write_config(project, tiny_model_dir)
+    result = runner.invoke(app, ["anchors", "check", str(project / "flagged.yaml"), "--config", str(config),
+                                 "--json", str(project / "check.json")])
+    assert result.exit_code == 0, result.output  # a warning, as the other findings are
+    assert "translations opening with a function word (1): Hogwarts -> the academy" in result.output
+    assert "cannot be a label" in result.output
+    saved = json.loads((project / "check.json").read_text())
+    assert saved["function_word_values"] == {"Hogwarts": ["the academy"]}
+    clean = runner.invoke(app, ["anchors", "check", str(project / "anchors.yaml"), "--config", str(config)])
+    assert clean.exit_code == 0 and "function word" not in clean.output
 
 
 def test_the_llm_route_is_off_without_a_url():

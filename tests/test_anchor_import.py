@@ -116,8 +116,18 @@ def test_read_dictionary_merges_answers_and_counts(answers_npy: Path) -> None:
     }
     assert list(entries) == ["Harry", "Hogwarts", "Hog's Head", "owls", "Quidditch", "Ron", "Hermione"]
     assert stats == ImportStats(
-        answers=5, parsed=3, salvaged=1, unreadable=1, entries=4 + 3 + 3 + 0 + 2, keys=8, dropped_composite=["Ron's"]
+        answers=5, parsed=3, salvaged=1, unreadable=1, entries=4 + 3 + 3 + 0 + 2, keys=8, dropped_composite=["Ron's"],
+        function_word_values=1,  # "the school", kept as the authors wrote it
     )
+
+
+def test_without_salvage_a_cut_off_answer_is_dropped_whole(answers_npy: Path) -> None:
+    """As the authors' parser: an answer that is no whole dictionary gives nothing."""
+    salvaged, with_it = read_dictionary(answers_npy)
+    entries, stats = read_dictionary(answers_npy, salvage=False)
+    assert (stats.parsed, stats.salvaged, stats.unreadable) == (3, 0, 2)
+    assert stats.entries == with_it.entries - 3 and not {"Ron", "Hermione"} & set(entries)
+    assert "Ron's" in entries and "Ron's" not in salvaged  # no key "Ron" any more: no longer composite
 
 
 def test_merge_keeps_first_seen_order_without_duplicates() -> None:

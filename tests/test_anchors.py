@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from whoharry.anchors.dictionary import load_anchors, parse_anchors
+from whoharry.anchors.dictionary import (
+    FUNCTION_WORDS,
+    function_word_values,
+    load_anchors,
+    opens_with_function_word,
+    parse_anchors,
+    strip_function_words,
+)
 from whoharry.errors import WhoharryError
 
 
@@ -58,3 +67,37 @@ def test_composite_keys_are_those_the_authors_split():
     assert anchors.composite_keys() == ["Harry Potter", "Harry's"]
     assert set(anchors.without(anchors.composite_keys()).entries) == {"Harry", "Potter", "Sirius", "Sirius Black",
                                                                       "Potters"}
+
+
+@pytest.mark.parametrize(
+    ("value", "opens"),
+    [
+        ("the groundskeeper", True), ("The Crying Ghost", True), ("a shopkeeper", True), ("AN owl", True),
+        ("of the East", True), ("his wand", True), ("in the woods", True), ("it's", True), ("the-end", True),
+        ('"the bank"', True), ("Theodore", False), ("Anna", False), ("Ofelia", False), ("Mrs. Tibbs", False),
+        ("Little Ashford", False), ("Will", False), ("May", False), ("3 relics", False), ("", False),
+    ],
+)
+def test_a_value_opens_with_a_function_word_by_its_first_word_in_any_case(value, opens):
+    assert opens_with_function_word(value) is opens
+
+
+def test_function_words_are_stripped_from_the_front_only():
+    assert strip_function_words("the old mill") == "old mill"
+    assert strip_function_words("  In the Dark Woods ") == "Dark Woods"
+    assert strip_function_words("Lady of the Lake") == "Lady of the Lake"
+    assert strip_function_words("the") == "" and strip_function_words("of the") == ""
+    assert {"the", "a", "an", "of", "in", "and", "his", "they"} <= FUNCTION_WORDS
+
+
+def test_function_word_values_lists_each_key_with_its_flagged_values():
+    entries = {"Hagrid": ("Hank", "the groundskeeper"), "Harry": ("Jon",), "Owlery": ("the bird tower", "a loft")}
+    assert function_word_values(entries) == {"Hagrid": ["the groundskeeper"], "Owlery": ["the bird tower", "a loft"]}
+
+
+def test_the_shipped_dictionary_has_no_value_that_opens_with_a_function_word():
+    """Once a translation has appeared in a block, its first token is suppressed there: a value opening
+    with `the` would keep ` the` from being a label for the rest of the block."""
+    shipped = load_anchors(Path(__file__).resolve().parents[1] / "data" / "harry_potter" / "anchors.yaml")
+    assert len(shipped) > 300
+    assert function_word_values(shipped.entries) == {}

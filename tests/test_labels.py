@@ -6,7 +6,7 @@ import torch
 
 from whoharry.anchors.dictionary import parse_anchors
 from whoharry.core.text import make_blocks
-from whoharry.method.whp import generic_labels, suppress_seen_translations
+from whoharry.method.whp import fp32_output_layer, generic_labels, suppress_seen_translations
 from whoharry.stages.labels import compute_labels
 
 from .conftest import assert_copy_model_labels, make_copy_model
@@ -32,6 +32,40 @@ def test_suppression_sets_the_row_mean_after_the_translation_appeared():
     assert out[1].tolist() == [1.0, 0.0, 0.0, 0.0]
     assert out[2].tolist() == [2.0, 2.0, 0.0, 2.0]
     assert logits[1, 0] == 4.0, "the input is left untouched"
+
+
+class _Head(torch.nn.Module):
+    """A model that is only its output layer: logits 20 and 20.004 for tokens 0 and 1 on the input [20, 1],
+    one bf16 step (0.125 there) apart from neither."""
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 0.004]]))
+        self.to(dtype)
+
+    def get_output_embeddings(self) -> torch.nn.Linear:
+        return self.head
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden)
+
+
+def test_the_output_layer_gives_float32_logits_under_bf16_whatever_the_weights():
+    hidden = torch.tensor([[20.0, 1.0]])
+    zero = torch.zeros(1, 2)
+    for dtype in (torch.float32, torch.bfloat16):
+        model = _Head(dtype)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            rounded = model(hidden.to(dtype))
+            with fp32_output_layer(model, model):
+                exact = model(hidden.to(dtype))
+        assert rounded.dtype == torch.bfloat16 and rounded[0, 0] == rounded[0, 1]  # a tie: the argmax is lost
+        assert exact.dtype == torch.float32 and exact[0, 1] > exact[0, 0]
+        assert generic_labels(exact, exact, alpha=5.0).tolist() == [1] != generic_labels(rounded, rounded, 5.0).tolist()
+        assert generic_labels(exact, zero, alpha=5.0).tolist() == [1]
+        assert "forward" not in vars(model.head), "the layer's own forward is given back"
 
 
 def test_labels_from_a_copy_model_differ_exactly_at_anchors(tokenizer):
@@ -76,3 +110,19 @@ def test_reinforced_gain_steers_the_label_away(tokenizer):
     assert was_target.any()
     assert not (steered.labels == target).any()
     assert torch.equal(plain.labels[~was_target], steered.labels[~was_target])
+
+
+def test_the_match_order_reaches_the_labels(tokenizer):
+    """In dictionary order a shorter key listed first wins, and the words after it are labelled as they stand."""
+    model = make_copy_model(len(tokenizer)).eval()
+    anchors = parse_anchors({"Hogwarts": "Mystic Academy", "Hogwarts Express": "school train"})
+    text = "Harry took the Hogwarts Express, and the Hogwarts Express left at eleven. " * 4
+    blocks = make_blocks(text, tokenizer, 24)
+    by_order = {order: compute_labels(model, model, tokenizer, blocks, anchors, alpha=5.0, seed=0, progress=False,
+                                      match_order=order) for order in ("longest", "dictionary")}
+    found = by_order["longest"].stats["occurrences_per_key"]
+    assert list(found) == ["Hogwarts Express"] and by_order["dictionary"].stats["occurrences_per_key"] == {
+        "Hogwarts": found["Hogwarts Express"]}
+    express = tokenizer(" Express", add_special_tokens=False).input_ids[0]
+    assert (by_order["dictionary"].labels == express).sum() >= found["Hogwarts Express"] - 1  # the copy model's
+    assert (by_order["longest"].labels == express).sum() == 0

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM
 
 from whoharry.anchors import candidates as suggest
 from whoharry.anchors import translations as generics
+from whoharry.anchors.dictionary import opens_with_function_word
 from whoharry.config import AnchorsConfig as WhoharryAnchors
 from whoharry.core.text import make_blocks
 
@@ -103,8 +104,31 @@ def test_translations_are_generic_consistent_and_never_target_terms(tokenizer, t
 def test_fallbacks_by_kind_are_stable():
     first = generics.fallback("first", "Hermione", 2, set())
     assert first == generics.fallback("first", "Hermione", 2, set()) and all(n in generics.FIRST_NAMES for n in first)
-    assert all(p.startswith("the ") for p in generics.fallback("place", "Hogsmeade", 3, set()))
+    assert all(p in generics.PLACES for p in generics.fallback("place", "Hogsmeade", 3, set()))
     assert set(generics.fallback("surname", "Snape", 3, {"Smith"})).isdisjoint({"Smith"})
+
+
+def test_no_stock_replacement_opens_with_a_function_word():
+    for kind in ("first", "surname", "place", "word"):
+        for term in ("Hogsmeade", "Snape", "Hermione", "Quidditch", "wand"):
+            options = generics.fallback(kind, term, 10, set())
+            assert options and not any(opens_with_function_word(o) for o in options), (kind, term, options)
+
+
+def test_offline_translations_drop_a_leading_function_word(tokenizer, monkeypatch):
+    """The model's fillers may open with a function word: it is dropped, and a filler with nothing else
+    is left out, so no proposal opens with one (the labels stage would suppress that word after it)."""
+    text = ("They went to Hogsmeade. In Hogsmeade it snowed. At Hogsmeade it rained. "
+            "The castle stood. A castle fell. The castle burned.")
+    found = suggest.find_candidates(text, "", min_count=2)
+    fillers = {"Hogsmeade": ["The Old Mill", "the", "In the Valley", "Riverside"], "castle": ["the", "a tower"]}
+    monkeypatch.setattr(generics, "model_fillers", lambda model, tok, txt, candidate, *args, **kwargs:
+                        fillers[candidate.term])
+    proposed = generics.propose(None, tokenizer, text, [found["Hogsmeade"], found["castle"]], alternatives=3,
+                                progress=False)
+    assert proposed["Hogsmeade"] == ["Old Mill", "Valley", "Riverside"]
+    assert proposed["castle"][0] == "tower" and len(proposed["castle"]) == 3
+    assert not any(opens_with_function_word(o) for options in proposed.values() for o in options), proposed
 
 
 def test_kind_of_tells_places_and_surnames_from_first_names():

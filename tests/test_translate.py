@@ -22,10 +22,10 @@ ANCHORS = parse_anchors(
 )
 
 
-def translate(text: str, tokenizer, anchors=ANCHORS, seed: int = 0):
+def translate(text: str, tokenizer, anchors=ANCHORS, seed: int = 0, order="longest"):
     blocks = make_blocks(text, tokenizer, len(tokenizer(text).input_ids))
     result = translate_block(
-        text, blocks.ids[0], blocks.offsets[0], anchors, anchors.pattern(), tokenizer, random.Random(seed)
+        text, blocks.ids[0], blocks.offsets[0], anchors, anchors.pattern(order), tokenizer, random.Random(seed)
     )
     return blocks, result
 
@@ -105,6 +105,22 @@ def test_overlapping_matches_take_the_longest(tokenizer):
     anchors = parse_anchors({"Harry": "Jon", "Harry Potter": "Jon Carter", "Potter": "Smith"})
     _, result = translate("Harry Potter smiled at Potter.", tokenizer, anchors)
     assert result.text == "Jon Carter smiled at Smith."
+
+
+def test_in_dictionary_order_the_first_listed_key_wins_an_overlap(tokenizer):
+    """The authors' order: `Order` listed before `Order of the Phoenix` hides it, so the words after
+    `Order` are read, and labelled, as they stand; listed after it, the longer key still wins."""
+    text = "They joined the Order of the Phoenix at Hogwarts."
+    shorter_first = parse_anchors({"Order": "Guild", "Order of the Phoenix": "Circle of Light", "Hogwarts": "Hill"})
+    _, longest = translate(text, tokenizer, shorter_first)
+    assert longest.text == "They joined the Circle of Light at Hill."
+    blocks, authors = translate(text, tokenizer, shorter_first, order="dictionary")
+    assert authors.text == "They joined the Guild of the Phoenix at Hill."
+    order = authors.occurrences[0]
+    assert order.key == "Order" and authors.mapping[order.last + 1] != NO_LABEL  # " of" after "Guild" is labelled
+    longer_first = parse_anchors({"Order of the Phoenix": "Circle of Light", "Order": "Guild"})
+    assert translate(text, tokenizer, longer_first, order="dictionary")[1].text == longest.text.replace("Hill",
+                                                                                                      "Hogwarts")
 
 
 @pytest.mark.parametrize("text", ["Harry", "Harry Harry Harry", "...Harry!", "\n\nHarry\n"])

@@ -1,9 +1,12 @@
 """`whoharry anchors check`: how a dictionary meets a text, before any model runs.
 
 Occurrences per key as the labels stage will match them (whole words as `anchors.dictionary.term_pattern`
-decides for every script, longest key first), keys that never match, keys that overlap (one inside
-another, so the shorter one loses those occurrences), the composite keys the labels stage leaves to their
-parts, and the share of the text's tokens covered.
+decides for every script; where keys overlap, the longest, or with `labels.match_order: dictionary` the first
+in file order), keys that never match, keys that overlap (one inside another, so one of them loses those
+occurrences: the shorter one, or in dictionary order the one listed later), the composite keys the labels
+stage leaves to their parts, the translations that open with a function word
+(`anchors.dictionary.opens_with_function_word`), and the share of the text's tokens covered. All of them are
+warnings: the command succeeds whatever it finds.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from whoharry.anchors.dictionary import Anchors, load_anchors
-from whoharry.config import ModelConfig
+from whoharry.anchors.dictionary import Anchors, function_word_values, load_anchors
+from whoharry.config import MatchOrder, ModelConfig
 from whoharry.core.text import read_text
 from whoharry.errors import WhoharryError
 
@@ -32,13 +35,17 @@ class CheckReport:
     tokens and how many of them lie inside an anchor match (0 and 0 without one)."""
 
     keys: int
-    occurrences: dict[str, int]  # per key, as matched (longest first)
+    occurrences: dict[str, int]  # per key, as matched (in `match_order`)
     never_found: list[str]
-    shadowed: dict[str, int]  # key -> its whole-word occurrences that only lie inside a longer key's match
+    # key -> its whole-word occurrences that a key containing it, or contained in it, takes
+    shadowed: dict[str, int]
     contained: dict[str, list[str]] = field(default_factory=dict)  # key -> longer keys that contain it
     composite: list[str] = field(default_factory=list)
+    # key -> its translations that open with a function word (that word is then suppressed in the block)
+    function_word_values: dict[str, list[str]] = field(default_factory=dict)
     tokens: int = 0
     tokens_covered: int = 0
+    match_order: MatchOrder = "longest"
 
     @property
     def coverage(self) -> float:
@@ -49,32 +56,38 @@ class CheckReport:
         """The report as JSON-ready data, with `keys_found` and `coverage` (4 decimals) added."""
         return {
             "keys": self.keys,
+            "match_order": self.match_order,
             "keys_found": self.keys - len(self.never_found),
             "never_found": self.never_found,
             "occurrences": self.occurrences,
             "shadowed": self.shadowed,
             "contained": self.contained,
             "composite": self.composite,
+            "function_word_values": self.function_word_values,
             "tokens": self.tokens,
             "tokens_covered": self.tokens_covered,
             "coverage": round(self.coverage, 4),
         }
 
 
-def check(anchors: Anchors, text: str, tokenizer: PreTrainedTokenizerBase | None = None) -> CheckReport:
-    """Match the dictionary against the text the way translation does (`Anchors.pattern`); with a
+def check(anchors: Anchors, text: str, tokenizer: PreTrainedTokenizerBase | None = None,
+          order: MatchOrder = "longest") -> CheckReport:
+    """Match the dictionary against the text the way translation does (`Anchors.pattern(order)`); with a
     `tokenizer`, count the text's tokens (no special tokens) and those inside a match (a token's leading
     whitespace may lie outside it). Keys in `occurrences` are ordered most frequent first."""
-    matches = list(anchors.pattern().finditer(text))
+    matches = list(anchors.pattern(order).finditer(text))
     occurrences = Counter(match.group(0) for match in matches)
     covered_chars = [(match.start(), match.end()) for match in matches]
     shadowed: dict[str, int] = {}
     contained: dict[str, list[str]] = {}
     for key in anchors.entries:
         longer = [other for other in anchors.entries if other != key and key in other]
-        if not longer:
+        if longer:
+            contained[key] = sorted(longer, key=lambda other: (len(other), other))
+        # in dictionary order a key may also lose its places to a shorter key inside it, listed before it
+        inside = order == "dictionary" and any(other != key and other in key for other in anchors.entries)
+        if not longer and not inside:
             continue
-        contained[key] = sorted(longer, key=lambda other: (len(other), other))
         alone = Anchors({key: anchors.entries[key]}).pattern()
         hidden = sum(1 for _ in alone.finditer(text)) - occurrences[key]
         if hidden:
@@ -92,12 +105,15 @@ def check(anchors: Anchors, text: str, tokenizer: PreTrainedTokenizerBase | None
         shadowed=shadowed,
         contained=contained,
         composite=anchors.composite_keys(),
+        function_word_values=function_word_values(anchors.entries),
         tokens=tokens,
         tokens_covered=covered,
+        match_order=order,
     )
 
 
-def check_file(anchors_path: Path, text_path: Path, model: ModelConfig) -> CheckReport:
+def check_file(anchors_path: Path, text_path: Path, model: ModelConfig,
+               order: MatchOrder = "longest") -> CheckReport:
     """`check` of a dictionary file against a text file, counting tokens with the model's tokenizer when it
     can be loaded (a warning, and no token coverage, when it cannot).
 
@@ -113,7 +129,7 @@ def check_file(anchors_path: Path, text_path: Path, model: ModelConfig) -> Check
     except WhoharryError as exc:
         log.warning("no token coverage: %s", exc)
         tokenizer = None
-    return check(dictionary, target, tokenizer)
+    return check(dictionary, target, tokenizer, order)
 
 
 def _inside(span: tuple[int, int], covered: list[tuple[int, int]], text: str) -> bool:
@@ -138,8 +154,15 @@ def render(report: CheckReport, *, shown: int = 25) -> str:
         lines.append(f"never found ({len(report.never_found)}): " + ", ".join(report.never_found[:shown])
                      + (" ..." if len(report.never_found) > shown else ""))
     if report.shadowed:
-        lines.append("inside longer keys (those occurrences go to the longer key): "
+        lines.append("inside another key, or holding one (those occurrences go to the key that wins): "
                      + ", ".join(f"{key} {count}" for key, count in list(report.shadowed.items())[:shown]))
     if report.composite:
         lines.append("composite, left to their parts by the labels stage: " + ", ".join(report.composite[:shown]))
+    if report.function_word_values:
+        flagged = list(report.function_word_values.items())
+        lines.append(f"translations opening with a function word ({len(flagged)}): "
+                     + "; ".join(f"{key} -> {', '.join(values)}" for key, values in flagged[:shown])
+                     + (" ..." if len(flagged) > shown else ""))
+        lines.append("  once such a translation has appeared in a block, its first token (that word) is suppressed "
+                     "at every later position there, so the word cannot be a label")
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Anchor dictionaries: target-specific terms mapped to one or more generic translations.
 
 The YAML form is a mapping, `term: generic` or `term: [generic, ...]`. Terms are matched
-case-sensitively as whole words (not inside a longer word), the longest term first.
+case-sensitively as whole words (not inside a longer word), the longest term first where several match
+at one place (or the first in file order, as the authors' label script does: `Anchors.pattern`).
 
 What "a whole word" means is decided here once (`term_pattern`), for every place that matches a term:
 the labels stage, `anchors check` and the evaluation's mentions of reference terms.
@@ -34,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from whoharry.config import MatchOrder
 from whoharry.core.artifacts import atomic_write_text
 from whoharry.errors import WhoharryError
 
@@ -124,9 +126,14 @@ class Anchors:
 
     entries: dict[str, tuple[str, ...]]
 
-    def pattern(self) -> re.Pattern[str]:
-        """One regex for all terms, longest first, each found only as a whole word (`term_pattern`)."""
-        return re.compile(term_pattern(sorted(self.entries, key=lambda term: (-len(term), term))))
+    def pattern(self, order: MatchOrder = "longest") -> re.Pattern[str]:
+        """One regex for all terms, each found only as a whole word (`term_pattern`). Where several terms
+        match at one place, `longest` takes the longest (`Order of the Phoenix` over `Order`);
+        `dictionary` the first in file order, as the authors' label script does (it tries a token's keys in
+        dictionary order and takes the first that matches), so that a shorter key listed first hides a
+        longer one. Either way, the leftmost match wins and matches never overlap."""
+        terms = self.entries if order == "dictionary" else sorted(self.entries, key=lambda term: (-len(term), term))
+        return re.compile(term_pattern(terms))
 
     def composite_keys(self) -> list[str]:
         """Keys the authors' label script drops as splittable: `X's` where `X` is a key, and keys of
@@ -159,6 +166,49 @@ def composite_keys(entries: Mapping[str, Sequence[str]]) -> list[str]:
         return len(words) > 1 and all(word in entries for word in words)
 
     return [key for key in entries if composite(key)]
+
+
+# English closed-class words: articles, determiners and quantifiers, pronouns and possessives, prepositions
+# and conjunctions. Auxiliaries and modals are left out: `Will` and `May` are names too.
+FUNCTION_WORDS = frozenset("""
+a an the this that these those some any no every each all both either neither another other such what which
+whose whatever whichever much many few several my your his her its our their i me you he him she it we us they
+them mine yours hers ours theirs myself yourself himself herself itself ourselves yourselves themselves who whom
+someone somebody something anyone anybody anything everyone everybody everything nobody nothing none
+about above across after against along among amid around at before behind below beneath beside besides between
+beyond by despite down during except for from in inside into like near of off on onto out outside over past
+since than through throughout till to toward towards under underneath unlike until up upon with within without
+and or but nor so yet if because although though while whereas unless whether as when where
+""".split())  # noqa: SIM905 - a list read as prose
+_FIRST_WORD = re.compile(r"\W*([^\W\d_]+)")
+
+
+def opens_with_function_word(value: str) -> bool:
+    """Whether a translation opens with an English function word (`FUNCTION_WORDS`, any case): its first
+    word, up to the first character that is not a letter, so `the-end` and `it's` open with one too.
+
+    It matters because of the labels stage's suppression rule: once a translation has appeared in a block,
+    its first token is suppressed at every later position there. A translation opening with `the` takes
+    ` the` out of the labels for the rest of the block.
+    """
+    match = _FIRST_WORD.match(value)
+    return match is not None and match.group(1).lower() in FUNCTION_WORDS
+
+
+def strip_function_words(value: str) -> str:
+    """The value without the function words it opens with (`the old mill` -> `old mill`, `in the woods` ->
+    `woods`), whole words at a time; empty when nothing else is left."""
+    rest = value.strip()
+    while rest and opens_with_function_word(rest):
+        parts = rest.split(maxsplit=1)
+        rest = parts[1] if len(parts) > 1 else ""
+    return rest
+
+
+def function_word_values(entries: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Each key with translations that open with a function word, and those translations (file order)."""
+    found = {key: [value for value in values if opens_with_function_word(value)] for key, values in entries.items()}
+    return {key: values for key, values in found.items() if values}
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

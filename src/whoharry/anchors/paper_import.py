@@ -15,7 +15,9 @@ dict literal when it parses; otherwise its complete `"key": "value"` / `"key": [
 salvaged one by one (an entry whose key or value is not a plain string literal is skipped). A `.json`
 file holding a mapping, or a list of mappings and answer strings, is read the same way. All answers are
 merged into one mapping (every alternative kept, first-seen order), and the paper's filters then drop the
-composite keys that the authors' label script splits into parts.
+composite keys that the authors' label script splits into parts. The authors' values are kept as they are,
+also those that open with a function word (`the castle`); how many do is reported, and `anchors check`
+lists them.
 
 Safety rule: the file and its answers are data, never code. Literals are read with `ast.literal_eval`
 only (never `eval`, `exec` or pickle; a dict is split into its pairs with `ast.parse`, which compiles and
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import numpy
 
-from whoharry.anchors.dictionary import composite_keys, write_dictionary
+from whoharry.anchors.dictionary import composite_keys, function_word_values, write_dictionary
 from whoharry.errors import WhoharryError
 
 SUPPORTED_SUFFIXES = (".npy", ".json")
@@ -61,6 +63,7 @@ class ImportStats:
     entries: int = 0  # key/value pairs read in all (before merging)
     keys: int = 0  # distinct keys after merging (before filters)
     dropped_composite: list[str] = field(default_factory=list)  # keys dropped by the paper's filters
+    function_word_values: int = 0  # kept values that open with a function word (`anchors check` lists them)
 
 
 def _clean_key(key: object) -> str | None:
@@ -233,12 +236,15 @@ def _read_answers(path: Path) -> list[dict[str, list[str]] | str]:
     raise WhoharryError(f"unsupported dictionary file {path}: use one of {', '.join(SUPPORTED_SUFFIXES)}")
 
 
-def read_dictionary(path: Path, *, filters: bool = True) -> tuple[dict[str, list[str]], ImportStats]:
+def read_dictionary(path: Path, *, filters: bool = True,
+                    salvage: bool = True) -> tuple[dict[str, list[str]], ImportStats]:
     """Read a `.npy` or `.json` dictionary file into one merged mapping, with the paper's filters if asked.
 
     Args:
         path: the file.
         filters: drop the composite keys the authors' label script splits (`composite_keys`).
+        salvage: keep the complete entries of an answer cut off or malformed; without it such an answer
+            is dropped whole, as the authors' parser drops it (counted as unreadable).
 
     Returns:
         (term -> its distinct alternatives in first-seen order, what reading found).
@@ -254,6 +260,8 @@ def read_dictionary(path: Path, *, filters: bool = True) -> tuple[dict[str, list
     for answer in _read_answers(path):
         if isinstance(answer, str):
             entries, how = parse_answer(answer)
+            if how == "salvaged" and not salvage:
+                entries, how = {}, "unreadable"
         else:
             entries, how = answer, "parsed" if answer else "unreadable"
         stats.answers += 1
@@ -271,20 +279,22 @@ def read_dictionary(path: Path, *, filters: bool = True) -> tuple[dict[str, list
         stats.dropped_composite = composite_keys(merged)
         drop = set(stats.dropped_composite)
         merged = {key: values for key, values in merged.items() if key not in drop}
+    stats.function_word_values = sum(len(values) for values in function_word_values(merged).values())
     return merged, stats
 
 
-def import_dictionary(source: Path, out: Path, *, filters: bool = True) -> str:
+def import_dictionary(source: Path, out: Path, *, filters: bool = True, salvage: bool = True) -> str:
     """`read_dictionary` of `source` written to `out` as YAML; returns a one-line summary of what was read.
 
     Raises:
         WhoharryError: an unreadable or unsupported file, or one that holds no entries.
     """
-    entries, stats = read_dictionary(source, filters=filters)
+    entries, stats = read_dictionary(source, filters=filters, salvage=salvage)
     if not entries:
         raise WhoharryError(f"{source} holds no dictionary entries")
     summary = (f"{stats.answers} answers ({stats.parsed} parsed, {stats.salvaged} salvaged, "
                f"{stats.unreadable} unreadable), {stats.entries} entries, {stats.keys} keys, "
-               f"{len(stats.dropped_composite)} composite keys dropped")
+               f"{len(stats.dropped_composite)} composite keys dropped, "
+               f"{stats.function_word_values} values open with a function word (kept; `anchors check` lists them)")
     write_dictionary(out, entries, [f"Imported from {source.name} by `whoharry anchors import`: {summary}."])
     return f"wrote {len(entries)} keys to {out}: {summary}"

@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from whoharry.anchors import candidates, check, translations
-from whoharry.anchors.dictionary import parse_anchors, write_dictionary
+from whoharry.anchors.dictionary import parse_anchors, strip_function_words, write_dictionary
 from whoharry.anchors.paper_import import composite_keys, merge, parse_answer
 from whoharry.config import AnchorsConfig, Config, Precision
 from whoharry.core.http import ChatClient
@@ -118,7 +118,9 @@ def passages(text: str, size: int) -> list[str]:
 def ask_llm(text: str, cfg: AnchorsConfig, target_name: str, *, timeout: float = 120.0,
             max_retries: int = 3) -> tuple[dict[str, list[str]], dict[str, int]]:
     """The paper's route: each passage sent to an OpenAI-compatible chat endpoint with the prompt
-    template; the answers' `translations = {...}` dictionaries read safely and merged."""
+    template; the answers' `translations = {...}` dictionaries read safely and merged. A value that opens
+    with a function word loses it (`the castle` -> `castle`), one with nothing else is dropped, and so is
+    a key left without values: the labels stage would suppress that word after the translation."""
     if not cfg.llm_url:
         raise WhoharryError("anchors.llm_url is empty: set it to an OpenAI-compatible API root to ask an LLM")
     if not cfg.llm_prompt.is_file():
@@ -138,7 +140,22 @@ def ask_llm(text: str, cfg: AnchorsConfig, target_name: str, *, timeout: float =
     merged = merge(answers)
     for key in composite_keys(merged):
         del merged[key]
-    return merged, counts
+    return _without_function_words(merged), counts
+
+
+def _without_function_words(entries: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Each key's values with the function words they open with stripped (`strip_function_words`), those left
+    empty dropped, and keys left without values dropped; how many changed is logged."""
+    kept: dict[str, list[str]] = {}
+    for key, values in entries.items():
+        stripped = list(dict.fromkeys(value for value in map(strip_function_words, values) if value))
+        if stripped:
+            kept[key] = stripped
+    changed = sum(value != strip_function_words(value) for values in entries.values() for value in values)
+    if changed:
+        log.info("%d values opened with a function word: it was dropped (%d keys left without a value)", changed,
+                 len(entries) - len(kept))
+    return kept
 
 
 def suggest_with_llm(cfg: Config, out: Path) -> int:

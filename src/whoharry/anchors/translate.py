@@ -143,11 +143,12 @@ def translate_block(
         k = bisect.bisect_right(shift_points, char)
         return char - begin + (shift_at[k - 1][1] if k else 0)
 
-    encoded = tokenizer(translated, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    t_ids: list[int] = list(encoded["input_ids"])
-    t_offsets: list[tuple[int, int]] = [tuple(span) for span in encoded["offset_mapping"]]
     lead_end = regions[0].start if regions else finish
-    t_ids, t_offsets = _original_lead(ids, offsets, content, begin, lead_end, t_ids, t_offsets)
+    if lead_end == begin and begin > 0:
+        t_ids, t_offsets = _tokenize_in_context(tokenizer, text[max(0, begin - _CONTEXT) : begin], translated)
+    else:
+        t_ids, t_offsets = _tokenize_in_context(tokenizer, "", translated)
+        t_ids, t_offsets = _original_lead(ids, offsets, content, begin, lead_end, t_ids, t_offsets)
     lead = 0
     if bos_token_id is not None:
         t_ids = [bos_token_id, *t_ids]
@@ -188,6 +189,32 @@ def translate_block(
         suppress.append((occ.value_first, _first_tokens(tokenizer, occ.value, t_ids[occ.value_first])))
         occurrences.append(occ)
     return BlockTranslation(translated, t_ids, mapping, occurrences, suppress)
+
+
+_CONTEXT = 32  # characters of the text before a block that an anchor opens, read to tokenize it in place
+
+
+def _tokenize_in_context(tokenizer: PreTrainedTokenizerBase, context: str,
+                         translated: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """The tokens of `translated` (ids, character spans in it) as they come after `context` in one text.
+
+    A block that an anchor opens has no original tokens to keep before it (`_original_lead`), and its
+    text alone would be tokenized as a text start: a tokenizer with a dummy prefix (Llama 2, T5) turns
+    " Dale went" into `▁ ▁Dale ▁went`, one bare `▁` more than the same words inside the text
+    (`▁Dale ▁went`). Read after the text that precedes the block, the dummy prefix goes to that
+    context and is cut off with it. Where no token boundary falls exactly where the context ends (a
+    merge across it), the text is tokenized alone."""
+    both = context + translated
+    encoded = tokenizer(both, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    ids: list[int] = list(encoded["input_ids"])
+    spans: list[tuple[int, int]] = [tuple(span) for span in encoded["offset_mapping"]]
+    cut = len(context)
+    if cut:
+        first = next((j for j, (_, end) in enumerate(spans) if end > cut), len(spans))
+        if all(end <= cut for _, end in spans[:first]) and (first == len(spans) or spans[first][0] >= cut):
+            return ids[first:], [(s - cut, e - cut) for s, e in spans[first:]]
+        return _tokenize_in_context(tokenizer, "", translated)
+    return ids, spans
 
 
 def _original_lead(ids: list[int], offsets: list[tuple[int, int]], content: list[int], begin: int, lead_end: int,
@@ -257,10 +284,15 @@ def _find_regions(text: str, begin: int, finish: int, offsets: list[tuple[int, i
 
 
 def _first_tokens(tokenizer: PreTrainedTokenizerBase, value: str, seen_first: int) -> tuple[int, ...]:
-    """The first token of a translation however it is tokenized: mid-sentence, at a line start, as seen."""
+    """The translation's first piece in the forms it takes: as seen in the translated block, after a word
+    and a space, and at a line start; each is the token that holds the value's first character, so a
+    bare `▁` or space piece a tokenizer puts before it (Llama 2 before a digit, or for a leading space
+    with its dummy prefix) is never taken for it."""
     found = {seen_first}
-    for form in (value, " " + value):
-        ids = tokenizer(form, add_special_tokens=False).input_ids
-        if ids:
-            found.add(ids[0])
+    for context in (". ", "\n"):
+        encoded = tokenizer(context + value, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        spans = encoded["offset_mapping"]
+        first = next((j for j, (_, end) in enumerate(spans) if end > len(context)), None)
+        if first is not None:
+            found.add(encoded["input_ids"][first])
     return tuple(sorted(found))

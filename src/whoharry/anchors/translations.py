@@ -7,7 +7,9 @@ reinforcement on the target raised), give the
 likeliest generic words; the first tokens of every suggested term are left out too. Those words
 become the term's alternatives. A name must be replaced by a name: when the model offers too few capitalised
 words, ordinary names (or places, or plain nouns) fill in by kind. A family of terms stays
-consistent: `Potters` follows `Potter`, and `Professor Snape` takes whatever `Snape` became.
+consistent: `Potters` follows `Potter`, and `Professor Snape` takes whatever `Snape` became. No
+translation opens with a function word (`anchors.dictionary.opens_with_function_word`): such a word is
+dropped, and an alternative with nothing else is left out.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from whoharry.anchors.candidates import CONNECTORS, STOPWORDS, Candidate
+from whoharry.anchors.dictionary import strip_function_words
 from whoharry.core import models
 from whoharry.core.text import pad
 from whoharry.method.whp import whp_logits
@@ -33,8 +36,8 @@ FIRST_NAMES = ("Jon", "Tom", "Ben", "Sam", "Anna", "Emma", "Kate", "Lucy", "Mark
 SURNAMES = ("Smith", "Carter", "Baker", "Wilson", "Turner", "Green", "Brown", "Taylor", "Walker", "Hill", "Cooper",
             "Ward", "Parker", "Morris", "Bennett", "Hughes", "Foster", "Reed", "Harper", "Fisher", "Mason", "Palmer",
             "Graham", "Porter", "Lawson", "Grant", "Barnes", "Fleming", "Dixon", "Hayes")
-PLACES = ("the town", "the village", "the valley", "the city", "the hall", "the old house", "the school",
-          "the market", "the hills", "the harbour")
+PLACES = ("Ashford", "Millbrook", "Westbury", "Oakham", "Redhill", "Fairview", "Brookside", "Stonebridge",
+          "Elmwood", "Greenfield")
 NOUNS = ("thing", "object", "device", "stuff", "item", "tool")
 TITLES = {"Mr", "Mrs", "Miss", "Ms", "Dr", "Professor", "Uncle", "Aunt", "Madam", "Sir", "Lady", "Lord", "King",
           "Queen", "Prince", "Princess", "Captain", "Master", "Mistress", "Father", "Mother", "Saint"}
@@ -183,9 +186,10 @@ def propose(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: st
     """Up to `alternatives` generic translations for each chosen term, in the chosen order.
 
     Single words and lower-case phrases take `model_fillers` (a filler naming a suggested term dropped;
-    a place gets `the` before a lower-case filler; a first name or surname only one-word fillers), topped
-    up by `fallback`; a plural follows its singular (`+s`), and a multi-word name is composed from its
-    translated words (or, when none is translated, from `fallback`).
+    a first name or surname only one-word fillers), topped up by `fallback`; a plural follows its
+    singular (`+s`), and a multi-word name is composed from its translated words (or, when none is
+    translated, from `fallback`). No translation opens with a function word (`strip_function_words`;
+    one left empty is dropped).
 
     Args:
         model: the baseline model; reinforced: the reinforced one, to steer with `alpha` (optional).
@@ -204,11 +208,10 @@ def propose(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: st
         kind = kind_of(candidate, text, terms)
         words = model_fillers(model, tokenizer, text, candidate, banned, contexts=contexts, wanted=alternatives,
                               capitalised=kind != "word", precision=precision, reinforced=reinforced, alpha=alpha)
-        words = [w for w in words if not _names_a_term(w, terms, lowered)]
+        words = [w for w in map(strip_function_words, words) if w and not _names_a_term(w, terms, lowered)]
+        words = list(dict.fromkeys(words))
         if kind in ("first", "surname"):
             words = [w for w in words if " " not in w]
-        elif kind == "place":
-            words = [f"the {w}" if w[:1].islower() else w for w in words]
         if len(words) < alternatives:
             words += fallback(kind, candidate.term, alternatives - len(words), set(words))
         result[candidate.term] = words[:alternatives]
@@ -220,6 +223,10 @@ def propose(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: st
             result[candidate.term] = [f"{w}s" for w in result[base]]
             continue
         result[candidate.term] = _compose(candidate, result, text, terms, alternatives)
+    for candidate in chosen:  # a composed name keeps its term's own words, whatever they are
+        kept = [option for option in map(strip_function_words, result[candidate.term]) if option]
+        result[candidate.term] = list(dict.fromkeys(kept)) or fallback(kind_of(candidate, text, terms),
+                                                                       candidate.term, alternatives, set())
     return {c.term: result[c.term] for c in chosen}
 
 

@@ -130,6 +130,9 @@ def anchors_import(
     no_filters: Annotated[
         bool, typer.Option("--no-filters", help="Keep composite keys (all words keys, or X's of a key X).")
     ] = False,
+    no_salvage: Annotated[
+        bool, typer.Option("--no-salvage", help="Drop an answer cut off mid-dictionary, as the authors' parser does.")
+    ] = False,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Read a dictionary in the paper's published format (or JSON) → [bold]OUT[/bold] (YAML)."""
@@ -139,7 +142,7 @@ def anchors_import(
 
     def body() -> None:
         _new_file(out, overwrite)
-        typer.echo(paper_import.import_dictionary(source, out, filters=not no_filters))
+        typer.echo(paper_import.import_dictionary(source, out, filters=not no_filters, salvage=not no_salvage))
 
     guard(body)
 
@@ -152,7 +155,7 @@ def anchors_check(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Occurrences per key, keys never found, overlaps, and the share of the text's tokens covered."""
+    """Occurrences per key, keys never found, overlaps, translations opening with a function word, token coverage."""
     from whoharry.anchors import check
     from whoharry.core import artifacts
 
@@ -160,7 +163,7 @@ def anchors_check(
 
     def body() -> None:
         cfg = resolve_config(config, set_, None, None)
-        report = check.check_file(anchors, text or cfg.data.target, cfg.model)
+        report = check.check_file(anchors, text or cfg.data.target, cfg.model, cfg.labels.match_order)
         if json_out is not None:
             artifacts.write_json(json_out, report.as_dict())
         typer.echo(check.render(report))

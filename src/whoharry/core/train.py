@@ -3,6 +3,9 @@
 Reinforcing is this loop with the text as its own labels; unlearning is this loop with the generic
 labels. AdamW, linear warm-up then linear decay, gradient accumulation, gradient clipping, mixed
 precision, and checkpoints every N steps that a rerun resumes from, ending with the same weights.
+A share of the blocks may be held out, never trained on, its loss measured after every epoch; with
+`select_best` the stage ends with the weights of the lowest held-out loss (`core.validation`,
+`core.checkpoints`).
 
 It runs through accelerate, so `accelerate launch` makes it data-parallel (DDP, FSDP or DeepSpeed
 ZeRO-3, from the accelerate config file). `batch_size` is per process: an optimizer step sees
@@ -23,10 +26,8 @@ leaves the output layer out (peft's rule), so it keeps a tied model tied.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -41,12 +42,11 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from whoharry.config import TrainConfig
-from whoharry.core import artifacts, distributed, models
+from whoharry.core import artifacts, checkpoints, distributed, models, validation
 from whoharry.errors import WhoharryError
 from whoharry.method.objectives import IGNORE, Objective, causal_lm_loss
 
 if TYPE_CHECKING:
-    from torch.optim.lr_scheduler import LRScheduler
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,9 @@ class TrainResult:
     """What one `train` call did. `final_loss` and `mean_loss` are the objective's value per optimizer
     step run in this call (nan when none ran); `tokens` counts the forget blocks' tokens read by all
     processes together (retain blocks not counted); `seconds` is wall-clock; `precision` is the autocast
-    dtype's name ("bfloat16", "float16") or "fp32"."""
+    dtype's name ("bfloat16", "float16") or "fp32". With held-out blocks, `val_loss` is their loss after
+    the last step, and with `select_best`, `best_step` the step whose weights the model ends with and
+    `best_val_loss` its held-out loss."""
 
     steps: int
     resumed_from: int
@@ -67,6 +69,10 @@ class TrainResult:
     seconds: float
     precision: str
     processes: int
+    validation_blocks: int = 0  # held out, never trained on
+    val_loss: float = math.nan
+    best_step: int | None = None
+    best_val_loss: float = math.nan
 
 
 def total_steps(samples: int, cfg: TrainConfig, processes: int = 1) -> int:
@@ -164,12 +170,18 @@ def train(
     on_step: Callable[[int], None] | None = None,
     final: tuple[Path, PreTrainedTokenizerBase] | None = None,
     objective: Objective | None = None,
+    held_out_from: int | None = None,
 ) -> TrainResult:
     """Fine-tune `model` in place on (input_ids, labels) blocks; resume from `stage_dir/checkpoints`.
 
-    AdamW (`cfg.learning_rate`, `cfg.weight_decay`) with linear warm-up (`cfg.warmup_ratio` of the steps)
-    then linear decay to 0, gradient clipping at `cfg.max_grad_norm` (when > 0), a checkpoint every
-    `cfg.save_every` steps, and one `metrics.jsonl` record per optimizer step (step, loss, lr, seconds).
+    AdamW (`cfg.learning_rate`, `cfg.weight_decay`, betas `cfg.adam_beta1`, `cfg.adam_beta2`) with linear
+    warm-up (`cfg.warmup_ratio` of the steps) then linear decay to 0, gradient clipping at `cfg.max_grad_norm`
+    (when > 0), a checkpoint every `cfg.save_every` steps, and one `metrics.jsonl` record per optimizer step
+    (step, loss, lr, seconds). `cfg.validation_share` of the blocks are held out (`validation.split`): an
+    epoch is a pass over the others, and the steps that end an epoch, and the last, add the held-out loss
+    and perplexity to their record (`val_loss`, `val_perplexity`). With `cfg.select_best` the model ends
+    with the weights of the lowest held-out loss (with sharded weights only `final` does: the model in
+    memory keeps the last step's).
 
     Args:
         model: the model to train; it is left in eval mode, gradient checkpointing switched off.
@@ -187,6 +199,8 @@ def train(
         final: `(folder, tokenizer)`: write the trained model there as a save_pretrained folder (LoRA
             merged in, a tied layer it adapted untied first; sharded weights gathered).
         objective: what to minimise; default cross-entropy against `labels` (`Objective()`).
+        held_out_from: hold blocks out only among the first N (the target's, when retain blocks follow
+            them); default all.
 
     Returns:
         A `TrainResult`. Each step's loss is the objective's value: for `ce` the mean cross-entropy per
@@ -194,7 +208,9 @@ def train(
 
     Raises:
         WhoharryError: a trainable weight that is not fp32 (before anything is changed), fp16 on a CPU,
-            LoRA with sharded weights, or a loss that became NaN or infinite (the last checkpoint is kept).
+            LoRA with sharded weights, a held-out share leaving no block to train on or none labelled,
+            `select_best` without held-out blocks or with an objective other than cross-entropy, or a loss
+            that became NaN or infinite (the last checkpoint is kept).
     """
     halved = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
                      if p.requires_grad and p.dtype != torch.float32})
@@ -202,21 +218,29 @@ def train(
         raise WhoharryError(f"{desc}: training needs fp32 weights, this model's are {', '.join(halved)} "
                             "(precision sets the compute dtype; load the model in fp32)")
     objective = objective or Objective()
+    if cfg.select_best and objective.kind != "ce":  # its lowest cross-entropy is the least forgetting
+        raise WhoharryError(f"{desc}: select_best keeps the lowest held-out cross-entropy, which with the "
+                            f"{objective.kind} objective is the model that forgot least; turn it off")
     retain = objective.retain_ids
+    trained, held_out = validation.split(labels, cfg.validation_share, seed, among=held_out_from)
+    if cfg.select_best and not held_out:
+        raise WhoharryError(f"{desc}: select_best needs validation_share > 0")
     acc = make_accelerator(cfg)
     processes, rank = acc.num_processes, acc.process_index
-    samples = input_ids.shape[0]
+    samples = len(trained)
     steps = total_steps(samples, cfg, processes)
+    measured = validation.measured_steps(samples, steps, cfg, processes) if held_out else set()
+    best = checkpoints.BestWeights(stage_dir / "checkpoints") if cfg.select_best else None
     labelled = (labels[:, 1:] != IGNORE).sum(dim=1)  # tokens each block contributes to the loss
     model = prepare_model(model, cfg)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
     # the scheduler is stepped here once per optimizer step, so accelerate is not given it
     scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
     if acc.state.deepspeed_plugin is not None:  # no data loader to read the batch size from
         acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
     wrapped, optimizer = acc.prepare(model, optimizer)
-    start = _resume(stage_dir / "checkpoints", run_key, acc, scheduler)
+    start = checkpoints.resume(stage_dir / "checkpoints", run_key, acc, scheduler, best)
     metrics_path = stage_dir / "metrics.jsonl"
     if start:
         log.info("%s: resuming from checkpoint step-%d", desc, start)
@@ -227,11 +251,11 @@ def train(
     metrics = artifacts.MetricsLog(metrics_path, append=start > 0) if acc.is_main_process else None
     wrapped.train()
     losses: list[float] = []
-    tokens = 0
+    tokens, val_loss = 0, math.nan
     began = time.perf_counter()
     bar = tqdm(total=steps, initial=start, desc=desc, unit="step", disable=not (progress and acc.is_main_process))
     for step in range(start, steps):
-        micro_batches = sample_order(samples, step, cfg, seed, processes)
+        micro_batches = [[trained[i] for i in batch] for batch in sample_order(samples, step, cfg, seed, processes)]
         step_units = max(1, objective.units(labelled, [i for batch in micro_batches for i in batch]))
         if retain is not None:
             retain_batches = sample_order(retain.shape[0], step, cfg, seed + 1, processes)
@@ -267,21 +291,31 @@ def train(
                 "or use precision fp32 (the last checkpoint is kept)"
             )
         losses.append(value)
+        done, held = step + 1, {}
+        if done in measured:
+            val_loss = validation.validation_loss(wrapped, acc, input_ids, labels, held_out, cfg.batch_size)
+            held = {"val_loss": round(val_loss, 6), "val_perplexity": validation.perplexity(val_loss)}
+            if best is not None and best.offer(done, val_loss, acc, wrapped):
+                held["best"] = True
+            wrapped.train()
         if metrics is not None:
-            metrics.log(step=step + 1, loss=round(value, 6), lr=scheduler.get_last_lr()[0],
-                        seconds=round(time.perf_counter() - began, 3))
+            metrics.log(step=done, loss=round(value, 6), lr=scheduler.get_last_lr()[0],
+                        seconds=round(time.perf_counter() - began, 3), **held)
         bar.set_postfix(loss=f"{value:.3f}")
         bar.update(1)
-        done = step + 1
         if on_step is not None:
             on_step(done)
             wrapped.train()
         if cfg.save_every and done % cfg.save_every == 0 and done < steps:
-            _save_checkpoint(stage_dir / "checkpoints", done, run_key, acc, scheduler, cfg)
+            checkpoints.save(stage_dir / "checkpoints", done, run_key, acc, scheduler, cfg.keep_checkpoints, best)
     bar.close()
     wrapped.eval()
+    chosen = best is not None and best.step is not None and best.step != steps  # the last step's are in place
+    best_state = best.load_into(acc, wrapped) if chosen else None
+    if best is not None and best.step is not None:
+        log.info("%s: ends with the weights of step %d, validation loss %.4f", desc, best.step, best.loss)
     if final is not None:
-        _save_final(acc, wrapped, final[1], final[0])
+        _save_final(acc, wrapped, final[1], final[0], best_state, chosen)
     unwrapped = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
     if cfg.gradient_checkpointing:
         _checkpointing(unwrapped, False)
@@ -295,12 +329,21 @@ def train(
         seconds=time.perf_counter() - began,
         precision=str(dtype).removeprefix("torch.") if dtype else "fp32",
         processes=processes,
+        validation_blocks=len(held_out),
+        val_loss=val_loss,
+        best_step=None if best is None else best.step,
+        best_val_loss=math.nan if best is None or best.step is None else best.loss,
     )
 
 
-def _save_final(acc: Accelerator, wrapped: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """The trained model as an ordinary save_pretrained folder, written by the main process."""
-    state_dict = acc.get_state_dict(wrapped) if distributed.sharded() else None  # every process gathers
+def _save_final(acc: Accelerator, wrapped: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path,
+                best_state: dict[str, torch.Tensor] | None = None, chosen: bool = False) -> None:
+    """The trained model as an ordinary save_pretrained folder, written by the main process; with sharded
+    weights and `chosen`, from `best_state` (the best weights, main process) instead of the model's."""
+    if chosen and distributed.sharded():
+        state_dict = best_state
+    else:
+        state_dict = acc.get_state_dict(wrapped) if distributed.sharded() else None  # every process gathers
     model = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
     if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the weights
         _untie_adapted(model)
@@ -328,62 +371,6 @@ def _untie_adapted(model: torch.nn.Module) -> None:
             log.info("LoRA adapts a tied layer: the saved model has untied input and output embeddings")
 
 
-def _save_checkpoint(root: Path, step: int, run_key: str, acc: Accelerator, scheduler: LRScheduler,
-                     cfg: TrainConfig) -> None:
-    """`checkpoints/step-N/`: accelerate's state (weights, optimizer, RNG of every process), then
-    `state.json` with the scheduler last; every process takes part (sharded weights save in shards)."""
-    final = root / f"step-{step}"
-    tmp = artifacts.temporary_name(final)
-    if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    acc.wait_for_everyone()
-    acc.save_state(str(tmp), safe_serialization=True)
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        (tmp / "state.json").write_text(
-            json.dumps({"step": step, "run_key": run_key, "processes": acc.num_processes,
-                        "scheduler": scheduler.state_dict()}), encoding="utf-8"
-        )
-        artifacts.publish(tmp, final)
-        kept = sorted(_complete_checkpoints(root), key=lambda item: item[0])
-        for _, old in kept[: -cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-    acc.wait_for_everyone()
-
-
-def _complete_checkpoints(root: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of each `step-N` checkpoint whose `state.json` was written."""
-    found = []
-    if root.is_dir():
-        for path in root.glob("step-*"):
-            if (path / "state.json").is_file() and path.name.removeprefix("step-").isdigit():
-                found.append((int(path.name.removeprefix("step-")), path))
-    return found
-
-
-def _resume(root: Path, run_key: str, acc: Accelerator, scheduler: LRScheduler) -> int:
-    """Load the newest complete checkpoint made with the same settings and number of processes; return
-    its step (0 if none)."""
-    for step, path in sorted(_complete_checkpoints(root), reverse=True):
-        try:
-            state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        if state.get("run_key") != run_key or state.get("processes", 1) != acc.num_processes:
-            log.info("ignoring %s: made with other settings or another number of processes", path)
-            continue
-        acc.load_state(str(path))
-        scheduler.load_state_dict(state["scheduler"])
-        return step
-    return 0
-
-
-def clear_checkpoints(stage_dir: Path) -> None:
-    """Delete `stage_dir/checkpoints` (errors ignored), once a stage's manifest is written."""
-    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
-
-
 def summary(result: TrainResult) -> dict[str, float | int | str]:
     """A `TrainResult` for a manifest: losses rounded to 6 decimals, `train_seconds` to 0.01 s."""
     return {
@@ -395,4 +382,8 @@ def summary(result: TrainResult) -> dict[str, float | int | str]:
         "train_seconds": round(result.seconds, 2),
         "precision": result.precision,
         "processes": result.processes,
+        **({"validation_blocks": result.validation_blocks, "val_loss": round(result.val_loss, 6),
+            "val_perplexity": validation.perplexity(result.val_loss)} if result.validation_blocks else {}),
+        **({"best_step": result.best_step, "best_val_loss": round(result.best_val_loss, 6)}
+           if result.best_step is not None else {}),
     }

@@ -257,6 +257,7 @@ def unlearn_all(exp: ExperimentConfig, cfg: Config, subject: Path, folder: Path,
             continue
         run_cfg = copy.deepcopy(on_subject)
         run_cfg.forget.method = method.split("-")[0]
+        run_cfg.unlearn.select_best = False  # the lowest held-out cross-entropy is what ga and npo move away from
         if not method.endswith("-retain"):
             run_cfg.data.retain = []
         key = unlearn.key(run_cfg, folder / method)

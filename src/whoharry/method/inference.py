@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutput
 
-from whoharry.method.whp import whp_logits
+from whoharry.method.whp import fp32_output_layer, whp_logits
 
 
 class InferenceTimeWHP(torch.nn.Module):
@@ -39,15 +39,17 @@ class InferenceTimeWHP(torch.nn.Module):
         """Both models read `input_ids` ([batch, length] int64); other keywords are ignored.
 
         Returns:
-            A `CausalLMOutput` whose only field is `logits`, [batch, length, vocab], in the models' dtype.
+            A `CausalLMOutput` whose only field is `logits`, [batch, length, vocab], float32 (each model's output
+            layer and the formula run in float32: `method.whp.fp32_output_layer`).
         """
         position_ids = None
         if attention_mask is not None:  # left padding: count positions from each row's first real token
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         kwargs = {"attention_mask": attention_mask, "position_ids": position_ids}
-        base = self.base(input_ids=input_ids, **kwargs).logits
-        boosted = self.reinforced(input_ids=input_ids, **kwargs).logits
-        return CausalLMOutput(logits=whp_logits(base, boosted, self.alpha))
+        with fp32_output_layer(self.base, self.reinforced):
+            base = self.base(input_ids=input_ids, **kwargs).logits
+            boosted = self.reinforced(input_ids=input_ids, **kwargs).logits
+        return CausalLMOutput(logits=whp_logits(base.float(), boosted.float(), self.alpha))
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
@@ -67,8 +69,9 @@ class InferenceTimeWHP(torch.nn.Module):
         for _ in range(max_new_tokens):
             logits = []
             for index, model in enumerate((self.base, self.reinforced)):
-                result = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                               **{_cache_argument(model): caches[index]})
+                with fp32_output_layer(model):
+                    result = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                   **{_cache_argument(model): caches[index]})
                 caches[index] = result.get("cache", result.get("past_key_values"))
                 logits.append(result.logits[:, -1].float())
             base, boosted = logits

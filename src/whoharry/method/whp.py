@@ -7,7 +7,13 @@ with them.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import Iterator
+
 import torch
+
+log = logging.getLogger(__name__)
 
 
 def whp_logits(base: torch.Tensor, reinforced: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -65,3 +71,47 @@ def suppress_seen_translations(
         tokens = torch.tensor(token_ids, dtype=torch.long)
         out[rows.unsqueeze(1), tokens.unsqueeze(0)] = means[rows].unsqueeze(1)
     return out
+
+
+@contextlib.contextmanager
+def fp32_output_layer(*models: torch.nn.Module) -> Iterator[None]:
+    """Within the block, each model's output layer (`get_output_embeddings()`) computes its logits in float32
+    from its input hidden states, whatever autocast or the weights' dtype is: the models may run in bf16,
+    but the logits that the formula compares are not rounded to bf16 (whose step near a logit of 20 is
+    0.125, enough to tie or swap the argmax of `generic_labels`). What the model does to its logits after
+    that layer (a soft cap, a scale) then runs in float32 too. Nothing changes for a model in fp32 without
+    autocast. The authors computed labels with fp32 models (`prepare_dataset.py`).
+
+    A model without an output layer as a `torch.nn.Linear` is left as it is (with a warning: its logits
+    keep the model's precision); one spread over devices by
+    accelerate (`device_map`) keeps its device hook, around the float32 layer. The layers' own `forward` is
+    given back on leaving, also on an error.
+    """
+    patched: list[tuple[torch.nn.Module, str, object]] = []
+
+    def exact(layer: torch.nn.Linear):
+        def forward(hidden: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(hidden.device.type, enabled=False):
+                bias = None if layer.bias is None else layer.bias.float()
+                return torch.nn.functional.linear(hidden.float(), layer.weight.float(), bias)
+        return forward
+
+    try:
+        for model in models:
+            getter = getattr(model, "get_output_embeddings", None)
+            layer = getter() if getter is not None else None
+            if not isinstance(layer, torch.nn.Linear):
+                log.warning("%s has no linear output layer: its logits keep the model's precision",
+                            type(model).__name__)
+                continue
+            # accelerate's device hook calls the layer's forward kept as `_old_forward`
+            name = "_old_forward" if hasattr(layer, "_hf_hook") and "_old_forward" in vars(layer) else "forward"
+            patched.append((layer, name, vars(layer).get(name)))
+            setattr(layer, name, exact(layer))
+        yield
+    finally:
+        for layer, name, before in reversed(patched):
+            if before is None:
+                delattr(layer, name)
+            else:
+                setattr(layer, name, before)

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from whoharry.config import Config, to_dict
-from whoharry.core import artifacts, distributed
-from whoharry.core.train import clear_checkpoints
+from whoharry.core import artifacts, checkpoints, distributed
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +74,7 @@ def run_stage(name: str, cfg: Config, stage_dir: Path, key: str, body: Callable[
         record = artifacts.StageRecord(stage=name, fingerprint=key, inputs=outcome.inputs, outputs=outcome.outputs,
                                        seed=cfg.seed, seconds=time.perf_counter() - began, summary=outcome.summary)
         artifacts.write_stage(stage_dir, record, to_dict(cfg))
-        clear_checkpoints(stage_dir)
+        checkpoints.clear(stage_dir)
     if collective:
         distributed.barrier()
     return stage_dir

@@ -27,11 +27,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from whoharry.anchors.dictionary import Anchors, load_anchors
 from whoharry.anchors.translate import NO_LABEL, BlockTranslation, translate_block
-from whoharry.config import Config, Precision, fingerprint, model_key, to_dict
+from whoharry.config import Config, MatchOrder, Precision, fingerprint, model_key, to_dict
 from whoharry.core import artifacts, distributed, models
 from whoharry.core.text import Blocks, make_blocks, pad, read_text
 from whoharry.method.objectives import IGNORE
-from whoharry.method.whp import generic_labels, suppress_seen_translations
+from whoharry.method.whp import fp32_output_layer, generic_labels, suppress_seen_translations
 from whoharry.stages import reinforce
 from whoharry.stages.common import Outcome, require, run_stage
 from whoharry.stages.shards import (
@@ -70,6 +70,7 @@ def compute_labels(
     seed: int,
     batch_size: int = 4,
     precision: Precision = "auto",
+    match_order: MatchOrder = "longest",
     progress: bool = True,
 ) -> LabelSet:
     """Translate every block, run both models, and keep only the label ids (one process, no saving).
@@ -82,13 +83,15 @@ def compute_labels(
         tokenizer: the models' fast tokenizer (with a pad token); blocks: from `core.text.make_blocks`.
         anchors: the dictionary (composite keys already removed by the caller, if wanted).
         alpha: see `method.whp.whp_logits`; seed: fixes each block's translation choices.
-        batch_size: blocks per forward pass; precision: the autocast setting; progress: a progress bar.
+        batch_size: blocks per forward pass; precision: the models' autocast setting (the output layer and
+            the formula run in fp32 whatever it is: `method.whp.fp32_output_layer`).
+        match_order: which key wins an overlap (`Anchors.pattern`); progress: a progress bar.
 
     Returns:
         A `LabelSet`: input_ids and labels, [blocks, block_length] int32, and their statistics.
     """
     shard = label_shard(base, reinforced, tokenizer, blocks, anchors, batches_of(len(blocks.ids), batch_size),
-                        alpha=alpha, seed=seed, precision=precision, progress=progress)
+                        alpha=alpha, seed=seed, precision=precision, match_order=match_order, progress=progress)
     return finish(blocks, anchors, [shard], alpha)
 
 
@@ -104,6 +107,7 @@ def label_shard(
     alpha: float,
     seed: int,
     precision: Precision = "auto",
+    match_order: MatchOrder = "longest",
     progress: bool = True,
     metrics: artifacts.MetricsLog | None = None,
     partial: Partial | None = None,
@@ -114,7 +118,7 @@ def label_shard(
     the seed and the block alone, so any split of the batches gives the same labels.
 
     Args:
-        base, reinforced, tokenizer, blocks, anchors, alpha, seed, precision, progress: as in
+        base, reinforced, tokenizer, blocks, anchors, alpha, seed, precision, match_order, progress: as in
             `compute_labels`.
         batches: the block indices to label, in batches (see `stages.shards.batches_of`).
         metrics: a log that gets one record per batch (running counts of labelled and changed positions,
@@ -126,7 +130,7 @@ def label_shard(
         A `Shard`: labels [blocks, block_length] int32 (-100 in the rows of blocks not in `batches`, and at
         positions without a label), the anchor occurrences found and the positions left unaligned.
     """
-    pattern = anchors.pattern()
+    pattern = anchors.pattern(match_order)
     device = next(base.parameters()).device
     base.eval()
     reinforced.eval()
@@ -155,7 +159,7 @@ def label_shard(
         original = all_ids[indices].long().to(device)
         translated, mask = pad([t.ids for t in translations], tokenizer.pad_token_id)
         translated, mask = translated.to(device), mask.to(device)
-        with models.autocast(precision, device):
+        with models.autocast(precision, device), fp32_output_layer(reinforced, base):
             reinforced_logits = reinforced(input_ids=original).logits
             base_logits = base(input_ids=translated, attention_mask=mask).logits
         for row, (b, translation) in enumerate(zip(indices, translations, strict=True)):
@@ -271,7 +275,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
             artifacts.truncate_metrics(metrics_path, "batches", saved[0])
         shard = label_shard(
             base, reinforced, tokenizer, blocks, anchors, mine,
-            alpha=cfg.labels.alpha, seed=cfg.seed, precision=cfg.labels.precision, progress=progress and main,
+            alpha=cfg.labels.alpha, seed=cfg.seed, precision=cfg.labels.precision,
+            match_order=cfg.labels.match_order, progress=progress and main,
             metrics=artifacts.MetricsLog(metrics_path, append=saved is not None) if main else None,
             partial=partial, resume=saved,
         )

@@ -41,8 +41,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
 
     Raises:
         WhoharryError: an unreadable or too short target, an unknown model or one without a fast
-            tokenizer, blocks beyond its context, fp16 on a CPU, LoRA with sharded weights, or a loss that
-            became NaN or infinite.
+            tokenizer, blocks beyond its context, fp16 on a CPU, LoRA with sharded weights, a held-out share
+            leaving no block to train on, or a loss that became NaN or infinite.
     """
     stage_dir = out / NAME
 

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from whoharry.config import Config, Precision, fingerprint, model_key, to_dict
 from whoharry.core import artifacts, distributed, models, train
 from whoharry.core.text import make_blocks, read_text
+from whoharry.errors import WhoharryError
 from whoharry.method.objectives import Objective, block_log_probs
 from whoharry.stages import labels
 from whoharry.stages.common import Outcome, require, run_stage
@@ -53,11 +54,18 @@ def key(cfg: Config, out: Path) -> str:
 
 
 def preflight(cfg: Config) -> list[str]:
-    """The retain texts, read before any training so that a bad path fails at once.
+    """The retain texts, read before any training so that a bad path fails at once, and the settings the
+    forget method cannot take.
 
     Raises:
-        WhoharryError: a retain text is missing, empty, binary or not UTF-8.
+        WhoharryError: `unlearn.select_best` with ga or npo, or a retain text is missing, empty, binary or
+            not UTF-8.
     """
+    if cfg.unlearn.select_best and cfg.forget.method != "whp":
+        raise WhoharryError(
+            f"unlearn.select_best keeps the weights of lowest held-out cross-entropy, which with forget.method "
+            f"{cfg.forget.method} is the model that forgot least; set unlearn.select_best=false"
+        )
     return [read_text(path, "retain text") for path in cfg.data.retain]
 
 
@@ -67,10 +75,11 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     Resumes from `checkpoints/` after an interruption.
 
     Raises:
-        WhoharryError: an unreadable retain text (checked first), as the labels stage raises it (whp), an
-            unreadable or too short target (the baselines), an unknown model or one without a fast
-            tokenizer, blocks beyond its context, an unknown forget method, fp16 on a CPU, LoRA with
-            sharded weights, or a loss that became NaN or infinite.
+        WhoharryError: select_best with ga or npo, or an unreadable retain text (both checked first), as
+            the labels stage raises it (whp), an unreadable or too short target (the baselines), an unknown
+            model or one without a fast tokenizer, blocks beyond its context, an unknown forget method, fp16
+            on a CPU, LoRA with sharded weights, a held-out share leaving no block to train on, or a loss
+            that became NaN or infinite.
         OSError: as `key` raises it (a baseline's target file missing).
     """
     retain_texts = preflight(cfg)
@@ -91,6 +100,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
             blocks = make_blocks(read_text(cfg.data.target), tokenizer, cfg.data.block_length)
             input_ids = targets = torch.tensor(blocks.ids, dtype=torch.int32)
             log.info("unlearn (%s): %d target blocks", method, input_ids.shape[0])
+        forget_blocks = input_ids.shape[0]  # the only ones held out (`validation_share`)
         retain_parts = []
         for path, text in zip(cfg.data.retain, retain_texts, strict=True):
             retain = make_blocks(text, tokenizer, input_ids.shape[1])
@@ -109,7 +119,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         result = train.train(
             model, input_ids, targets, cfg.unlearn,
             seed=cfg.seed, stage_dir=stage_dir, run_key=stage_key, desc=f"unlearn ({method})", progress=progress,
-            final=(stage_dir / "final", tokenizer), objective=objective,
+            final=(stage_dir / "final", tokenizer), objective=objective, held_out_from=forget_blocks,
         )
         return Outcome(
             inputs={

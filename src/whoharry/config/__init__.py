@@ -1,0 +1,237 @@
+"""Typed configuration: dataclass defaults, merged with a YAML file, merged with `--set key=value`.
+
+The dataclasses below (the `eval` section's in `config.evaluation`) are the only schema; each section
+checks its own ranges (`check`), and `validate` walks the tree calling those checks. The merging itself
+(unknown keys failing with the closest valid key named, relative paths resolving against the YAML file's
+folder, `--set` paths against the current directory) is `whoharry.core.settings`, generic over dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# re-exported: the choices of the `Literal` fields, and the eval section
+from whoharry.config.choices import (  # noqa: F401
+    EVAL_PARTS,
+    METHODS,
+    PRECISIONS,
+    EvalPart,
+    MatchOrder,
+    Method,
+    Precision,
+    WeightDtype,
+)
+from whoharry.config.evaluation import (  # noqa: F401
+    QUICK,
+    BenchmarksEval,
+    CompletionsEval,
+    EvalConfig,
+    KnowmemEval,
+    LLMJudgeEval,
+    MembershipEval,
+    ProbesEval,
+    RelearningEval,
+    RobustnessEval,
+    SamplingEval,
+    UtilityEval,
+    VerbatimEval,
+)
+from whoharry.core.settings import as_overrides as as_overrides  # re-exported
+from whoharry.core.settings import check_tree, merge_sources, require, to_dict
+from whoharry.core.settings import fingerprint as fingerprint  # re-exported
+
+
+@dataclass
+class ModelConfig:
+    """Which base model to unlearn from and how to load it."""
+
+    name: str = "smollm2-135m"  # alias, hub id, local folder or .gguf file
+    revision: str | None = None  # hub revision, when downloads are allowed
+    allow_download: bool = False  # let transformers reach the model hub
+    trust_remote_code: bool = False  # run code shipped with a hub model
+    # the weights of the models the labels and eval stages only read (training keeps fp32 master
+    # weights): bf16 halves their memory on a GPU; fp32 | bf16 | fp16
+    inference_dtype: WeightDtype = "fp32"
+    # "auto": spread those models over every visible GPU (one process), for models one GPU cannot hold;
+    # passed to transformers as is (its other strategies and device names work too)
+    device_map: str | None = None
+
+
+@dataclass
+class DataConfig:
+    """The unlearn target, its anchor dictionary, and how it is cut into blocks."""
+
+    target: Path = Path("data/harry_potter/target.txt")
+    anchors: Path = Path("data/harry_potter/anchors.yaml")
+    block_length: int = 256  # tokens per block (the paper used 512)
+    # Texts mixed into the unlearning fine-tune with their own tokens as labels, as a regulariser that
+    # keeps general ability; none is the paper's recipe. One path or a list of paths.
+    retain: list[Path] = field(default_factory=list)
+
+    def check(self, prefix: str) -> None:
+        """Range checks of the section found at `prefix` (`data.`)."""
+        require(self.block_length >= 8, f"{prefix}block_length must be at least 8 tokens")
+
+
+@dataclass
+class TrainConfig:
+    """One fine-tuning stage (reinforce or unlearn); both run the same loop."""
+
+    epochs: float = 2.0
+    learning_rate: float = 3e-5
+    batch_size: int = 4  # blocks per optimizer micro-batch, per process
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # 0 turns clipping off
+    adam_beta1: float = 0.9  # AdamW's betas (the authors' fine-tune: 0.9, 0.98)
+    adam_beta2: float = 0.999
+    validation_share: float = 0.0  # share of the blocks held out at random (fixed by the seed), never trained on
+    select_best: bool = False  # final model: the weights of lowest validation loss (after each epoch, last step)
+    max_steps: int | None = None  # caps the number of optimizer steps
+    save_every: int = 0  # steps between checkpoints; 0 keeps no intermediate checkpoints
+    keep_checkpoints: int = 2
+    precision: Precision = "auto"  # mixed precision; master weights stay fp32
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% slower
+    compile: bool = False  # torch.compile the model before training
+    lora_rank: int = 0  # LoRA through peft (0: full fine-tuning), merged into a plain model at the end
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+
+    def check(self, prefix: str) -> None:
+        """Range checks of the stage found at `prefix` (`reinforce.` or `unlearn.`)."""
+        for name in ("learning_rate", "epochs", "lora_alpha"):
+            require(getattr(self, name) > 0, f"{prefix}{name} must be > 0")
+        for name in ("batch_size", "grad_accum", "keep_checkpoints"):
+            require(getattr(self, name) >= 1, f"{prefix}{name} must be >= 1")
+        for name in ("weight_decay", "max_grad_norm", "save_every", "lora_rank"):
+            require(getattr(self, name) >= 0, f"{prefix}{name} must be >= 0")
+        for name in ("warmup_ratio", "lora_dropout", "adam_beta1", "adam_beta2", "validation_share"):
+            require(0 <= getattr(self, name) < 1, f"{prefix}{name} must be in [0, 1)")
+        require(self.max_steps is None or self.max_steps >= 1, f"{prefix}max_steps must be >= 1")
+        require(bool(self.lora_target_modules), f"{prefix}lora_target_modules must name at least one module")
+        require(self.validation_share > 0 or not self.select_best, f"{prefix}select_best needs validation_share > 0")
+
+
+@dataclass
+class LabelsConfig:
+    """Generic-label generation: argmax(v_base - alpha * relu(v_reinforced - v_base))."""
+
+    alpha: float = 5.0
+    batch_size: int = 4  # blocks per forward pass
+    precision: Precision = "auto"  # the models' autocast; output layer, formula and argmax run in fp32
+    # where keys overlap (`Order`, `Order of the Phoenix`): the longest, or the first in file order (the authors')
+    match_order: MatchOrder = "longest"
+    save_every: int = 8  # batches between saves of the labels made so far, for a rerun to resume (0: none)
+
+    def check(self, prefix: str) -> None:
+        """Range checks of the section found at `prefix` (`labels.`)."""
+        require(self.alpha >= 0, f"{prefix}alpha must be >= 0 (the paper used 5)")
+        require(self.batch_size >= 1, f"{prefix}batch_size must be >= 1")
+        require(self.save_every >= 0, f"{prefix}save_every must be >= 0 (0 keeps no progress)")
+
+
+@dataclass
+class ForgetConfig:
+    """How the unlearn stage forgets. `whp` is this project's method (the generic labels); `ga` (gradient
+    ascent on the target) and `npo` (negative preference optimisation) are the usual baselines, for
+    comparison. With `data.retain` set, ga and npo add a retain term: the cross-entropy on retain
+    blocks paired with each batch, weighted by `retain_weight` (whp mixes retain blocks into its data)."""
+
+    method: Method = "whp"
+    npo_beta: float = 0.1  # NPO's inverse temperature
+    retain_weight: float = 1.0  # ga and npo: weight of the retain term
+
+    def check(self, prefix: str) -> None:
+        """Range checks of the section found at `prefix` (`forget.`)."""
+        require(self.npo_beta > 0, f"{prefix}npo_beta must be > 0")
+        require(self.retain_weight >= 0, f"{prefix}retain_weight must be >= 0")
+
+
+@dataclass
+class AnchorsConfig:
+    """`whoharry anchors suggest`: how candidate terms are found, ranked and translated."""
+
+    top: int = 200  # terms written
+    min_count: int = 2  # occurrences a term needs in the target
+    max_words: int = 5  # words in a multi-word name (`Wicked Witch of the East`)
+    # floor an ordinary word's general frequency at its frequency in English (wordfreq), so that a short
+    # general text does not make `replied` look as rare as a coined name
+    english_frequencies: bool = True
+    alternatives: int = 3  # generic translations per term
+    contexts: int = 6  # occurrences the baseline reads to propose translations
+    batch_size: int = 8  # blocks per forward pass when scoring the target
+    # optional: a dictionary from an LLM, passage by passage as in the paper (off while llm_url is empty);
+    # the key is read from the environment variable named by llm_key_env, never from a file
+    llm_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_key_env: str = "OPENAI_API_KEY"
+    llm_prompt: Path = Path("data/anchors/llm_prompt.md")
+    llm_passage_chars: int = 6000  # characters of target text per LLM request
+
+    def check(self, prefix: str) -> None:
+        """Range checks of the section found at `prefix` (`anchors.`)."""
+        for name in ("top", "min_count", "max_words", "alternatives", "contexts", "batch_size"):
+            require(getattr(self, name) >= 1, f"{prefix}{name} must be >= 1")
+        require(self.llm_passage_chars >= 200, f"{prefix}llm_passage_chars must be >= 200")
+
+
+@dataclass
+class Config:
+    """The whole run: every stage's settings in one tree."""
+
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    reinforce: TrainConfig = field(default_factory=TrainConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    unlearn: TrainConfig = field(default_factory=TrainConfig)
+    forget: ForgetConfig = field(default_factory=ForgetConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
+
+
+def load_config(
+    path: Path | None = None,
+    overrides: list[str] | None = None,
+    *,
+    max_steps: int | None = None,
+    seed: int | None = None,
+) -> Config:
+    """Defaults < YAML file < `--set a.b=c` overrides < the `--max-steps` and `--seed` shortcuts.
+
+    `max_steps` caps every training stage: reinforce, unlearn, and the evaluation's relearning.
+
+    Raises:
+        WhoharryError: a missing or malformed file, an unknown key (with the closest valid one named), a
+            value of the wrong type or out of range.
+    """
+    cfg = merge_sources(Config(), path, overrides)
+    if max_steps is not None:
+        cfg.reinforce.max_steps = max_steps
+        cfg.unlearn.max_steps = max_steps
+        cfg.eval.relearning.steps = min(cfg.eval.relearning.steps, max_steps)
+    if seed is not None:
+        cfg.seed = seed
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that no type can express (every section's own `check`) and the choices of its `Literal`
+    fields, walking the tree.
+
+    Raises:
+        WhoharryError: the first value out of range, named by its dotted key.
+    """
+    check_tree(cfg)
+
+
+def model_key(model: ModelConfig, *, reading: bool) -> dict[str, Any]:
+    """The model settings a stage's result depends on: where the read-only models sit never matters,
+    and their weight dtype only to the stages that read them (`reading`)."""
+    skipped = {"device_map"} if reading else {"device_map", "inference_dtype"}
+    return {key: value for key, value in to_dict(model).items() if key not in skipped}

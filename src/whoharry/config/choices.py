@@ -1,0 +1,16 @@
+"""The choices of the configuration's `Literal` fields, shared by its sections."""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]  # mixed precision of a stage; "auto": bf16 where fast
+WeightDtype = Literal["fp32", "bf16", "fp16"]  # the dtype of read-only model weights
+Method = Literal["whp", "ga", "npo"]  # how the unlearn stage forgets
+MatchOrder = Literal["longest", "dictionary"]  # which key wins an overlap: the longest, or the first listed
+# The parts of the evaluation, in the order they run; `eval.parts` picks some of them.
+EvalPart = Literal["probes", "completions", "sampling", "knowmem", "robustness", "verbatim", "membership", "utility",
+                   "benchmarks", "relearning"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+METHODS: tuple[str, ...] = get_args(Method)
+EVAL_PARTS: tuple[str, ...] = get_args(EvalPart)
