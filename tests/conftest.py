@@ -188,6 +188,24 @@ def write_config(project: Path, model_dir: Path, **sections) -> Path:
     return path
 
 
+def interrupted(monkeypatch, step: int, run) -> None:
+    """Run `run()` as a process killed right after optimizer step `step` has been logged (a
+    KeyboardInterrupt out of the metrics log), then give the log back."""
+    from whoharry.core.artifacts import MetricsLog
+
+    original = MetricsLog.log
+
+    def killed(self, **record):
+        original(self, **record)
+        if record["step"] == step:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(MetricsLog, "log", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(MetricsLog, "log", original)
+
+
 def assert_copy_model_labels(text, blocks, anchors, labels, tokenizer, seed: int) -> int:
     """Check labels made with a copy model as base and reinforced model; return how many differ.
 

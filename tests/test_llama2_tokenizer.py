@@ -43,6 +43,16 @@ def llama2_tokenizer() -> PreTrainedTokenizerFast:
                                    pad_token="<unk>")
 
 
+def translated(tokenizer, anchors, length: int):
+    """The blocks of TEXT, each with its translation, and their labels from a copy model."""
+    blocks = make_blocks(TEXT, tokenizer, length)
+    model = make_copy_model(len(tokenizer)).eval()
+    label_set = compute_labels(model, model, tokenizer, blocks, anchors, alpha=5.0, seed=0, progress=False)
+    translations = [translate_block(TEXT, ids, blocks.offsets[b], anchors, anchors.pattern(), tokenizer,
+                                    block_rng(0, b), blocks.bos_token_id) for b, ids in enumerate(blocks.ids)]
+    return blocks, translations, label_set.labels
+
+
 def pieces(tokenizer, text: str) -> list[str]:
     return tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False).input_ids)
 
@@ -57,16 +67,11 @@ def test_only_the_translation_s_own_first_piece_is_suppressed(llama2_tokenizer):
     After "Jon" has appeared, `▁Jon` must lose its label; the bare `▁` before every digit must keep it."""
     tok = llama2_tokenizer
     bare, jon = tok.convert_tokens_to_ids(["▁", "▁Jon"])
-    anchors = parse_anchors({"Harry": "Jon"})
-    blocks = make_blocks(TEXT, tok, 40)
-    model = make_copy_model(len(tok)).eval()
-    label_set = compute_labels(model, model, tok, blocks, anchors, alpha=5.0, seed=0, progress=False)
+    blocks, translations, labels = translated(tok, parse_anchors({"Harry": "Jon"}), 40)
     kept_bare = 0
-    for b, ids in enumerate(blocks.ids):
-        translation = translate_block(TEXT, ids, blocks.offsets[b], anchors, anchors.pattern(), tok,
-                                      block_rng(0, b), blocks.bos_token_id)
+    for b, (ids, translation) in enumerate(zip(blocks.ids, translations, strict=True)):
         assert all(bare not in tokens for _, tokens in translation.suppress), b
-        row = label_set.labels[b].tolist()
+        row = labels[b].tolist()
         occurrences = translation.occurrences
         inside = {t for occ in occurrences for t in range(occ.first, occ.last)}
         inside |= {occ.first - 1 for occ in occurrences if occ.repeat}
@@ -88,15 +93,10 @@ def test_a_block_an_anchor_opens_reads_the_translation_as_inside_the_text(llama2
     """`<s> ▁Harry ▁met` translates to `<s> ▁Jon ▁met`, never `<s> ▁ ▁Jon ▁met`: after the anchor the base
     model reads exactly the original tokens, position by position, and the copy model's labels follow."""
     tok = llama2_tokenizer
-    anchors = parse_anchors({"Hagrid": "Hank"})
-    blocks = make_blocks(TEXT, tok, 12)
+    blocks, translations, labels = translated(tok, parse_anchors({"Hagrid": "Hank"}), 12)
     hank = tok.convert_tokens_to_ids("▁Hank")
-    model = make_copy_model(len(tok)).eval()
-    label_set = compute_labels(model, model, tok, blocks, anchors, alpha=5.0, seed=0, progress=False)
     opened = 0
-    for b, ids in enumerate(blocks.ids):
-        translation = translate_block(TEXT, ids, blocks.offsets[b], anchors, anchors.pattern(), tok,
-                                      block_rng(0, b), blocks.bos_token_id)
+    for b, (ids, translation) in enumerate(zip(blocks.ids, translations, strict=True)):
         if not translation.occurrences or translation.occurrences[0].first != 1:
             continue
         occ = translation.occurrences[0]
@@ -107,7 +107,7 @@ def test_a_block_an_anchor_opens_reads_the_translation_as_inside_the_text(llama2
         for t in range(occ.last + 1, following):
             assert translation.ids[t - shift] == ids[t], (b, t)
             assert translation.mapping[t] == t - shift, (b, t)
-        row = label_set.labels[b].tolist()
+        row = labels[b].tolist()
         assert row[occ.last + 1] == hank
         for t in range(occ.last + 1, min(following, len(ids) - 1)):
             assert row[t + 1] == ids[t], (b, t)

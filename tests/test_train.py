@@ -7,11 +7,10 @@ import torch
 from transformers import LlamaForCausalLM
 
 from whoharry.config import TrainConfig
-from whoharry.core.artifacts import MetricsLog
 from whoharry.core.train import sample_order, total_steps, train
 from whoharry.method.objectives import causal_lm_loss
 
-from .conftest import tiny_config
+from .conftest import interrupted, tiny_config
 
 
 def _data(vocab: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,16 +60,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     straight = _model(300)
     train(straight, ids, labels, cfg, seed=3, stage_dir=tmp_path / "a", run_key="k", desc="a", progress=False)
 
-    def killed_after_step_3(self, **record):
-        original_log(self, **record)
-        if record["step"] == 3:
-            raise KeyboardInterrupt
-
-    original_log = MetricsLog.log
-    monkeypatch.setattr(MetricsLog, "log", killed_after_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        train(_model(300), ids, labels, cfg, seed=3, stage_dir=tmp_path / "b", run_key="k", desc="b", progress=False)
-    monkeypatch.setattr(MetricsLog, "log", original_log)
+    interrupted(monkeypatch, 3, lambda: train(_model(300), ids, labels, cfg, seed=3, stage_dir=tmp_path / "b",
+                                              run_key="k", desc="b", progress=False))
     # a fresh process: a new model from the base weights, resuming from the step-2 checkpoint
     assert (tmp_path / "b" / "checkpoints" / "step-2" / "state.json").is_file()
     resumed = _model(300)

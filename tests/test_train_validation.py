@@ -13,12 +13,11 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from whoharry.config import TrainConfig, load_config
 from whoharry.core import validation
-from whoharry.core.artifacts import MetricsLog
 from whoharry.core.train import summary, train
 from whoharry.errors import WhoharryError
 from whoharry.method.objectives import Objective, causal_lm_loss
 
-from .conftest import tiny_config, write_config
+from .conftest import interrupted, tiny_config, write_config
 
 ROOT = Path(__file__).resolve().parents[1]
 # random blocks: the first epoch learns the token distribution, the next ones only memorise the blocks
@@ -119,16 +118,8 @@ def test_select_best_resumed_after_an_interruption_equals_an_uninterrupted_run(t
                      progress=False)
     assert expected.best_step not in (None, expected.steps)
 
-    def killed_after_step_10(self, **record):
-        original_log(self, **record)
-        if record["step"] == 10:
-            raise KeyboardInterrupt
-
-    original_log = MetricsLog.log
-    monkeypatch.setattr(MetricsLog, "log", killed_after_step_10)
-    with pytest.raises(KeyboardInterrupt):
-        train(_model(), ids, ids, cfg, seed=3, stage_dir=tmp_path / "b", run_key="k", desc="b", progress=False)
-    monkeypatch.setattr(MetricsLog, "log", original_log)
+    interrupted(monkeypatch, 10, lambda: train(_model(), ids, ids, cfg, seed=3, stage_dir=tmp_path / "b",
+                                               run_key="k", desc="b", progress=False))
     checkpoints = tmp_path / "b" / "checkpoints"
     # the best so far is on disk, and the checkpoint a rerun resumes from holds the best of its time
     assert (checkpoints / "best.safetensors").is_file() and (checkpoints / "step-8" / "best.safetensors").is_file()
@@ -235,21 +226,23 @@ def test_the_papers_config_sets_the_authors_fine_tune_recipe():
         (0.999, 0.0, False)
 
 
-def test_whp_unlearning_measures_the_held_out_blocks_against_their_generic_labels(project, tiny_model_dir):
+@pytest.mark.parametrize("retain", [[], ["general.txt"]])
+def test_whp_unlearning_measures_the_held_out_blocks_against_their_generic_labels(project, tiny_model_dir, retain):
+    """The held-out blocks are target blocks only, retain text or not (retain blocks are always trained on)."""
     from safetensors.torch import load_file
     from typer.testing import CliRunner
 
     from whoharry.cli import app
 
-    config = write_config(project, tiny_model_dir, unlearn={"epochs": 2, "validation_share": 0.2,
-                                                            "select_best": True})
+    config = write_config(project, tiny_model_dir, data={"retain": retain},
+                          unlearn={"epochs": 2, "validation_share": 0.2, "select_best": True})
     out = project / "run"
     result = CliRunner().invoke(app, ["unlearn", "--config", str(config), "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     summary_ = json.loads((out / "unlearn" / "manifest.json").read_text())["summary"]
     stored = load_file(str(out / "labels" / "labels.safetensors"))
     ids, labels = stored["input_ids"], stored["labels"]
-    _, held_out = validation.split(labels, 0.2, 0)
+    _, held_out = validation.split(labels, 0.2, 0)  # of the target's blocks alone
     assert summary_["validation_blocks"] == len(held_out) >= 1
     unlearned = AutoModelForCausalLM.from_pretrained(out / "unlearn" / "final")
     with torch.no_grad():
@@ -265,25 +258,3 @@ def test_held_out_blocks_come_only_from_the_first_blocks_when_asked():
     trained, held_out = validation.split(ids, 0.25, 0, among=4)
     assert len(held_out) == 1 and held_out[0] < 4  # ceil(0.25 x 4), among the first four
     assert sorted(trained + held_out) == list(range(8)) and {4, 5, 6, 7} <= set(trained)
-
-
-def test_whp_unlearning_with_retain_text_holds_out_target_blocks_only(project, tiny_model_dir):
-    from safetensors.torch import load_file
-    from typer.testing import CliRunner
-
-    from whoharry.cli import app
-
-    config = write_config(project, tiny_model_dir, data={"retain": ["general.txt"]},
-                          unlearn={"epochs": 2, "validation_share": 0.2, "select_best": True})
-    out = project / "run"
-    result = CliRunner().invoke(app, ["unlearn", "--config", str(config), "--out", str(out), "-q"])
-    assert result.exit_code == 0, result.output
-    summary_ = json.loads((out / "unlearn" / "manifest.json").read_text())["summary"]
-    stored = load_file(str(out / "labels" / "labels.safetensors"))
-    ids, labels = stored["input_ids"], stored["labels"]
-    _, held_out = validation.split(labels, 0.2, 0)  # of the target's blocks alone
-    assert summary_["validation_blocks"] == len(held_out) >= 1
-    unlearned = AutoModelForCausalLM.from_pretrained(out / "unlearn" / "final")
-    with torch.no_grad():
-        loss = causal_lm_loss(unlearned(input_ids=ids[held_out].long()).logits, labels[held_out]).item()
-    assert loss == pytest.approx(summary_["best_val_loss"], abs=1e-5)
