@@ -126,3 +126,43 @@ def test_the_match_order_reaches_the_labels(tokenizer):
     express = tokenizer(" Express", add_special_tokens=False).input_ids[0]
     assert (by_order["dictionary"].labels == express).sum() >= found["Hogwarts Express"] - 1  # the copy model's
     assert (by_order["longest"].labels == express).sum() == 0
+
+
+def test_inside_anchors_translate_labels_each_inner_position_with_the_translation_s_token(tokenizer):
+    """With a copy model, the label after the i-th token of a key is the translation's i-th token, position
+    by position; where the key has more tokens than its translation, its further inner positions keep no
+    label; `mask` (the paper's rule) labels none of them."""
+    from whoharry.anchors.translate import translate_block
+    from whoharry.method.objectives import IGNORE
+    from whoharry.stages.labels import block_rng
+
+    model = make_copy_model(len(tokenizer)).eval()
+    # "Hogwarts Express" is 4 tokens, "Sam" 2; "Ron Weasley" fewer than "Mystic Academy school train"
+    anchors = parse_anchors({"Hogwarts Express": "Sam", "Ron Weasley": "Mystic Academy school train"})
+    text = "Harry took the Hogwarts Express home, and played Quidditch at noon with Ron Weasley. " * 4
+    blocks = make_blocks(text, tokenizer, 32)
+    masked = compute_labels(model, model, tokenizer, blocks, anchors, alpha=5.0, seed=0, progress=False)
+    labels = compute_labels(model, model, tokenizer, blocks, anchors, alpha=5.0, seed=0, progress=False,
+                            inside_anchors="translate")
+    inner = unlabelled = 0
+    for b, ids in enumerate(blocks.ids):
+        translation = translate_block(text, ids, blocks.offsets[b], anchors, anchors.pattern(), tokenizer,
+                                      block_rng(0, b), blocks.bos_token_id, "translate")
+        for occ in translation.occurrences:
+            value_last = translation.mapping[occ.last]
+            value_ids = translation.ids[occ.value_first : value_last + 1]
+            assert tokenizer.decode(value_ids).strip() == occ.value
+            for t in range(occ.first, min(occ.last, len(ids) - 1)):
+                assert masked.labels[b, t + 1] == IGNORE, (b, t)
+                i = t - occ.first
+                if i < len(value_ids) - 1:
+                    if occ.repeat and i == 0:  # a translation's first token, seen before: suppressed
+                        assert labels.labels[b, t + 1] not in (IGNORE, value_ids[0]), (b, t)
+                    else:
+                        assert labels.labels[b, t + 1] == value_ids[i], (b, t)  # the copy model repeats it
+                    inner += 1
+                else:
+                    assert labels.labels[b, t + 1] == IGNORE, (b, t)
+                    unlabelled += 1
+    assert inner > 0 and unlabelled > 0
+    assert labels.stats["positions_labelled"] == masked.stats["positions_labelled"] + inner

@@ -14,8 +14,9 @@ can start differently from the same text inside the whole (a SentencePiece dummy
 what the reinforced model read.
 
 Masking rules (the paper's, as in its published label script):
-- predictions from inside an anchor get no label; the anchor's last token maps to its translation's
-  last token;
+- predictions from inside an anchor get no label (or, with `labels.inside_anchors: translate`, the
+  labels of the translation's tokens aligned with them); the anchor's last token maps to its
+  translation's last token;
 - on the 2nd+ occurrence of a key in a block, the position before it gets no label;
 - once a translation has appeared, its first token is suppressed at every later translated position.
 """
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from whoharry.anchors.dictionary import Anchors
+from whoharry.config import InsideAnchors
 
 if TYPE_CHECKING:
     import re
@@ -86,6 +88,7 @@ def translate_block(
     tokenizer: PreTrainedTokenizerBase,
     rng: random.Random,
     bos_token_id: int | None = None,
+    inside_anchors: InsideAnchors = "mask",
 ) -> BlockTranslation:
     """Translate one block (token ids with their character spans in `text`) and align it with the
     original, by the masking rules above (Eldan & Russinovich 2023, section 2.2, as the authors' label
@@ -100,6 +103,14 @@ def translate_block(
         tokenizer: the fast tokenizer that made the block.
         rng: picks one translation per key per block.
         bos_token_id: put before the translated tokens (the block starts with it).
+        inside_anchors: `mask` (the paper's rule) leaves the predictions from inside an anchor without a
+            label; `translate` aligns them with the translation's, token by token from its first: the
+            i-th token of a key of m tokens with the i-th of its translation of n tokens, for i < min(m, n)
+            - 1, so `Order of the` is labelled with what follows the translation's third token. Where the
+            key has more tokens than its translation, its further inner positions stay unlabelled (no
+            position of the translation stands for them); where it has fewer, the translation's extra
+            tokens are read but stand for no original position. The key's last token maps to the
+            translation's last either way.
 
     Returns:
         The `BlockTranslation`: the translated text runs from the block's first to its last content
@@ -187,6 +198,10 @@ def translate_block(
         if occ.value_first < lead:
             occ.value_first = lead
         suppress.append((occ.value_first, _first_tokens(tokenizer, occ.value, t_ids[occ.value_first])))
+        value_last = mapping[occ.last]
+        if inside_anchors == "translate" and value_last != NO_LABEL:
+            for i in range(min(occ.last - occ.first, value_last - occ.value_first)):
+                mapping[occ.first + i] = occ.value_first + i
         occurrences.append(occ)
     return BlockTranslation(translated, t_ids, mapping, occurrences, suppress)
 

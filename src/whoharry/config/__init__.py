@@ -18,6 +18,7 @@ from whoharry.config.choices import (  # noqa: F401
     METHODS,
     PRECISIONS,
     EvalPart,
+    InsideAnchors,
     MatchOrder,
     Method,
     Precision,
@@ -125,6 +126,8 @@ class LabelsConfig:
     precision: Precision = "auto"  # the models' autocast; output layer, formula and argmax run in fp32
     # where keys overlap (`Order`, `Order of the Phoenix`): the longest, or the first in file order (the authors')
     match_order: MatchOrder = "longest"
+    # predictions from inside a key of several tokens: no label (the paper's), or the translation's aligned ones
+    inside_anchors: InsideAnchors = "mask"
     save_every: int = 8  # batches between saves of the labels made so far, for a rerun to resume (0: none)
 
     def check(self, prefix: str) -> None:

@@ -27,7 +27,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from whoharry.anchors.dictionary import Anchors, load_anchors
 from whoharry.anchors.translate import NO_LABEL, BlockTranslation, translate_block
-from whoharry.config import Config, MatchOrder, Precision, fingerprint, model_key, to_dict
+from whoharry.config import Config, InsideAnchors, MatchOrder, Precision, fingerprint, model_key, to_dict
 from whoharry.core import artifacts, distributed, models
 from whoharry.core.text import Blocks, make_blocks, pad, read_text
 from whoharry.method.objectives import IGNORE
@@ -71,6 +71,7 @@ def compute_labels(
     batch_size: int = 4,
     precision: Precision = "auto",
     match_order: MatchOrder = "longest",
+    inside_anchors: InsideAnchors = "mask",
     progress: bool = True,
 ) -> LabelSet:
     """Translate every block, run both models, and keep only the label ids (one process, no saving).
@@ -85,13 +86,16 @@ def compute_labels(
         alpha: see `method.whp.whp_logits`; seed: fixes each block's translation choices.
         batch_size: blocks per forward pass; precision: the models' autocast setting (the output layer and
             the formula run in fp32 whatever it is: `method.whp.fp32_output_layer`).
-        match_order: which key wins an overlap (`Anchors.pattern`); progress: a progress bar.
+        match_order: which key wins an overlap (`Anchors.pattern`).
+        inside_anchors: the labels of predictions from inside an anchor (`anchors.translate.translate_block`).
+        progress: a progress bar.
 
     Returns:
         A `LabelSet`: input_ids and labels, [blocks, block_length] int32, and their statistics.
     """
     shard = label_shard(base, reinforced, tokenizer, blocks, anchors, batches_of(len(blocks.ids), batch_size),
-                        alpha=alpha, seed=seed, precision=precision, match_order=match_order, progress=progress)
+                        alpha=alpha, seed=seed, precision=precision, match_order=match_order,
+                        inside_anchors=inside_anchors, progress=progress)
     return finish(blocks, anchors, [shard], alpha)
 
 
@@ -108,6 +112,7 @@ def label_shard(
     seed: int,
     precision: Precision = "auto",
     match_order: MatchOrder = "longest",
+    inside_anchors: InsideAnchors = "mask",
     progress: bool = True,
     metrics: artifacts.MetricsLog | None = None,
     partial: Partial | None = None,
@@ -118,8 +123,8 @@ def label_shard(
     the seed and the block alone, so any split of the batches gives the same labels.
 
     Args:
-        base, reinforced, tokenizer, blocks, anchors, alpha, seed, precision, match_order, progress: as in
-            `compute_labels`.
+        base, reinforced, tokenizer, blocks, anchors, alpha, seed, precision, match_order, inside_anchors,
+            progress: as in `compute_labels`.
         batches: the block indices to label, in batches (see `stages.shards.batches_of`).
         metrics: a log that gets one record per batch (running counts of labelled and changed positions,
             seconds).
@@ -152,7 +157,7 @@ def label_shard(
         translations = [
             translate_block(
                 blocks.text, blocks.ids[b], blocks.offsets[b], anchors, pattern, tokenizer,
-                block_rng(seed, b), blocks.bos_token_id,
+                block_rng(seed, b), blocks.bos_token_id, inside_anchors,
             )
             for b in indices
         ]
@@ -276,7 +281,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         shard = label_shard(
             base, reinforced, tokenizer, blocks, anchors, mine,
             alpha=cfg.labels.alpha, seed=cfg.seed, precision=cfg.labels.precision,
-            match_order=cfg.labels.match_order, progress=progress and main,
+            match_order=cfg.labels.match_order, inside_anchors=cfg.labels.inside_anchors,
+            progress=progress and main,
             metrics=artifacts.MetricsLog(metrics_path, append=saved is not None) if main else None,
             partial=partial, resume=saved,
         )
