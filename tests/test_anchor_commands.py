@@ -181,3 +181,29 @@ def test_the_shipped_prompt_has_its_placeholders():
     prompt = (Path(__file__).resolve().parents[1] / "data" / "anchors" / "llm_prompt.md").read_text()
     assert "{passage}" in prompt and "{target}" in prompt and "translations = {" in prompt
     assert yaml.safe_load("a: 1")  # yaml is importable for the written dictionaries
+
+
+def test_merge_adds_only_the_keys_the_dictionary_does_not_cover(tmp_path):
+    (tmp_path / "hand.yaml").write_text("Harry: Jon\nMcGonagall: [Clark]\nHogwarts Express: school train\n")
+    (tmp_path / "suggested.yaml").write_text(
+        "Harry: [Sam]\nProfessor McGonagall: [Mrs Clark]\nHogwarts: [Mystic Academy]\nQuidditch: [Skyball]\n"
+        "Weasley: [Baker]\n")
+    out = tmp_path / "merged.yaml"
+    result = runner.invoke(app, ["anchors", "merge", str(tmp_path / "hand.yaml"), str(tmp_path / "suggested.yaml"),
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "2 added" in result.output and "3 left out" in result.output
+    merged = load_anchors(out).entries
+    # the hand-written keys and translations stay first and unchanged; a key holding one (Professor
+    # McGonagall) or inside one (Hogwarts) is left out, so every place the hand-written one covers keeps it
+    assert list(merged) == ["Harry", "McGonagall", "Hogwarts Express", "Quidditch", "Weasley"]
+    assert merged["Harry"] == ("Jon",) and merged["Quidditch"] == ("Skyball",)
+    again = runner.invoke(app, ["anchors", "merge", str(tmp_path / "hand.yaml"), str(tmp_path / "missing.yaml"),
+                                "--out", str(tmp_path / "other.yaml")])
+    lines = [line for line in again.output.splitlines() if line.strip()]
+    assert again.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error:")
+    assert not (tmp_path / "other.yaml").exists()
+    kept = out.read_text()
+    refused = runner.invoke(app, ["anchors", "merge", str(tmp_path / "hand.yaml"), str(tmp_path / "suggested.yaml"),
+                                  "--out", str(out)])
+    assert refused.exit_code == 2 and out.read_text() == kept  # nothing already written is lost

@@ -283,6 +283,29 @@ def parse_anchors(data: dict[Any, Any], source: str = "anchors") -> Anchors:
     return Anchors(entries)
 
 
+def merge_dictionaries(base: Anchors, extra: Anchors) -> tuple[dict[str, list[str]], list[str], list[str]]:
+    """`base` with the keys of `extra` it does not cover added after its own, for widening a hand-written
+    dictionary with `anchors suggest` output: a key of `extra` already in `base`, or one that holds a key of
+    `base` as a whole word or stands inside one (`Professor McGonagall` beside `McGonagall`), is left out,
+    so that every occurrence `base` translates keeps its translation.
+
+    Returns:
+        (the merged entries, term -> translations in file order; the keys added; the keys left out).
+    """
+    merged = {key: list(values) for key, values in base.entries.items()}
+    patterns = [re.compile(term_pattern([key])) for key in base.entries]
+    added: list[str] = []
+    left_out: list[str] = []
+    for key, values in extra.entries.items():
+        inside = re.compile(term_pattern([key]))
+        if key in merged or any(p.search(key) for p in patterns) or any(inside.search(k) for k in base.entries):
+            left_out.append(key)
+            continue
+        merged[key] = list(values)
+        added.append(key)
+    return merged, added, left_out
+
+
 def write_dictionary(path: Path, entries: dict[str, list[str]], header: list[str],
                      notes: dict[str, str] | None = None) -> None:
     """Any dictionary as YAML (`term: [alternatives]`, one entry a line), written atomically, with

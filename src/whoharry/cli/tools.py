@@ -66,6 +66,29 @@ def _new_file(path: Path, overwrite: bool) -> None:
         raise WhoharryError(f"--out {path}: an anchor dictionary is written as .yaml")
 
 
+@anchors_app.command("merge")
+def anchors_merge(
+    base: Annotated[Path, typer.Argument(help="The dictionary that stays as it is (e.g. hand-written).")],
+    extra: Annotated[Path, typer.Argument(help="The dictionary whose new keys are added (e.g. suggested).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The YAML dictionary to write.")],
+    overwrite: OverwriteOption = False,
+) -> None:
+    """BASE with the keys of EXTRA it does not cover → [bold]OUT[/bold] (YAML)."""
+    from whoharry.anchors.dictionary import load_anchors, merge_dictionaries, write_dictionary
+
+    setup(quiet=True)
+
+    def body() -> None:
+        _new_file(out, overwrite)
+        merged, added, left_out = merge_dictionaries(load_anchors(base), load_anchors(extra))
+        write_dictionary(out, merged, [f"{base.name} with {len(added)} keys of {extra.name} added by "
+                                       f"`whoharry anchors merge` ({len(left_out)} already covered, left out)."])
+        typer.echo(f"wrote {len(merged)} keys to {out}: {len(added)} added from {extra}, {len(left_out)} left out "
+                   "(already in the dictionary, or holding or inside one of its keys)")
+
+    guard(body)
+
+
 @anchors_app.command("suggest")
 def anchors_suggest(
     out: Annotated[Path, typer.Option("--out", "-o", help="The YAML dictionary to write.")],
