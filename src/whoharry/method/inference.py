@@ -66,23 +66,23 @@ class InferenceTimeWHP(torch.nn.Module):
         positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
         caches: list = [None, None]
         step_ids, out = input_ids, input_ids
-        for _ in range(max_new_tokens):
-            logits = []
-            for index, model in enumerate((self.base, self.reinforced)):
-                with fp32_output_layer(model):
+        with fp32_output_layer(self.base, self.reinforced):
+            for _ in range(max_new_tokens):
+                logits = []
+                for index, model in enumerate((self.base, self.reinforced)):
                     result = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                                    **{_cache_argument(model): caches[index]})
-                caches[index] = result.get("cache", result.get("past_key_values"))
-                logits.append(result.logits[:, -1].float())
-            base, boosted = logits
-            combined = whp_logits(base, boosted, self.alpha)
-            if do_sample:
-                token = torch.multinomial(torch.softmax(combined / temperature, dim=-1), 1)
-            else:
-                token = combined.argmax(dim=-1, keepdim=True)
-            out = torch.cat([out, token], dim=1)
-            mask = torch.cat([mask, torch.ones_like(token)], dim=1)
-            positions, step_ids = positions[:, -1:] + 1, token
+                    caches[index] = result.get("cache", result.get("past_key_values"))
+                    logits.append(result.logits[:, -1].float())
+                base, boosted = logits
+                combined = whp_logits(base, boosted, self.alpha)
+                if do_sample:
+                    token = torch.multinomial(torch.softmax(combined / temperature, dim=-1), 1)
+                else:
+                    token = combined.argmax(dim=-1, keepdim=True)
+                out = torch.cat([out, token], dim=1)
+                mask = torch.cat([mask, torch.ones_like(token)], dim=1)
+                positions, step_ids = positions[:, -1:] + 1, token
         return out
 
 

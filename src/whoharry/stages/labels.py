@@ -152,40 +152,42 @@ def label_shard(
     bar = tqdm(total=sum(map(len, batches)), initial=len(done_blocks), desc="labels", unit="block",
                disable=not progress)
     began = time.perf_counter()
-    for number in range(first, len(batches)):
-        indices = batches[number]
-        translations = [
-            translate_block(
-                blocks.text, blocks.ids[b], blocks.offsets[b], anchors, pattern, tokenizer,
-                block_rng(seed, b), blocks.bos_token_id, inside_anchors,
-            )
-            for b in indices
-        ]
-        original = all_ids[indices].long().to(device)
-        translated, mask = pad([t.ids for t in translations], tokenizer.pad_token_id)
-        translated, mask = translated.to(device), mask.to(device)
-        with models.autocast(precision, device), fp32_output_layer(reinforced, base):
-            reinforced_logits = reinforced(input_ids=original).logits
-            base_logits = base(input_ids=translated, attention_mask=mask).logits
-        for row, (b, translation) in enumerate(zip(indices, translations, strict=True)):
-            shard.found.update(occ.key for occ in translation.occurrences)
-            shard.unaligned += _count_unaligned(translation)
-            shard.labels[b] = _block_labels(translation, base_logits[row], reinforced_logits[row], alpha)
-        bar.update(len(indices))
-        if metrics is not None:
-            batch_labels = shard.labels[indices]
-            batch_labelled = batch_labels != IGNORE
-            labelled_so_far += int(batch_labelled.sum())
-            changed_so_far += int((batch_labelled & (batch_labels != all_ids[indices])).sum())
-            metrics.log(
-                batches=number + 1,
-                blocks=sum(map(len, batches[: number + 1])),
-                positions_labelled=labelled_so_far,
-                positions_changed=changed_so_far,
-                seconds=round(time.perf_counter() - began, 3),
-            )
-        if partial is not None and partial.every and (number + 1) % partial.every == 0 and number + 1 < len(batches):
-            partial.save(number + 1, shard)
+    with fp32_output_layer(reinforced, base):  # the logits the formula compares, in fp32
+        for number in range(first, len(batches)):
+            indices = batches[number]
+            translations = [
+                translate_block(
+                    blocks.text, blocks.ids[b], blocks.offsets[b], anchors, pattern, tokenizer,
+                    block_rng(seed, b), blocks.bos_token_id, inside_anchors,
+                )
+                for b in indices
+            ]
+            original = all_ids[indices].long().to(device)
+            translated, mask = pad([t.ids for t in translations], tokenizer.pad_token_id)
+            translated, mask = translated.to(device), mask.to(device)
+            with models.autocast(precision, device):
+                reinforced_logits = reinforced(input_ids=original).logits
+                base_logits = base(input_ids=translated, attention_mask=mask).logits
+            for row, (b, translation) in enumerate(zip(indices, translations, strict=True)):
+                shard.found.update(occ.key for occ in translation.occurrences)
+                shard.unaligned += _count_unaligned(translation)
+                shard.labels[b] = _block_labels(translation, base_logits[row], reinforced_logits[row], alpha)
+            bar.update(len(indices))
+            if metrics is not None:
+                batch_labels = shard.labels[indices]
+                batch_labelled = batch_labels != IGNORE
+                labelled_so_far += int(batch_labelled.sum())
+                changed_so_far += int((batch_labelled & (batch_labels != all_ids[indices])).sum())
+                metrics.log(
+                    batches=number + 1,
+                    blocks=sum(map(len, batches[: number + 1])),
+                    positions_labelled=labelled_so_far,
+                    positions_changed=changed_so_far,
+                    seconds=round(time.perf_counter() - began, 3),
+                )
+            so_far = number + 1  # batches labelled
+            if partial is not None and partial.every and so_far % partial.every == 0 and so_far < len(batches):
+                partial.save(so_far, shard)
     bar.close()
     return shard
 
