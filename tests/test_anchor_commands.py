@@ -207,3 +207,15 @@ def test_merge_adds_only_the_keys_the_dictionary_does_not_cover(tmp_path):
     refused = runner.invoke(app, ["anchors", "merge", str(tmp_path / "hand.yaml"), str(tmp_path / "suggested.yaml"),
                                   "--out", str(out)])
     assert refused.exit_code == 2 and out.read_text() == kept  # nothing already written is lost
+
+
+def test_check_never_writes_its_report_over_an_input(tmp_path):
+    (tmp_path / "a.yaml").write_text("Harry: Jon\n")
+    (tmp_path / "t.txt").write_text("Harry went home. " * 4)
+    for victim in ("a.yaml", "t.txt"):
+        kept = (tmp_path / victim).read_text()
+        result = runner.invoke(app, ["anchors", "check", str(tmp_path / "a.yaml"), "--text", str(tmp_path / "t.txt"),
+                                     "--json", str(tmp_path / victim)])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert result.exit_code == 2 and lines[-1].startswith("error:") and "input" in lines[-1], result.output
+        assert (tmp_path / victim).read_text() == kept

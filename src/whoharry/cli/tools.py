@@ -52,7 +52,8 @@ def compare(
 
 
 anchors_app = typer.Typer(
-    help="Anchor dictionaries: suggest one from the target, import the paper's format, check one against a text.",
+    help="Anchor dictionaries: suggest one from the target, import the paper's format, merge two, check one "
+         "against a text.",
     no_args_is_help=True,
 )
 TextOption = Annotated[Path | None, typer.Option("--text", help="The target text (default: the config's data.target).")]
@@ -186,7 +187,10 @@ def anchors_check(
 
     def body() -> None:
         cfg = resolve_config(config, set_, None, None)
-        report = check.check_file(anchors, text or cfg.data.target, cfg.model, cfg.labels.match_order)
+        target = text or cfg.data.target
+        if json_out is not None and json_out.resolve() in (anchors.resolve(), target.resolve()):
+            raise WhoharryError(f"--json {json_out} is an input of the check; write the report elsewhere")
+        report = check.check_file(anchors, target, cfg.model, cfg.labels.match_order)
         if json_out is not None:
             artifacts.write_json(json_out, report.as_dict())
         typer.echo(check.render(report))
