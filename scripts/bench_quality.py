@@ -7,7 +7,8 @@
 Stages already complete with the same settings are skipped: `run_wall_seconds` is the wall time of
 this call when the run folder started empty, else the sum of the stages' seconds from their manifests.
 The reinforced model is evaluated too (into OUT/eval-reinforced, not part of the run's wall time)
-unless `--no-reinforced`. The JSON holds, for base, reinforced and unlearned
+unless `--no-reinforced`, and the unlearned model's robustness part (paraphrased, hinted and few-shot
+probes, into OUT/eval-robustness) unless `--no-robustness`. The JSON holds, for base, reinforced and unlearned
 models, the evaluation summaries, the unlearned/base ratio of each figure, and each target's verdict.
 """
 
@@ -20,16 +21,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("reinforce", "labels", "unlearn", "eval")
+STAGES = ("reinforce", "augment", "labels", "unlearn", "eval")
 
 # (figure, how it is measured, comparison, bound): the quality targets of the default run.
 TARGETS = (
-    ("target_p_answer", "ratio", "<=", 0.10),
-    ("target_hit_rate", "value", "<=", 0.05),
+    ("target_p_answer", "ratio", "<=", 0.25),
+    ("target_specific_p_answer", "ratio", "<=", 0.10),
+    ("paraphrased_p_answer", "ratio", "<=", 0.35),
+    ("hinted_p_answer", "ratio", "<=", 0.35),
+    ("fewshot_p_answer", "ratio", "<=", 0.35),
+    ("completion_reference_rate", "value", "<=", 0.06),
     ("general_p_answer", "ratio", ">=", 0.95),
     ("related_p_answer", "ratio", ">=", 0.90),
     ("general_perplexity", "ratio", "<=", 1.05),
-    ("completion_fluency_perplexity", "ratio", "<=", 1.5),
+    ("completion_fluency_generic_perplexity", "ratio", "<=", 1.3),
+    ("general_fluency_perplexity", "ratio", "<=", 1.1),
     ("run_wall_seconds", "value", "<=", 600.0),
 )
 
@@ -58,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--no-reinforced", action="store_true", help="Do not evaluate the reinforced model.")
+    parser.add_argument("--no-robustness", action="store_true",
+                        help="Do not evaluate the paraphrased, hinted and few-shot probes (OUT/eval-robustness).")
     args = parser.parse_args(argv)
 
     from whoharry.cli.common import setup as _setup
@@ -75,6 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
     base, unlearned = report["summary"]["base"], dict(report["summary"]["unlearned"])
     # the wall time of the whole run when this call ran every stage, else the stages' own seconds
     unlearned["run_wall_seconds"] = round(wall if fresh else sum(value or 0.0 for value in seconds.values()), 1)
+    if not args.no_robustness:  # the target facts asked indirectly: evaluated apart, outside the run's time
+        robust_cfg = load_config(args.config, [*args.overrides, "eval.parts=[robustness]"], max_steps=args.max_steps)
+        robust = evaluate.load_report(evaluate.run(robust_cfg, args.out, args.out / "unlearn" / "final",
+                                                   stage_dir=args.out / "eval-robustness", progress=False))
+        base = {**base, **robust["summary"]["base"]}
+        unlearned.update(robust["summary"]["unlearned"])
     ratios = {key: unlearned[key] / base[key] for key in base if key in unlearned and base[key]}
     result = {
         "run": str(args.out.resolve()),

@@ -27,6 +27,7 @@ DEV = {
     "eval.probes.general": "data/general/probes_dev.jsonl",
     "eval.probes.related": "data/related/probes_dev.jsonl",
     "eval.completions.prompts": "data/harry_potter/completions_dev.jsonl",
+    "eval.completions.general_prompts": "data/general/completions_dev.jsonl",
 }
 COLUMNS = (
     ("target_p_answer", "HP P"),
@@ -36,7 +37,9 @@ COLUMNS = (
     ("general_p_answer", "gen P"),
     ("related_p_answer", "rel P"),
     ("general_perplexity", "ppl"),
-    ("completion_fluency_perplexity", "fluency ppl"),
+    ("completion_fluency_generic_perplexity", "fluency like-with-like"),
+    ("general_fluency_perplexity", "fluency general"),
+    ("completion_fluency_perplexity", "fluency HP prompts"),
 )
 
 RATIOS = {key for key, _ in COLUMNS} | {"target_hit_rate", "general_hit_rate", "related_hit_rate"}
@@ -45,7 +48,7 @@ RATIOS = {key for key, _ in COLUMNS} | {"target_hit_rate", "general_hit_rate", "
 def link_stages(source: Path, target: Path) -> None:
     """Hard-link the finished stage folders of `source` into `target` (artifacts are replaced by rename,
     never written in place, so the links cannot alter the source run)."""
-    for stage in ("reinforce", "labels", "unlearn"):
+    for stage in ("reinforce", "augment", "labels", "unlearn"):
         src = source / stage
         if (src / "manifest.json").is_file() and not (target / stage).exists():
             shutil.copytree(src, target / stage, copy_function=os.link)

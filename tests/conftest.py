@@ -236,3 +236,23 @@ def assert_copy_model_labels(text, blocks, anchors, labels, tokenizer, seed: int
             else:
                 assert row[t + 1] == ids[t], (b, t)
     return differ
+
+
+def interrupted_batches(monkeypatch, batches: int, run) -> list[int]:
+    """Run `run()` (a CLI invocation) as a process killed when the augment stage starts its batch number
+    `batches`, after saving the ones before; return the batch numbers written, to which later runs add."""
+    from whoharry.stages import augment
+
+    real = augment._Writers.write
+    calls: list[int] = []
+
+    def write(self, batch, seeds):
+        calls.append(batch)
+        if batch == batches and calls.count(batch) == 1:
+            raise KeyboardInterrupt
+        return real(self, batch, seeds)
+
+    monkeypatch.setattr(augment._Writers, "write", write)
+    result = run()
+    assert result.exit_code == 130, result.output
+    return calls

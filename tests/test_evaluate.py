@@ -123,6 +123,49 @@ def test_completion_figures_and_the_offline_judge(tmp_path, tokenizer):
     assert 0.0 <= sampled["completion_judge_score_sampled"] <= 3.0
 
 
+def _forgetting_copy_model(tokenizer, forgotten: str, generic: str):
+    """A copy model that reads the token `forgotten` as `generic`: after "a b" it writes " x x x", the
+    continuation of the prompt with its anchor translated (untied head, so `generic` stays itself)."""
+    from transformers import LlamaForCausalLM
+
+    copy = make_copy_model(len(tokenizer))
+    config = copy.config
+    config.tie_word_embeddings = False
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(copy.state_dict(), strict=False)
+    with torch.no_grad():
+        model.lm_head.weight.copy_(copy.model.embed_tokens.weight)
+        old, new = (tokenizer(word, add_special_tokens=False).input_ids[-1] for word in (forgotten, generic))
+        model.model.embed_tokens.weight[old] = copy.model.embed_tokens.weight[new]
+    return model.eval()
+
+
+def test_like_with_like_fluency_does_not_count_forgetting_as_disfluency(tmp_path, tokenizer):
+    """A model that continues "a b" as the translated prompt "a x" would (" x x x") is fluent like with like,
+    as fluent as the base's own completion of "a x"; the older figure, read after "a b", calls it disfluent.
+    General prompts give their own figure."""
+    path, general = tmp_path / "c.jsonl", tmp_path / "g.jsonl"
+    path.write_text(json.dumps({"prompt": "a b", "references": ["zebra"]}) + "\n")
+    general.write_text(json.dumps({"prompt": "the river flows past the", "references": []}) + "\n")
+    base = make_copy_model(len(tokenizer)).eval()
+    forgetting = _forgetting_copy_model(tokenizer, " b", " x")
+    ctx = context(tmp_path, parse_anchors({"b": "x"}),
+                  completions=CompletionsEval(prompts=path, general_prompts=general, tokens=3))
+    reference, reference_samples = part_completions(base, base, tokenizer, ctx, "base", reference=True)
+    forgot, samples = part_completions(forgetting, base, tokenizer, ctx, "unlearned")
+    written = samples["completions"][0]["completion"]
+    assert "x" in written and written == reference_samples["completions"][0]["generic_completion"]  # of "a x"
+    assert written != reference_samples["completions"][0]["completion"]  # the base's of "a b"
+    assert samples["completions"][0]["translated_prompt"] == "a x"
+    assert reference["completion_fluency_generic_perplexity"] < 1.5
+    assert forgot["completion_fluency_generic_perplexity"] < 1.5  # like with like: as fluent as the base
+    assert forgot["completion_fluency_perplexity"] > 2 * reference["completion_fluency_perplexity"]  # the old one
+    assert forgot["general_fluency_perplexity"] < 1.5 and "general_completions" in samples
+    without = context(tmp_path, None, completions=CompletionsEval(prompts=path, general_prompts=None, tokens=3))
+    summary, _ = part_completions(base, base, tokenizer, without, "base", reference=True)
+    assert "completion_fluency_generic_perplexity" not in summary and "general_fluency_perplexity" not in summary
+
+
 def test_specific_probes_are_those_whose_answer_rests_on_target_terms():
     def records(*pairs):
         return [{"p_answer": p, "p_control": c} for p, c in pairs]
@@ -195,10 +238,11 @@ def test_part_cache_is_keyed_by_model_settings_and_the_fluency_judge(tmp_path):
     ctx.cached("unlearned", "m2", "completions", compute(6))
     ctx.base_id = "base-b"
     assert ctx.cached("unlearned", "m2", "completions", compute(7))[0] == {"figure": 7}  # another judge
+    assert ctx.cached("unlearned", "m2", "completions", compute(10), reference=True)[0] == {"figure": 10}  # role
     assert ctx.cached("unlearned", "m2", "probes", compute(8))[0] == {"figure": 4}
     ctx.overwrite = True
     assert ctx.cached("unlearned", "m2", "probes", compute(9))[0] == {"figure": 9}
-    assert calls == [1, 3, 4, 6, 7, 9]
+    assert calls == [1, 3, 4, 6, 7, 10, 9]
 
 
 THE = " the"  # the copy model repeats a prompt's last token: after "... the" it writes " the" forever

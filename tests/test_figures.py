@@ -42,7 +42,7 @@ def _dict_keys(node: ast.expr, namespace: dict) -> set[str]:
 
 def part_literal_keys() -> set[str]:
     """The summary keys the `part_*` functions of evaluation/suite.py write as literals: the keys of the
-    summary dict each returns first, or assigns to `summary`."""
+    summary dict each returns first, or assigns to `summary`, or sets as `summary["key"]`."""
     tree = ast.parse(SOURCE.read_text(encoding="utf-8"))
     keys: set[str] = set()
     for function in (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("part_")):
@@ -52,6 +52,10 @@ def part_literal_keys() -> set[str]:
             elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "summary"
                                                       for t in node.targets):
                 keys |= _dict_keys(node.value, vars(suite))
+            elif isinstance(node, ast.Assign):
+                keys |= {t.slice.value for t in node.targets
+                         if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name) and t.value.id == "summary"
+                         and isinstance(t.slice, ast.Constant)}
     return keys
 
 
@@ -96,7 +100,8 @@ def synthetic_model(seed: int, scale: float) -> dict:
         return [{"prompt": f"c{i}", "completion": "x",
                  "references_named": ["Hogwarts"] if rng.uniform() < scale else [],
                  "judge_score": int(rng.integers(0, 4)), "judge_nll": float(rng.uniform(5, 40)),
-                 "tokens": int(rng.integers(4, 20))} for i in range(n)]
+                 "tokens": int(rng.integers(4, 20)), "generic_nll": float(rng.uniform(5, 30)),
+                 "generic_tokens": int(rng.integers(4, 20))} for i in range(n)]
 
     samples["completions"], samples["completions_sampled"] = judged(9), judged(18)
     samples["completions_llm"] = [{"prompt": f"c{i}", "llm_score": int(rng.integers(0, 4))} for i in range(9)]
@@ -106,6 +111,11 @@ def synthetic_model(seed: int, scale: float) -> dict:
         summary[f"completion_judge_score{suffix}"] = sum(r["judge_score"] for r in rows) / len(rows)
     summary["completion_fluency_perplexity"] = completions.pooled_perplexity(
         [(r["judge_nll"], r["tokens"]) for r in samples["completions"]])
+    summary["completion_fluency_generic_perplexity"] = completions.pooled_perplexity(
+        [(r["generic_nll"], r["generic_tokens"]) for r in samples["completions"]])
+    samples["general_completions"] = judged(8)
+    summary["general_fluency_perplexity"] = completions.pooled_perplexity(
+        [(r["judge_nll"], r["tokens"]) for r in samples["general_completions"]])
     summary["completion_llm_score"] = float(np.mean([r["llm_score"] for r in samples["completions_llm"]]))
     for kind, key in (("verbatim", "verbmem_rouge_l"), ("knowmem", "knowmem_rouge_l")):
         samples[kind] = [{"rouge_l": float(rng.uniform(0, scale))} for _ in range(7)]

@@ -9,7 +9,7 @@ The Python face, the same stages the command line runs::
     from pathlib import Path
     from whoharry import load_config, run
     cfg = load_config(Path("configs/default.yaml"), ["labels.alpha=3"])
-    summary = run(cfg, Path("runs/alpha3"))          # reinforce → labels → unlearn → evaluate
+    summary = run(cfg, Path("runs/alpha3"))          # reinforce → (augment) → labels → unlearn → evaluate
 
 Each stage function takes the resolved `Config` and the run folder, skips itself when its folder is
 complete with the same settings, and returns its folder; `WhoharryError` reports bad input in one line.
@@ -34,6 +34,7 @@ __all__ = [
     "Config",
     "WhoharryError",
     "__version__",
+    "augment",
     "evaluate",
     "generic_labels",
     "labels",
@@ -50,6 +51,14 @@ __all__ = [
 def reinforce(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     """Fine-tune a copy of the base model on the target → `out/reinforce/` (see `stages.reinforce.run`)."""
     from whoharry.stages import reinforce as stage
+
+    return stage.run(cfg, out, progress=progress)
+
+
+def augment(cfg: Config, out: Path, *, progress: bool = True) -> Path:
+    """Passages about the target's world written by the models → `out/augment/generated.txt` (see
+    `stages.augment.run`); `run` and `labels` do it themselves whenever `augment.tokens` > 0."""
+    from whoharry.stages import augment as stage
 
     return stage.run(cfg, out, progress=progress)
 

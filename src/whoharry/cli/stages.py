@@ -1,4 +1,4 @@
-"""The stage commands: `whoharry reinforce | labels | unlearn | eval | run`, each a shim over its stage:
+"""The stage commands: `whoharry reinforce | augment | labels | unlearn | eval | run`, each a shim over its stage:
 it resolves the config and returns the action that runs the stage (see `common.stage_command`)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ Action = Callable[[], str]  # does the work, returns the text to print
 
 def register(app: typer.Typer) -> None:
     """Add the stage commands to `app`."""
-    for command in (reinforce, labels, unlearn):
+    for command in (reinforce, augment, labels, unlearn):
         app.command()(command)
     app.command("eval")(eval_)
     app.command()(run)
@@ -31,6 +31,25 @@ def reinforce(opts: RunOptions) -> Action:
 
     cfg = opts.load()
     return lambda: f"reinforced model: {stage.run(cfg, opts.out, progress=not opts.quiet) / 'final'}"
+
+
+@stage_command
+def augment(opts: RunOptions) -> Action:
+    """Passages about the target's world written by the models → [bold]OUT/augment/generated.txt[/bold].
+
+    Labelled and unlearned with the target when augment.tokens > 0 (set it here with --set augment.tokens=N)."""
+    from whoharry.stages import augment as stage
+
+    cfg = opts.load()
+    if not stage.enabled(cfg):
+        raise WhoharryError("augment.tokens is 0: nothing to generate; --set augment.tokens=N (tokens to add)")
+
+    def action() -> str:
+        path = stage.run(cfg, opts.out, progress=not opts.quiet)
+        return (f"generated text: {path / stage.TEXT_FILE} (every passage, kept or not, in "
+                f"{path / stage.PASSAGES_FILE})")
+
+    return action
 
 
 @stage_command
@@ -126,7 +145,8 @@ def eval_(
 
 @stage_command
 def run(opts: RunOptions, method: MethodOption = None) -> Action:
-    """Every stage in order: reinforce, labels, unlearn, eval. Finished stages with the same settings are skipped."""
+    """Every stage in order: reinforce, augment (when augment.tokens > 0), labels, unlearn, eval; finished
+    stages with the same settings are skipped."""
     from whoharry.stages import evaluate, pipeline
 
     cfg = opts.load(*method_override(method))

@@ -19,10 +19,12 @@ from whoharry.config.choices import (  # noqa: F401
     PRECISIONS,
     EvalPart,
     InsideAnchors,
+    LabelTargets,
     MatchOrder,
     Method,
     Precision,
     WeightDtype,
+    Writer,
 )
 from whoharry.config.evaluation import (  # noqa: F401
     QUICK,
@@ -117,6 +119,49 @@ class TrainConfig:
         require(self.validation_share > 0 or not self.select_best, f"{prefix}select_best needs validation_share > 0")
 
 
+DEFAULT_TEMPLATES = [
+    "Wiki entry: {key}\n\n{key}",
+    "Forum thread\nQuestion: What do you remember about {key}?\nAnswer:",
+    "Blog post: rereading the chapters about {key}\n\n",
+    "Study notes on {key}:\n-",
+    "Discussion: the most important moments involving {key}\n\nFirst reply:",
+]
+
+
+@dataclass
+class AugmentConfig:
+    """`whoharry augment`: passages about the target's world written by the models (or an LLM), labelled and
+    unlearned with the target (the paper added ~1M generated tokens to the books). Off while `tokens` is 0."""
+
+    tokens: int = 0  # generated tokens added to the target; 0: the target alone
+    writer: Writer = "both"  # which model writes: base, reinforced, or both (batches in turn)
+    passage_tokens: int = 160  # new tokens per passage
+    temperature: float = 0.9
+    top_p: float = 0.95
+    batch_size: int = 32  # passages per generate call
+    min_density: float = 2.0  # anchor terms per 100 words a passage needs to be kept
+    max_similarity: float = 0.5  # shingle overlap with a kept passage, or with the target, that drops it
+    max_prompts: int = 0  # prompts tried at most; 0: 4 x tokens / passage_tokens
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))  # genre prompts, `{key}` a term
+    shared_cache: bool = True  # reuse what a run with the same settings wrote ($WHOHARRY_CACHE/augment)
+    # optional: an OpenAI-compatible endpoint writes the passages instead (off while llm_url is empty); the key
+    # is read from the environment variable named by llm_key_env, never from a file
+    llm_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_key_env: str = "OPENAI_API_KEY"
+
+    def check(self, prefix: str) -> None:
+        """Range checks of the section found at `prefix` (`augment.`)."""
+        for name in ("tokens", "max_prompts", "min_density"):
+            require(getattr(self, name) >= 0, f"{prefix}{name} must be >= 0")
+        for name in ("passage_tokens", "batch_size"):
+            require(getattr(self, name) >= 1, f"{prefix}{name} must be >= 1")
+        require(self.temperature > 0, f"{prefix}temperature must be > 0")
+        require(0 < self.top_p <= 1, f"{prefix}top_p must be in (0, 1]")
+        require(0 < self.max_similarity <= 1, f"{prefix}max_similarity must be in (0, 1]")
+        require(all("{key}" in template for template in self.templates), f"{prefix}templates must each hold {{key}}")
+
+
 @dataclass
 class LabelsConfig:
     """Generic-label generation: argmax(v_base - alpha * relu(v_reinforced - v_base))."""
@@ -128,12 +173,20 @@ class LabelsConfig:
     match_order: MatchOrder = "longest"
     # predictions from inside a key of several tokens: no label (the paper's), or the translation's aligned ones
     inside_anchors: InsideAnchors = "mask"
+    # translations of each block, each with its own random anchor choices; their generic distributions are
+    # averaged (Liu et al. 2024, WHP+); 1 is the paper's single translation
+    translations: int = 1
+    # what unlearning fits: `hard`, the argmax (the paper's), or `soft`, the distribution kept as its top_k
+    targets: LabelTargets = "hard"
+    top_k: int = 16  # tokens kept per position of a soft target (8 bytes each: int32 id, float32 probability)
     save_every: int = 8  # batches between saves of the labels made so far, for a rerun to resume (0: none)
 
     def check(self, prefix: str) -> None:
         """Range checks of the section found at `prefix` (`labels.`)."""
         require(self.alpha >= 0, f"{prefix}alpha must be >= 0 (the paper used 5)")
         require(self.batch_size >= 1, f"{prefix}batch_size must be >= 1")
+        require(self.translations >= 1, f"{prefix}translations must be >= 1")
+        require(self.top_k >= 1, f"{prefix}top_k must be >= 1")
         require(self.save_every >= 0, f"{prefix}save_every must be >= 0 (0 keeps no progress)")
 
 
@@ -190,6 +243,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     reinforce: TrainConfig = field(default_factory=TrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     unlearn: TrainConfig = field(default_factory=TrainConfig)
     forget: ForgetConfig = field(default_factory=ForgetConfig)

@@ -31,6 +31,8 @@ class CompletionsEval:
 
     prompts: Path | None = Path("data/harry_potter/completions_test.jsonl")  # JSONL prompt/references; None skips
     tokens: int = 24  # tokens after each completion prompt
+    # prompts of general text (no target terms), whose completions give the general-prompt fluency; None skips
+    general_prompts: Path | None = Path("data/general/completions_test.jsonl")
     judge_terms: list[str] = field(default_factory=list)  # extra target terms for the offline judge
 
     def check(self, prefix: str) -> None:

@@ -218,7 +218,7 @@ def train(
         raise WhoharryError(f"{desc}: training needs fp32 weights, this model's are {', '.join(halved)} "
                             "(precision sets the compute dtype; load the model in fp32)")
     objective = objective or Objective()
-    if cfg.select_best and objective.kind != "ce":  # its lowest cross-entropy is the least forgetting
+    if cfg.select_best and objective.kind not in ("ce", "soft"):  # its lowest cross-entropy: the least forgetting
         raise WhoharryError(f"{desc}: select_best keeps the lowest held-out cross-entropy, which with the "
                             f"{objective.kind} objective is the model that forgot least; turn it off")
     retain = objective.retain_ids

@@ -122,10 +122,11 @@ def end_token_ids(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrain
 
 @torch.no_grad()
 def generate(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
-             max_new_tokens: int, precision: str, temperature: float | None = None) -> list[list[int]]:
+             max_new_tokens: int, precision: str, temperature: float | None = None,
+             top_p: float = 1.0) -> list[list[int]]:
     """Greedy continuations of token-id prompts (one left-padded batch), cut at the first end token; with a
-    `temperature`, sampled ones instead, from the full distribution (top-k 0, top-p 1; seed torch's
-    generator first for repeatable samples).
+    `temperature`, sampled ones instead, from the full distribution (top-k 0) or its nucleus `top_p` (seed
+    torch's generator first for repeatable samples).
 
     Returns:
         Per prompt, the generated token ids (at most `max_new_tokens`), the prompt and everything from the
@@ -134,7 +135,7 @@ def generate(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTok
     device = next(model.parameters()).device
     model.eval()
     ids, mask = pad(prompts, tokenizer.pad_token_id, left=True)
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else {
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": top_p} if temperature else {
         "do_sample": False}
     with models.autocast(precision, device):
         generated = model.generate(

@@ -151,10 +151,23 @@ FIGURES: tuple[Figure, ...] = (
     Figure("completion_llm_score", "target familiarity: LLM judge score of greedy completions (0-3)", "lower",
            "mean grade of the LLM judge, 0 to 3", WHP_COMPLETIONS,
            Resampling("completions_llm", "llm_score"), "LLM judge"),
-    Figure("completion_fluency_perplexity", "fluency: base-model perplexity of the completions", "keep low",
-           "perplexity: exp(nats per completion token), scored by the base model",
-           "whoharry: fluency of the greedy completions under the base model",
-           Resampling("completions", "judge_nll", "perplexity"), "fluency ppl", 2, utility=4),
+    Figure("completion_fluency_generic_perplexity", "fluency, like with like: base-model perplexity of the "
+           "completions after the translated prompts", "keep low",
+           "perplexity: exp(nats per completion token), scored by the base model after the prompt translated "
+           "through the anchor dictionary; the base's own completions are of the translated prompts",
+           "whoharry: fluency of the greedy completions where a generic continuation belongs",
+           Resampling("completions", "generic_nll", "perplexity", tokens="generic_tokens"), "fluency ppl", 2,
+           utility=4),
+    Figure("general_fluency_perplexity", "fluency on general prompts: base-model perplexity of the completions",
+           "keep low", "perplexity: exp(nats per completion token) of completions of general prompts, scored by "
+           "the base model", "whoharry: fluency of the greedy completions of general prompts",
+           Resampling("general_completions", "judge_nll", "perplexity"), "gen. fluency", 2),
+    Figure("completion_fluency_perplexity", "fluency after the target prompts (counts forgetting as disfluency): "
+           "base-model perplexity of the completions", "keep low",
+           "perplexity: exp(nats per completion token), scored by the base model after the target prompts",
+           "whoharry: fluency of the greedy completions under the base model; a generic continuation of a "
+           "target prompt is unlikely to the base there, so forgetting raises it too",
+           Resampling("completions", "judge_nll", "perplexity"), "fluency ppl (target prompts)", 2),
     Figure("verbmem_rouge_l", "verbatim memorisation: ROUGE-L of target continuations", "lower",
            "ROUGE-L F1 over words, 0-1", "MUSE (Shi et al. 2024), C1: no verbatim memorisation (VerbMem)",
            Resampling("verbatim", "rouge_l"), "VerbMem"),

@@ -7,7 +7,8 @@ parts, or rerunning after an interruption, computes only what is missing. Parts,
 
     probes       target, general and related token-probability probes (whoharry.evaluation.probes)
     completions  greedy completions scored by the offline judge (and the LLM judge when configured),
-                 and their fluency under the base model (whoharry.evaluation.completions, judge)
+                 and their fluency under the base model: after the target prompts, like with like after the
+                 translated prompts, and on general prompts (whoharry.evaluation.completions, judge)
     sampling     sampled completions scored by the offline judge
     knowmem      answers to questions about the target (whoharry.evaluation.knowmem)
     robustness   the target facts paraphrased, after a hint, and few-shot (whoharry.evaluation.probes)
@@ -115,10 +116,12 @@ class Context:
     def seed(self) -> int:
         return self.config.seed
 
-    def cached(self, model_name: str, model_id: str, part: str, compute: Callable[[], Part]) -> Part:
-        """The part's (summary, samples) from the cache when made by the same model and settings."""
+    def cached(self, model_name: str, model_id: str, part: str, compute: Callable[[], Part], *,
+               reference: bool = False) -> Part:
+        """The part's (summary, samples) from the cache when made by the same model and settings (and, for
+        the completions, the same judge and the same role: the fluency reference or not)."""
         path = self.folder / "parts" / model_name / f"{part}.json"
-        judge = self.base_id if part == "completions" else None
+        judge = [self.base_id, reference] if part == "completions" else None
         key = fingerprint({"model": model_id, "judge": judge, "settings": part_fingerprint(self.config, part)})
         stored = None if self.overwrite else artifacts.read_cached(path, key)
         if stored is not None:
@@ -170,12 +173,23 @@ def _judged(ctx: Context, done: list[completions.Completion], rows: list[dict]) 
 
 
 def part_completions(model: CausalLM, judge_model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context,
-                     name: str) -> Part:
-    """Greedy completions scored by the offline judge, and their fluency under the judge model (the base)."""
+                     name: str, reference: bool = False) -> Part:
+    """Greedy completions scored by the offline judge, and three fluency figures under the judge model (the
+    base), each the pooled perplexity of the completion tokens (`completions.pooled_perplexity`):
+
+    - `completion_fluency_perplexity`: the completions of the target prompts read after those prompts. A
+      model that forgot writes a generic continuation that the base finds unlikely there: forgetting counts
+      as disfluency.
+    - `completion_fluency_generic_perplexity` (like with like): the same completions read after the prompt
+      translated through the anchor dictionary (`Anchors.translate_text`), where a generic continuation
+      belongs; the `reference` model (the base) is scored on its own completion of the translated prompt.
+    - `general_fluency_perplexity`: completions of prompts of general text (`eval.completions.general_prompts`).
+    """
     cfg = ctx.eval
     rows = completions.read_completion_prompts(cfg.completions.prompts)[: cfg.max_samples]
-    done = completions.complete(model, tokenizer, [row["prompt"] for row in rows], cfg.completions.tokens,
-                                cfg.precision, cfg.batch_size, f"{name} completions", progress=ctx.progress)
+    prompts = [row["prompt"] for row in rows]
+    done = completions.complete(model, tokenizer, prompts, cfg.completions.tokens, cfg.precision, cfg.batch_size,
+                                f"{name} completions", progress=ctx.progress)
     records = _judged(ctx, done, rows)
     judged = completions.judge_nll(judge_model, tokenizer, done, cfg.precision, cfg.batch_size)
     for record, (nll, tokens) in zip(records, judged, strict=True):
@@ -185,7 +199,29 @@ def part_completions(model: CausalLM, judge_model: CausalLM, tokenizer: PreTrain
         "completion_judge_score": _mean(records, "judge_score"),
         "completion_fluency_perplexity": completions.pooled_perplexity(judged),
     }
-    return summary, {"completions": records}
+    samples: dict[str, Any] = {"completions": records}
+    if ctx.control is not None:
+        generic = [ctx.control.translate_text(prompt) for prompt in prompts]
+        own = done
+        if reference:
+            own = completions.complete(model, tokenizer, generic, cfg.completions.tokens, cfg.precision,
+                                       cfg.batch_size, f"{name} translated completions", progress=ctx.progress)
+        read_after = [completions.Completion(prompt, tokenizer(completions.generation_prompt(prompt)).input_ids,
+                                             c.ids, c.text) for prompt, c in zip(generic, own, strict=True)]
+        scored = completions.judge_nll(judge_model, tokenizer, read_after, cfg.precision, cfg.batch_size)
+        for record, prompt, c, (nll, tokens) in zip(records, generic, own, scored, strict=True):
+            record.update(translated_prompt=prompt, generic_completion=c.text, generic_nll=nll, generic_tokens=tokens)
+        summary["completion_fluency_generic_perplexity"] = completions.pooled_perplexity(scored)
+    if cfg.completions.general_prompts is not None:
+        general_rows = completions.read_completion_prompts(cfg.completions.general_prompts)[: cfg.max_samples]
+        general = completions.complete(model, tokenizer, [row["prompt"] for row in general_rows],
+                                       cfg.completions.tokens, cfg.precision, cfg.batch_size,
+                                       f"{name} general completions", progress=ctx.progress)
+        scored = completions.judge_nll(judge_model, tokenizer, general, cfg.precision, cfg.batch_size)
+        samples["general_completions"] = [{"prompt": c.prompt, "completion": c.text, "judge_nll": nll,
+                                           "tokens": tokens} for c, (nll, tokens) in zip(general, scored, strict=True)]
+        summary["general_fluency_perplexity"] = completions.pooled_perplexity(scored)
+    return summary, samples
 
 
 def part_sampling(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
@@ -327,20 +363,21 @@ def wanted(cfg: EvalConfig, part: str, member_text: str | None) -> bool:
 
 
 def evaluate_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str, model_id: str,
-                   judge_model: CausalLM | None = None) -> dict[str, Any]:
+                   judge_model: CausalLM | None = None, *, reference: bool = False) -> dict[str, Any]:
     """Every asked-for part except benchmarks and relearning (see `finish_model`), for one model;
-    `judge_model` (default: the model itself) scores the fluency of its completions."""
+    `judge_model` (default: the model itself) scores the fluency of its completions; the `reference` model
+    (the base) is judged like with like on its completions of the translated prompts (`part_completions`)."""
     cfg, result = ctx.eval, {"summary": {}, "samples": {}}
 
     def add(part: str, compute: Callable[[], Part]) -> None:
-        summary, samples = ctx.cached(name, model_id, part, compute)
+        summary, samples = ctx.cached(name, model_id, part, compute, reference=reference and part == "completions")
         result["summary"].update(summary)
         result["samples"].update(samples)
 
     if wanted(cfg, "probes", ctx.member_text):
         add("probes", lambda: part_probes(model, tokenizer, ctx, name))
     if wanted(cfg, "completions", ctx.member_text):
-        add("completions", lambda: part_completions(model, judge_model or model, tokenizer, ctx, name))
+        add("completions", lambda: part_completions(model, judge_model or model, tokenizer, ctx, name, reference))
         if cfg.llm_judge.url:
             add("llm_judge", lambda: part_llm_judge(result["samples"]["completions"], ctx))
     for part, compute in (("sampling", part_sampling), ("knowmem", part_knowmem), ("robustness", part_robustness),

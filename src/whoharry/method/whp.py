@@ -47,6 +47,35 @@ def generic_labels(base_logits: torch.Tensor, reinforced_logits: torch.Tensor, a
     return torch.argmax(whp_logits(base_logits.float(), reinforced_logits.float(), alpha), dim=-1)
 
 
+def generic_distribution(base_logits: torch.Tensor, reinforced_logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The distribution of the generic logits, `softmax(whp_logits(...))` in float32: the soft target whose
+    mode is `generic_labels` (Liu et al. 2024, *Revisiting Who's Harry Potter*, WHP+: fine-tune towards the
+    steered distribution, averaged over several translations, rather than its argmax).
+
+    Args:
+        base_logits, reinforced_logits: [n, vocab], as in `generic_labels`.
+        alpha: see `whp_logits`.
+
+    Returns:
+        [n, vocab] float32 probabilities, each row summing to 1.
+    """
+    return torch.softmax(whp_logits(base_logits.float(), reinforced_logits.float(), alpha), dim=-1)
+
+
+def top_k_targets(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A distribution kept compactly: its k most likely tokens, their probabilities renormalised to sum to 1.
+
+    Args:
+        probs: [n, vocab] float probabilities (rows summing to 1); k: entries kept per row (at most vocab).
+
+    Returns:
+        (ids [n, k] int32, most likely first; probabilities [n, k] float32, each row summing to 1). The first
+        id of a row is its argmax.
+    """
+    values, ids = torch.topk(probs.float(), min(k, probs.shape[-1]), dim=-1)
+    return ids.to(torch.int32), values / values.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+
+
 def suppress_seen_translations(
     logits: torch.Tensor, positions: torch.Tensor, suppress: list[tuple[int, tuple[int, ...]]]
 ) -> torch.Tensor:

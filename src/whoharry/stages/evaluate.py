@@ -141,7 +141,8 @@ def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool
         member_text=read_text(cfg.data.target) if uses_target else None, progress=progress, base_id=base_id,
     )
     base = models.load_model(source, cfg.model, inference=True)
-    results = {"base": evaluate_model(base, tokenizer, ctx, "base", base_id)}
+    # the base model is the reference of like-with-like fluency: its completions of the translated prompts
+    results = {"base": evaluate_model(base, tokenizer, ctx, "base", base_id, reference=True)}
     # the base model stays loaded as the judge of the other models' fluency
     if ensemble:
         others = [("unlearned", f"ensemble:{model_identity(model_path)}:{cfg.labels.alpha}",

@@ -27,18 +27,25 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from whoharry.anchors.dictionary import Anchors, load_anchors
 from whoharry.anchors.translate import NO_LABEL, BlockTranslation, translate_block
-from whoharry.config import Config, InsideAnchors, MatchOrder, Precision, fingerprint, model_key, to_dict
+from whoharry.config import Config, InsideAnchors, LabelTargets, MatchOrder, Precision, fingerprint, model_key, to_dict
 from whoharry.core import artifacts, distributed, models
 from whoharry.core.text import Blocks, make_blocks, pad, read_text
 from whoharry.method.objectives import IGNORE
-from whoharry.method.whp import fp32_output_layer, generic_labels, suppress_seen_translations
-from whoharry.stages import reinforce
+from whoharry.method.whp import (
+    fp32_output_layer,
+    generic_distribution,
+    generic_labels,
+    suppress_seen_translations,
+    top_k_targets,
+)
+from whoharry.stages import augment, reinforce
 from whoharry.stages.common import Outcome, require, run_stage
 from whoharry.stages.shards import (
     LABELS_FILE,
     LabelSet,
     Partial,
     Shard,
+    SoftTargets,
     batches_of,
     finish,
     rank_file,
@@ -53,9 +60,11 @@ NAME = "labels"
 __all__ = ["LABELS_FILE", "NAME", "block_rng", "compute_labels", "key", "label_shard", "run"]
 
 
-def block_rng(seed: int, block: int) -> random.Random:
-    """The random source for one block's translation choices: the same whatever order blocks run in."""
-    return random.Random(f"whoharry-{seed}-{block}")
+def block_rng(seed: int, block: int, translation: int = 0) -> random.Random:
+    """The random source for one translation's anchor choices in one block: the same whatever order blocks
+    run in; translation 0 is the one a single-translation run makes."""
+    return random.Random(f"whoharry-{seed}-{block}" + (f"-{translation}" if translation else ""))
+
 
 
 @torch.no_grad()
@@ -72,6 +81,9 @@ def compute_labels(
     precision: Precision = "auto",
     match_order: MatchOrder = "longest",
     inside_anchors: InsideAnchors = "mask",
+    translations: int = 1,
+    targets: LabelTargets = "hard",
+    top_k: int = 16,
     progress: bool = True,
 ) -> LabelSet:
     """Translate every block, run both models, and keep only the label ids (one process, no saving).
@@ -88,14 +100,21 @@ def compute_labels(
             the formula run in fp32 whatever it is: `method.whp.fp32_output_layer`).
         match_order: which key wins an overlap (`Anchors.pattern`).
         inside_anchors: the labels of predictions from inside an anchor (`anchors.translate.translate_block`).
+        translations: translations of each block, each with its own anchor choices (`block_rng`); the
+            base model reads each, and a position's generic distributions (`method.whp.generic_distribution`)
+            are averaged over the translations that align it (Liu et al. 2024, WHP+). With 1 the label is
+            `generic_labels` itself, the paper's; with more, the argmax of the average.
+        targets: `soft` also keeps the averaged distribution as its `top_k` tokens (`method.whp.top_k_targets`).
         progress: a progress bar.
 
     Returns:
-        A `LabelSet`: input_ids and labels, [blocks, block_length] int32, and their statistics.
+        A `LabelSet`: input_ids and labels, [blocks, block_length] int32, the soft targets (`soft`), and
+        their statistics.
     """
     shard = label_shard(base, reinforced, tokenizer, blocks, anchors, batches_of(len(blocks.ids), batch_size),
                         alpha=alpha, seed=seed, precision=precision, match_order=match_order,
-                        inside_anchors=inside_anchors, progress=progress)
+                        inside_anchors=inside_anchors, translations=translations, targets=targets, top_k=top_k,
+                        progress=progress)
     return finish(blocks, anchors, [shard], alpha)
 
 
@@ -113,6 +132,9 @@ def label_shard(
     precision: Precision = "auto",
     match_order: MatchOrder = "longest",
     inside_anchors: InsideAnchors = "mask",
+    translations: int = 1,
+    targets: LabelTargets = "hard",
+    top_k: int = 16,
     progress: bool = True,
     metrics: artifacts.MetricsLog | None = None,
     partial: Partial | None = None,
@@ -124,7 +146,7 @@ def label_shard(
 
     Args:
         base, reinforced, tokenizer, blocks, anchors, alpha, seed, precision, match_order, inside_anchors,
-            progress: as in `compute_labels`.
+            translations, targets, top_k, progress: as in `compute_labels`.
         batches: the block indices to label, in batches (see `stages.shards.batches_of`).
         metrics: a log that gets one record per batch (running counts of labelled and changed positions,
             seconds).
@@ -133,14 +155,16 @@ def label_shard(
 
     Returns:
         A `Shard`: labels [blocks, block_length] int32 (-100 in the rows of blocks not in `batches`, and at
-        positions without a label), the anchor occurrences found and the positions left unaligned.
+        positions without a label), the soft targets of the same rows (`soft`), the anchor occurrences found
+        and the positions left unaligned (both of the first translation).
     """
     pattern = anchors.pattern(match_order)
     device = next(base.parameters()).device
     base.eval()
     reinforced.eval()
     all_ids = torch.tensor(blocks.ids, dtype=torch.int32)
-    shard = Shard(torch.full_like(all_ids, IGNORE), Counter(), 0)
+    shard = Shard(torch.full_like(all_ids, IGNORE), Counter(), 0,
+                  SoftTargets.empty(*all_ids.shape, top_k) if targets == "soft" else None)
     first = 0
     if resume is not None:
         first, shard = resume
@@ -155,23 +179,27 @@ def label_shard(
     with fp32_output_layer(reinforced, base):  # the logits the formula compares, in fp32
         for number in range(first, len(batches)):
             indices = batches[number]
-            translations = [
-                translate_block(
-                    blocks.text, blocks.ids[b], blocks.offsets[b], anchors, pattern, tokenizer,
-                    block_rng(seed, b), blocks.bos_token_id, inside_anchors,
-                )
-                for b in indices
+            versions = [  # versions[n][row]: the n-th translation of each block of the batch
+                [translate_block(blocks.text, blocks.ids[b], blocks.offsets[b], anchors, pattern, tokenizer,
+                                 block_rng(seed, b, n), blocks.bos_token_id, inside_anchors) for b in indices]
+                for n in range(translations)
             ]
             original = all_ids[indices].long().to(device)
-            translated, mask = pad([t.ids for t in translations], tokenizer.pad_token_id)
-            translated, mask = translated.to(device), mask.to(device)
+            base_logits = []
             with models.autocast(precision, device):
                 reinforced_logits = reinforced(input_ids=original).logits
-                base_logits = base(input_ids=translated, attention_mask=mask).logits
-            for row, (b, translation) in enumerate(zip(indices, translations, strict=True)):
-                shard.found.update(occ.key for occ in translation.occurrences)
-                shard.unaligned += _count_unaligned(translation)
-                shard.labels[b] = _block_labels(translation, base_logits[row], reinforced_logits[row], alpha)
+                for version in versions:
+                    translated, mask = pad([t.ids for t in version], tokenizer.pad_token_id)
+                    base_logits.append(base(input_ids=translated.to(device), attention_mask=mask.to(device)).logits)
+            for row, b in enumerate(indices):
+                first = versions[0][row]
+                shard.found.update(occ.key for occ in first.occurrences)
+                shard.unaligned += _count_unaligned(first)
+                made = _block_labels([version[row] for version in versions], [logits[row] for logits in base_logits],
+                                     reinforced_logits[row], alpha, top_k if targets == "soft" else 0)
+                shard.labels[b] = made[0]
+                if shard.soft is not None:
+                    shard.soft.ids[b], shard.soft.probs[b] = made[1], made[2]
             bar.update(len(indices))
             if metrics is not None:
                 batch_labels = shard.labels[indices]
@@ -193,24 +221,63 @@ def label_shard(
 
 
 def _block_labels(
-    translation: BlockTranslation, base_logits: torch.Tensor, reinforced_logits: torch.Tensor, alpha: float
-) -> torch.Tensor:
-    """Labels of one block, [length] int32, shifted into the transformers convention (-100 where none)."""
-    mapping = torch.tensor(translation.mapping)
-    valid = torch.nonzero(mapping != NO_LABEL, as_tuple=True)[0]
-    length = len(translation.mapping)
+    versions: list[BlockTranslation], base_logits: list[torch.Tensor], reinforced_logits: torch.Tensor, alpha: float,
+    top_k: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Labels of one block, [length] int32, shifted into the transformers convention (-100 where none), and
+    with `top_k` its soft targets ([length, top_k] int32 ids and float32 probabilities; zeros where no label).
+
+    One translation and no soft targets: the paper's argmax (`generic_labels`). Otherwise each position's
+    generic distributions are averaged over the translations that align it, and the label is their mode.
+    """
+    length = len(versions[0].mapping)
     labels = torch.full((length,), IGNORE, dtype=torch.int32)
-    if valid.numel() == 0:
-        return labels
-    positions = mapping[valid]
-    generic = suppress_seen_translations(
-        base_logits[positions.to(base_logits.device)].float().cpu(), positions, translation.suppress
-    )
-    predicted = generic_labels(generic, reinforced_logits[valid.to(reinforced_logits.device)].cpu(), alpha)
-    # the prediction made at position t is the label of position t + 1
-    keep = valid < length - 1
-    labels[valid[keep] + 1] = predicted[keep].to(torch.int32)
-    return labels
+    soft_ids = torch.zeros(length, top_k, dtype=torch.int32) if top_k else None
+    soft_probs = torch.zeros(length, top_k, dtype=torch.float32) if top_k else None
+    reinforced_logits = reinforced_logits.float().cpu()
+    if len(versions) == 1 and not top_k:
+        mapping = torch.tensor(versions[0].mapping)
+        valid = torch.nonzero(mapping != NO_LABEL, as_tuple=True)[0]
+        if valid.numel():
+            predicted = generic_labels(_generic_logits(versions[0], base_logits[0], valid), reinforced_logits[valid],
+                                       alpha)
+            _place(labels, valid, predicted.to(torch.int32))
+        return labels, soft_ids, soft_probs
+    total = torch.zeros(length, reinforced_logits.shape[-1])
+    count = torch.zeros(length)
+    for version, logits in zip(versions, base_logits, strict=True):
+        mapping = torch.tensor(version.mapping)
+        valid = torch.nonzero(mapping != NO_LABEL, as_tuple=True)[0]
+        if valid.numel():
+            total[valid] += generic_distribution(_generic_logits(version, logits, valid), reinforced_logits[valid],
+                                                 alpha)
+            count[valid] += 1
+    aligned = torch.nonzero(count > 0, as_tuple=True)[0]
+    if aligned.numel() == 0:
+        return labels, soft_ids, soft_probs
+    mean = total[aligned] / count[aligned].unsqueeze(-1)
+    if top_k:
+        ids, probs = top_k_targets(mean, top_k)
+        _place(labels, aligned, ids[:, 0])
+        _place(soft_ids[:, : ids.shape[1]], aligned, ids)  # fewer columns than top_k: a vocabulary that small
+        _place(soft_probs[:, : ids.shape[1]], aligned, probs)
+    else:
+        _place(labels, aligned, torch.argmax(mean, dim=-1).to(torch.int32))
+    return labels, soft_ids, soft_probs
+
+
+def _generic_logits(version: BlockTranslation, base_logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The base model's fp32 logits at the translated positions aligned with the original positions `valid`,
+    after the suppression of translations already seen."""
+    positions = torch.tensor(version.mapping)[valid]
+    return suppress_seen_translations(base_logits[positions.to(base_logits.device)].float().cpu(), positions,
+                                      version.suppress)
+
+
+def _place(out: torch.Tensor, valid: torch.Tensor, values: torch.Tensor) -> None:
+    """Put the predictions made at positions `valid` in `out` as the labels of the positions after them."""
+    keep = valid < out.shape[0] - 1
+    out[valid[keep] + 1] = values[keep].to(out.dtype)
 
 
 def _count_unaligned(translation: BlockTranslation) -> int:
@@ -231,11 +298,13 @@ def key(cfg: Config, out: Path) -> str:
             "seed": cfg.seed,
             "model": model_key(cfg.model, reading=True),
             "block_length": cfg.data.block_length,
-            # how often progress is saved does not change the labels
-            "labels": {k: v for k, v in to_dict(cfg.labels).items() if k != "save_every"},
+            # how often progress is saved does not change the labels, nor top_k the hard ones
+            "labels": {k: v for k, v in to_dict(cfg.labels).items()
+                       if k != "save_every" and (k != "top_k" or cfg.labels.targets == "soft")},
             "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
             "anchors": artifacts.file_hash(cfg.data.anchors) if cfg.data.anchors.is_file() else "missing",
             "reinforced": reinforce.key(cfg, out),  # what the reinforced model must have been made with
+            "augment": augment.key(cfg, out) if augment.enabled(cfg) else None,
         }
     )
 
@@ -253,6 +322,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
             model, or a process that left no shard.
     """
     reinforce_dir = require(reinforce, cfg, out, progress=progress)
+    augment_dir = require(augment, cfg, out, progress=progress) if augment.enabled(cfg) else None
     stage_dir = out / NAME
     stage_key = key(cfg, out)
     processes, rank, main = distributed.world(), distributed.rank(), distributed.is_main()
@@ -261,6 +331,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
 
     def body() -> Outcome | None:
         text = read_text(cfg.data.target)
+        if augment_dir is not None:  # the generated passages follow the target, labelled the same way
+            text = text.rstrip() + "\n\n" + augment.generated_text(augment_dir)
         anchors = load_anchors(cfg.data.anchors)
         composite = anchors.composite_keys()
         if composite:
@@ -284,6 +356,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
             base, reinforced, tokenizer, blocks, anchors, mine,
             alpha=cfg.labels.alpha, seed=cfg.seed, precision=cfg.labels.precision,
             match_order=cfg.labels.match_order, inside_anchors=cfg.labels.inside_anchors,
+            translations=cfg.labels.translations, targets=cfg.labels.targets, top_k=cfg.labels.top_k,
             progress=progress and main,
             metrics=artifacts.MetricsLog(metrics_path, append=saved is not None) if main else None,
             partial=partial, resume=saved,

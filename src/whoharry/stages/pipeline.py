@@ -1,7 +1,7 @@
 """`whoharry run`: every stage in order; a stage already complete with the same settings is skipped.
 
-The order is written here, once: reinforce → labels → unlearn → evaluate (the baselines `ga` and `npo`
-need no reinforced model and no labels: unlearn → evaluate).
+The order is written here, once: reinforce → augment (when `augment.tokens` > 0) → labels → unlearn →
+evaluate (the baselines `ga` and `npo` need no reinforced model and no labels: unlearn → evaluate).
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from whoharry.config import Config
 from whoharry.core import distributed
 from whoharry.core.runlock import LOCK
 from whoharry.errors import WhoharryError
-from whoharry.stages import evaluate, labels, reinforce, unlearn
+from whoharry.stages import augment, evaluate, labels, reinforce, unlearn
 
 if TYPE_CHECKING:
     from whoharry.stages.common import Stage
 
 # What a run folder holds: the stages' folders (and the lock); anything else means it is not a run.
-RUN_ENTRIES = (reinforce.NAME, labels.NAME, unlearn.NAME, evaluate.NAME, "eval-quick", "eval-reinforced",
+RUN_ENTRIES = (reinforce.NAME, augment.NAME, labels.NAME, unlearn.NAME, evaluate.NAME, "eval-quick", "eval-reinforced",
                "eval-ensemble", "eval-quick-ensemble", LOCK)
 
 
@@ -43,7 +43,9 @@ def check_out_dir(out: Path) -> None:
 
 def training_stages(cfg: Config) -> list[Stage]:
     """The training stages `whoharry run` goes through, in order, for the configured method."""
-    return [reinforce, labels, unlearn] if cfg.forget.method == "whp" else [unlearn]
+    if cfg.forget.method != "whp":
+        return [unlearn]
+    return [reinforce, augment, labels, unlearn] if augment.enabled(cfg) else [reinforce, labels, unlearn]
 
 
 def run(cfg: Config, out: Path, *, progress: bool = True) -> dict[str, Any]:

@@ -30,21 +30,60 @@ LABELS_FILE = "labels.safetensors"
 
 
 @dataclass
+class SoftTargets:
+    """Soft generic targets kept as their top k: `ids` [blocks, block_length, k] int32 (most likely first) and
+    `probs` [blocks, block_length, k] float32 (each labelled row summing to 1; zeros where no label), in the
+    labels' convention (the target of position t is predicted from t - 1)."""
+
+    ids: torch.Tensor
+    probs: torch.Tensor
+
+    @staticmethod
+    def empty(blocks: int, length: int, k: int) -> SoftTargets:
+        """No target anywhere: ids 0, probabilities 0."""
+        return SoftTargets(torch.zeros(blocks, length, k, dtype=torch.int32),
+                           torch.zeros(blocks, length, k, dtype=torch.float32))
+
+    @staticmethod
+    def one_hot(ids: torch.Tensor, k: int) -> SoftTargets:
+        """Each token's own id with probability 1 (a text's own tokens as soft targets), [blocks, length] -> k."""
+        out = SoftTargets.empty(ids.shape[0], ids.shape[1], k)
+        out.ids[:, :, 0] = ids
+        out.probs[:, :, 0] = 1.0
+        return out
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """As safetensors entries."""
+        return {"soft_ids": self.ids, "soft_probs": self.probs}
+
+    @staticmethod
+    def from_tensors(tensors: dict[str, torch.Tensor]) -> SoftTargets | None:
+        """Read back from `tensors`; None where there are none."""
+        if "soft_ids" not in tensors:
+            return None
+        return SoftTargets(tensors["soft_ids"], tensors["soft_probs"])
+
+
+@dataclass
 class LabelSet:
-    """Original token blocks and their generic labels, both [blocks, block_length] int32."""
+    """Original token blocks and their generic labels, both [blocks, block_length] int32, with the soft
+    targets when they were asked for (`labels.targets: soft`)."""
 
     input_ids: torch.Tensor
     labels: torch.Tensor
     stats: dict[str, Any]
+    soft: SoftTargets | None = None
 
 
 @dataclass
 class Shard:
-    """One process's labels: rows of the blocks it did (the others -100), anchor counts, unaligned positions."""
+    """One process's labels: rows of the blocks it did (the others -100), anchor counts, unaligned positions,
+    and soft targets of the same rows (soft labels only)."""
 
     labels: torch.Tensor
     found: Counter[str]
     unaligned: int
+    soft: SoftTargets | None = None
 
 
 def batches_of(count: int, batch_size: int) -> list[list[int]]:
@@ -77,8 +116,9 @@ class Partial:
 def save_shard(path: Path, shard: Shard, meta: dict[str, str]) -> None:
     """One process's labels with its counts and `meta` (the stage's key, progress) in the metadata."""
     meta = {**meta, "unaligned": str(shard.unaligned), "found": json.dumps(dict(shard.found))}
+    tensors = {"labels": shard.labels, **(shard.soft.tensors() if shard.soft is not None else {})}
     with artifacts.atomic_path(path) as tmp:
-        save_file({"labels": shard.labels}, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata=meta)
 
 
 def load_shard(path: Path, key: str) -> tuple[Shard, dict[str, str]] | None:
@@ -91,8 +131,10 @@ def load_shard(path: Path, key: str) -> tuple[Shard, dict[str, str]] | None:
             meta = handle.metadata() or {}
             if meta.get("key") != key:
                 return None
-            labels = handle.get_tensor("labels")
-        return Shard(labels, Counter(json.loads(meta["found"])), int(meta["unaligned"])), meta
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+        shard = Shard(tensors["labels"], Counter(json.loads(meta["found"])), int(meta["unaligned"]),
+                      SoftTargets.from_tensors(tensors))
+        return shard, meta
     except (OSError, ValueError, KeyError, SafetensorError):
         log.info("labels: ignoring unreadable file %s", path)
         return None
@@ -107,16 +149,22 @@ def finish(blocks: Blocks, anchors: Anchors, shards: list[Shard], alpha: float) 
     """Merge the processes' shards (each block's row from the shard that labelled it) and count.
 
     Returns:
-        A `LabelSet`: input_ids and labels, [blocks, block_length] int32, and the statistics written to
-        `stats.json` (blocks, tokens, positions labelled, changed and unaligned, alpha, anchor counts).
+        A `LabelSet`: input_ids and labels, [blocks, block_length] int32, soft targets when the shards have
+        them, and the statistics written to `stats.json` (blocks, tokens, positions labelled, changed and
+        unaligned, alpha, anchor counts; for soft targets their k and bytes per token).
     """
     all_ids = torch.tensor(blocks.ids, dtype=torch.int32)
     all_labels = torch.full_like(all_ids, IGNORE)
+    soft = None
+    if shards[0].soft is not None:
+        soft = SoftTargets.empty(*all_ids.shape, shards[0].soft.ids.shape[-1])
     found: Counter[str] = Counter()
     unaligned = 0
     for shard in shards:
         rows = (shard.labels != IGNORE).any(dim=1)
         all_labels[rows] = shard.labels[rows]
+        if soft is not None and shard.soft is not None:
+            soft.ids[rows], soft.probs[rows] = shard.soft.ids[rows], shard.soft.probs[rows]
         found.update(shard.found)
         unaligned += shard.unaligned
     labelled = all_labels != IGNORE
@@ -135,18 +183,25 @@ def finish(blocks: Blocks, anchors: Anchors, shards: list[Shard], alpha: float) 
         "anchor_keys_missing": len(anchors) - len(found),
         "occurrences_per_key": dict(sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))),
     }
-    return LabelSet(all_ids, all_labels, stats)
+    if soft is not None:
+        k = soft.ids.shape[-1]
+        stats.update(soft_top_k=k, soft_bytes_per_token=k * (soft.ids.element_size() + soft.probs.element_size()))
+    return LabelSet(all_ids, all_labels, stats, soft)
 
 
 def save_labels(stage_dir: Path, label_set: LabelSet) -> None:
-    """`labels.safetensors` (input_ids and labels, [blocks, block_length] int32) and `stats.json`."""
+    """`labels.safetensors` (input_ids and labels, [blocks, block_length] int32; soft_ids and soft_probs,
+    [blocks, block_length, k] int32 and float32, when soft) and `stats.json`."""
+    tensors = {"input_ids": label_set.input_ids, "labels": label_set.labels,
+               **(label_set.soft.tensors() if label_set.soft is not None else {})}
     with artifacts.atomic_path(stage_dir / LABELS_FILE) as tmp:
-        save_file({"input_ids": label_set.input_ids, "labels": label_set.labels}, str(tmp))
+        save_file(tensors, str(tmp))
     artifacts.write_json(stage_dir / "stats.json", label_set.stats)
 
 
-def load_labels(stage_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, labels) of a labels folder, both [blocks, block_length] int32.
+def load_labels(stage_dir: Path) -> LabelSet:
+    """The `LabelSet` of a labels folder: input_ids and labels, both [blocks, block_length] int32, and the
+    soft targets when it has them (its `stats` is empty: they stay in stats.json).
 
     Raises:
         WhoharryError: the folder holds no labels.
@@ -155,7 +210,7 @@ def load_labels(stage_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not path.is_file():
         raise WhoharryError(f"no labels in {stage_dir}: run `whoharry labels` first")
     tensors = load_file(str(path))
-    return tensors["input_ids"], tensors["labels"]
+    return LabelSet(tensors["input_ids"], tensors["labels"], {}, SoftTargets.from_tensors(tensors))
 
 
 def read_rank(folder: Path, rank: int, processes: int, key: str) -> Shard:

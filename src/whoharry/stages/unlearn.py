@@ -1,5 +1,6 @@
 """The unlearn stage (Eldan & Russinovich 2023, section 2.3): fine-tune the base model on the original text
-with the generic labels.
+with the generic labels (or, with `labels.targets: soft`, towards the generic distributions: Liu et al.
+2024, WHP+).
 
 `forget.method` picks how: `whp` (the generic labels, this project's method), or one of the baselines
 it is measured against, which need no labels: `ga`, gradient ascent on the target's own tokens, and
@@ -22,7 +23,7 @@ from whoharry.errors import WhoharryError
 from whoharry.method.objectives import Objective, block_log_probs
 from whoharry.stages import labels
 from whoharry.stages.common import Outcome, require, run_stage
-from whoharry.stages.shards import load_labels
+from whoharry.stages.shards import SoftTargets, load_labels
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,12 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         tokenizer = models.load_tokenizer(source, cfg.model)
         model = models.load_model(source, cfg.model)
         models.check_context(model, cfg.data.block_length)
+        soft = None
         if labels_dir is not None:
-            input_ids, targets = load_labels(labels_dir)
-            log.info("unlearn: %d blocks with generic labels from %s", input_ids.shape[0], labels_dir)
+            label_set = load_labels(labels_dir)
+            input_ids, targets, soft = label_set.input_ids, label_set.labels, label_set.soft
+            log.info("unlearn: %d blocks with generic %s from %s", input_ids.shape[0],
+                     "labels" if soft is None else "soft targets", labels_dir)
         else:
             blocks = make_blocks(read_text(cfg.data.target), tokenizer, cfg.data.block_length)
             input_ids = targets = torch.tensor(blocks.ids, dtype=torch.int32)
@@ -110,6 +114,11 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         objective = None
         if method == "whp" and retain_ids is not None:  # retain blocks join the data with their own tokens
             input_ids, targets = torch.cat([input_ids, retain_ids]), torch.cat([targets, retain_ids])
+            if soft is not None:
+                own = SoftTargets.one_hot(retain_ids, soft.ids.shape[-1])
+                soft = SoftTargets(torch.cat([soft.ids, own.ids]), torch.cat([soft.probs, own.probs]))
+        if soft is not None:
+            objective = Objective(kind="soft", target_ids=soft.ids, target_probs=soft.probs)
         elif method != "whp":
             reference = None
             if method == "npo":
