@@ -81,6 +81,8 @@ def test_an_interrupted_augment_resumes_to_the_same_text(project, tiny_model_dir
                                                                       shared_cache=False, tokens=200))
     partial = project / "broken" / "augment" / "partial.jsonl"
     assert len(partial.read_text().splitlines()) == 1 + 2  # the key, then two batches
+    with open(partial, "a") as handle:  # a line cut short by the killed process
+        handle.write('{"batch": 2, "texts": ["half')
     resumed = run_augment(project, tiny_model_dir, project / "broken", shared_cache=False, tokens=200)
     assert resumed.exit_code == 0, resumed.output
     assert calls[-1] > 2 and calls.count(0) == 1  # batches 0 and 1 were not written again

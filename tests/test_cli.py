@@ -340,7 +340,7 @@ def test_labels_resume_by_block_after_an_interruption(project, tiny_model_dir, m
     base_args = ["--config", str(config), "--max-steps", "1", "-q"]
     assert runner.invoke(app, ["labels", *base_args, "--out", str(clean)]).exit_code == 0
 
-    real, calls = labels_module._block_labels, []
+    real, calls = labels_module.block_labels, []
 
     def interrupted_after_two_batches(*args, **kwargs):
         calls.append(1)
@@ -348,14 +348,14 @@ def test_labels_resume_by_block_after_an_interruption(project, tiny_model_dir, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(labels_module, "_block_labels", interrupted_after_two_batches)
+    monkeypatch.setattr(labels_module, "block_labels", interrupted_after_two_batches)
     stopped = runner.invoke(app, ["labels", *base_args, "--out", str(broken)])
     assert stopped.exit_code == 130 and "resume" in stopped.output
     assert (broken / "labels" / "partial.safetensors").is_file()
     assert not (broken / "labels" / "manifest.json").exists()
 
     calls.clear()
-    monkeypatch.setattr(labels_module, "_block_labels", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(labels_module, "block_labels", lambda *a, **k: calls.append(1) or real(*a, **k))
     resumed = runner.invoke(app, ["labels", *base_args, "--out", str(broken)])
     assert resumed.exit_code == 0, resumed.output
     blocks = json.loads((clean / "labels" / "stats.json").read_text())["blocks"]

@@ -32,6 +32,7 @@ LONG_NUMBER = re.compile(r"\d{13,}")  # a figure printed with its every digit
 def summary(**unlearned: float) -> dict[str, dict[str, float]]:
     """A base model with sane figures and an unlearned model with these (the rest as the base's)."""
     base = {"target_p_answer": 0.4, "general_p_answer": 0.5, "general_perplexity": 20.0,
+            "completion_fluency_generic_perplexity": 3.5, "general_fluency_perplexity": 4.0,
             "completion_fluency_perplexity": 3.5, "membership_auc_loss": 0.8, "membership_auc_minkpp": 0.7}
     return {"base": base, "unlearned": {**base, "target_p_answer": 0.1, "membership_auc_loss": 0.55,
                                          "privleak_loss": 0.01, **unlearned}}
@@ -52,7 +53,8 @@ def test_numbers_print_finite_compact_inf_or_nan():
     ({"general_perplexity": 250.0}, "perplexity on general text is 250, above 10×"),
     ({"general_perplexity": INF}, "perplexity on general text is inf"),
     ({"general_perplexity": NAN}, "perplexity on general text is nan where the base model's is 20"),
-    ({"completion_fluency_perplexity": 40.0}, "perplexity of the completions is 40, above 10×"),
+    ({"completion_fluency_generic_perplexity": 40.0}, "completions after the translated prompts is 40, above 10×"),
+    ({"general_fluency_perplexity": 45.0}, "completions is 45, above 10×"),
     ({"general_p_answer": 0.04}, "mean P(answer) is 0.04, below 0.1×"),
 ])
 def test_utility_collapse_follows_the_rule(unlearned, reason):
@@ -61,8 +63,10 @@ def test_utility_collapse_follows_the_rule(unlearned, reason):
 
 
 def test_no_collapse_within_the_rule_or_without_the_figures():
-    assert utility_collapse(summary(general_perplexity=190.0, completion_fluency_perplexity=30.0,
+    assert utility_collapse(summary(general_perplexity=190.0, completion_fluency_generic_perplexity=30.0,
                                     general_p_answer=0.06)) == []
+    # forgetting alone raises the fluency after the target prompts: it is not a sign of collapse
+    assert utility_collapse(summary(completion_fluency_perplexity=400.0)) == []
     assert utility_collapse({"base": {"general_p_answer": 0.0}, "unlearned": {"general_p_answer": 0.0}}) == []
     assert utility_collapse({"unlearned": {"general_perplexity": INF}}) == []  # no base model to compare with
 

@@ -112,3 +112,14 @@ def test_a_block_an_anchor_opens_reads_the_translation_as_inside_the_text(llama2
         for t in range(occ.last + 1, min(following, len(ids) - 1)):
             assert row[t + 1] == ids[t], (b, t)
     assert opened >= 2
+
+
+def test_generated_text_keeps_the_space_after_the_prompt(llama2_tokenizer):
+    """Decoded alone, a continuation loses its leading space on this tokenizer (`Harrymet`); the augment stage
+    decodes it with its prompt."""
+    from whoharry.stages.augment import continuation_text
+
+    prompt = llama2_tokenizer("Wiki entry: Harry").input_ids
+    generated = llama2_tokenizer("met Hagrid", add_special_tokens=False).input_ids  # "▁met▁Hagrid"
+    assert not llama2_tokenizer.decode(generated).startswith(" ")
+    assert continuation_text(llama2_tokenizer, prompt, generated) == " met Hagrid"

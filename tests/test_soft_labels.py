@@ -131,7 +131,7 @@ def test_soft_targets_through_labels_and_unlearn(project, tiny_model_dir):
     import json
 
     manifest = json.loads((out / "unlearn" / "manifest.json").read_text())
-    assert manifest["summary"]["retain_blocks"] > 0
+    assert manifest["summary"]["retain_blocks"] > 0 and manifest["summary"]["targets"] == "soft"
     assert manifest["summary"]["final_loss"] == manifest["summary"]["final_loss"]  # not NaN
     hard = project / "hard"
     config = write_config(project, tiny_model_dir)

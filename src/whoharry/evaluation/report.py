@@ -30,8 +30,8 @@ PERCENT_UP_TO = 10.0
 # (membership AUC, PrivLeak) are not read.
 COLLAPSE_PERPLEXITY = 10.0
 COLLAPSE_P_ANSWER = 0.1
-COLLAPSE_PERPLEXITIES = ("general_perplexity", "completion_fluency_perplexity", "completion_fluency_generic_perplexity",
-                         "general_fluency_perplexity")
+# (not the fluency after the target prompts themselves: forgetting alone raises it)
+COLLAPSE_PERPLEXITIES = ("general_perplexity", "completion_fluency_generic_perplexity", "general_fluency_perplexity")
 PRIVACY_DIRECTIONS: tuple[Direction, ...] = ("toward 0.5", "toward 0")
 NOT_READ = "not read: utility collapsed"
 UNDEFINED = "undefined (nan)"

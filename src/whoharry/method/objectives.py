@@ -59,7 +59,8 @@ def soft_cross_entropy(logits: torch.Tensor, target_ids: torch.Tensor, target_pr
     """
     picked = token_log_probs(logits[:, :-1], target_ids[:, 1:])
     per_position = -(picked * target_probs[:, 1:].float()).sum(dim=-1)
-    return (per_position * (labels[:, 1:] != IGNORE)).sum()
+    # where, not a product: an unlabelled position's -inf log-probability must not make a NaN
+    return torch.where(labels[:, 1:] != IGNORE, per_position, 0.0).sum()
 
 
 ObjectiveKind = Literal["ce", "ga", "npo", "soft"]

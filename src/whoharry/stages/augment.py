@@ -10,6 +10,8 @@ would pass `augment.tokens` (never past it) or the prompts run out.
 
 Each batch of prompts is sampled after seeding torch with the run's seed and the batch's number, so the
 text depends on the settings alone, and a rerun resumes after the last batch saved (`partial.jsonl`).
+An endpoint answers at temperature 0; its text is as repeatable as the endpoint itself. The stage runs in
+one process: under `accelerate launch` run `whoharry augment` first (the launched run finds it complete).
 A finished result is also kept in `$WHOHARRY_CACHE/augment/KEY/`, where a run in another folder with the
 same settings and models finds it (`augment.shared_cache`).
 """
@@ -61,13 +63,16 @@ def uses_reinforced(cfg: Config) -> bool:
 def key(cfg: Config, out: Path) -> str:
     """The fingerprint of what the generated text depends on: seed, model, augment settings, target, anchor
     dictionary, and the reinforced model's key when it writes."""
-    settings = {k: v for k, v in to_dict(cfg.augment).items() if k not in ("shared_cache", "llm_key_env")}
+    skipped = {"shared_cache", "llm_key_env"}
+    if cfg.augment.llm_url:  # the endpoint answers at temperature 0, one prompt at a time
+        skipped |= {"writer", "temperature", "top_p", "batch_size"}
+    settings = {k: v for k, v in to_dict(cfg.augment).items() if k not in skipped}
     return fingerprint(
         {
             "seed": cfg.seed,
             "model": model_key(cfg.model, reading=True),
             "augment": settings,
-            "precision": cfg.labels.precision,
+            "precision": None if cfg.augment.llm_url else cfg.labels.precision,
             "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
             "anchors": artifacts.file_hash(cfg.data.anchors) if cfg.data.anchors.is_file() else "missing",
             "reinforced": reinforce.key(cfg, out) if uses_reinforced(cfg) else None,
@@ -111,16 +116,21 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     stage_key = key(cfg, out)
 
     def body() -> Outcome | None:
-        if not distributed.is_main():
-            return None
+        if distributed.world() > 1:
+            raise WhoharryError("augment writes in one process: run `whoharry augment` with the same settings "
+                                "before `accelerate launch` (the launched run then finds it complete)")
         shared = shared_folder(stage_key)
         if cfg.augment.shared_cache and artifacts.read_cached(shared / "done.json", stage_key) is not None:
-            stage_dir.mkdir(parents=True, exist_ok=True)
-            for name in OUTPUTS:
-                shutil.copyfile(shared / name, stage_dir / name)
-            artifacts.MetricsLog(stage_dir / "metrics.jsonl").log(from_cache=str(shared))
-            log.info("augment: the generated text of these settings read from %s", shared)
-            return _outcome(cfg, json.loads((stage_dir / "stats.json").read_text(encoding="utf-8")), shared)
+            try:
+                stage_dir.mkdir(parents=True, exist_ok=True)
+                for name in OUTPUTS:
+                    shutil.copyfile(shared / name, stage_dir / name)
+                stats = json.loads((stage_dir / "stats.json").read_text(encoding="utf-8"))
+                artifacts.MetricsLog(stage_dir / "metrics.jsonl").log(from_cache=str(shared))
+                log.info("augment: the generated text of these settings read from %s", shared)
+                return _outcome(cfg, stats, shared)
+            except (OSError, ValueError) as err:
+                log.warning("augment: the shared copy in %s is unreadable (%s); writing the text anew", shared, err)
         stats = _write(cfg, stage_dir, stage_key, reinforce_dir, progress)
         if cfg.augment.shared_cache:
             _share(stage_dir, shared, stage_key)
@@ -178,8 +188,7 @@ class _Writers:
             return [self.client.ask(LLM_INSTRUCTION.format(words=words, prompt=seed.prompt), f"passage {seed.key}")
                     for seed in seeds]
         who = self.name(batch)
-        if who not in self.loaded:
-            self.loaded.clear()  # one model in memory at a time
+        if who not in self.loaded:  # both stay loaded, as in the labels stage
             if who == "base":
                 model = models.load_model(self.source, self.cfg.model, inference=True)
             else:
@@ -189,7 +198,15 @@ class _Writers:
         prompts = [self.tokenizer(seed.prompt).input_ids for seed in seeds]
         ids = generate(self.loaded[who], self.tokenizer, prompts, aug.passage_tokens, self.cfg.labels.precision,
                        aug.temperature, aug.top_p)
-        return [self.tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+        return [continuation_text(self.tokenizer, prompt, row) for prompt, row in zip(prompts, ids, strict=True)]
+
+
+def continuation_text(tokenizer: Any, prompt: list[int], generated: list[int]) -> str:
+    """The generated tokens as text that continues the prompt's: decoded together with the prompt and the
+    prompt's text cut off, so a decoder that drops a leading space (Llama 2's) glues no word onto the prompt."""
+    whole = tokenizer.decode(prompt + generated, skip_special_tokens=True)
+    head = tokenizer.decode(prompt, skip_special_tokens=True)
+    return whole[len(head) :] if whole.startswith(head) else tokenizer.decode(generated, skip_special_tokens=True)
 
 
 def _write(cfg: Config, stage_dir: Path, stage_key: str, reinforce_dir: Path | None, progress: bool

@@ -8,8 +8,9 @@ model the original one; at every aligned position the label is `method.whp.gener
 
 on raw logits, after the authors' suppression of translations already seen. Labels follow the
 transformers convention: `labels[b, t]` is the token the model should produce at position t (predicted
-from position t - 1), -100 where there is no label. Only the argmax is kept; full-vocabulary logits
-live for one batch at a time. What is kept on disk, and how processes merge, is `stages.shards`.
+from position t - 1), -100 where there is no label. The argmax is kept (and, for soft targets, the top k
+of the distribution averaged over several translations, Liu et al. 2024); full-vocabulary logits live
+for one batch at a time. What is kept on disk, and how processes merge, is `stages.shards`.
 """
 
 from __future__ import annotations
@@ -26,19 +27,16 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from whoharry.anchors.dictionary import Anchors, load_anchors
-from whoharry.anchors.translate import NO_LABEL, BlockTranslation, translate_block
+from whoharry.anchors.translate import translate_block
 from whoharry.config import Config, InsideAnchors, LabelTargets, MatchOrder, Precision, fingerprint, model_key, to_dict
 from whoharry.core import artifacts, distributed, models
 from whoharry.core.text import Blocks, make_blocks, pad, read_text
 from whoharry.method.objectives import IGNORE
 from whoharry.method.whp import (
     fp32_output_layer,
-    generic_distribution,
-    generic_labels,
-    suppress_seen_translations,
-    top_k_targets,
 )
 from whoharry.stages import augment, reinforce
+from whoharry.stages.block_labels import Average, block_labels, count_unaligned
 from whoharry.stages.common import Outcome, require, run_stage
 from whoharry.stages.shards import (
     LABELS_FILE,
@@ -102,8 +100,9 @@ def compute_labels(
         inside_anchors: the labels of predictions from inside an anchor (`anchors.translate.translate_block`).
         translations: translations of each block, each with its own anchor choices (`block_rng`); the
             base model reads each, and a position's generic distributions (`method.whp.generic_distribution`)
-            are averaged over the translations that align it (Liu et al. 2024, WHP+). With 1 the label is
-            `generic_labels` itself, the paper's; with more, the argmax of the average.
+            are averaged over the translations that align it (Liu et al. 2024, WHP+). With 1 translation and
+            hard targets the label is `generic_labels` itself, the paper's; otherwise the mode of the
+            average (with one translation the same token but for exact ties).
         targets: `soft` also keeps the averaged distribution as its `top_k` tokens (`method.whp.top_k_targets`).
         progress: a progress bar.
 
@@ -185,21 +184,26 @@ def label_shard(
                 for n in range(translations)
             ]
             original = all_ids[indices].long().to(device)
-            base_logits = []
             with models.autocast(precision, device):
                 reinforced_logits = reinforced(input_ids=original).logits
-                for version in versions:
-                    translated, mask = pad([t.ids for t in version], tokenizer.pad_token_id)
-                    base_logits.append(base(input_ids=translated.to(device), attention_mask=mask.to(device)).logits)
-            for row, b in enumerate(indices):
-                first = versions[0][row]
-                shard.found.update(occ.key for occ in first.occurrences)
-                shard.unaligned += _count_unaligned(first)
-                made = _block_labels([version[row] for version in versions], [logits[row] for logits in base_logits],
-                                     reinforced_logits[row], alpha, top_k if targets == "soft" else 0)
-                shard.labels[b] = made[0]
+            for translation in versions[0]:
+                shard.found.update(occ.key for occ in translation.occurrences)
+                shard.unaligned += count_unaligned(translation)
+            averages = None if translations == 1 and targets == "hard" else [Average() for _ in indices]
+            for version in versions:  # one translation's logits in memory at a time
+                translated, mask = pad([t.ids for t in version], tokenizer.pad_token_id)
+                with models.autocast(precision, device):
+                    base_logits = base(input_ids=translated.to(device), attention_mask=mask.to(device)).logits
+                for row, b in enumerate(indices):
+                    if averages is None:  # the paper's: one translation, its argmax
+                        shard.labels[b] = block_labels(version[row], base_logits[row], reinforced_logits[row], alpha)
+                    else:
+                        averages[row].add(version[row], base_logits[row], reinforced_logits[row], alpha)
+                del base_logits
+            for row, b in enumerate(indices if averages is not None else []):
+                shard.labels[b], soft_ids, soft_probs = averages[row].finish(top_k if targets == "soft" else 0)
                 if shard.soft is not None:
-                    shard.soft.ids[b], shard.soft.probs[b] = made[1], made[2]
+                    shard.soft.ids[b], shard.soft.probs[b] = soft_ids, soft_probs
             bar.update(len(indices))
             if metrics is not None:
                 batch_labels = shard.labels[indices]
@@ -220,76 +224,6 @@ def label_shard(
     return shard
 
 
-def _block_labels(
-    versions: list[BlockTranslation], base_logits: list[torch.Tensor], reinforced_logits: torch.Tensor, alpha: float,
-    top_k: int = 0,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Labels of one block, [length] int32, shifted into the transformers convention (-100 where none), and
-    with `top_k` its soft targets ([length, top_k] int32 ids and float32 probabilities; zeros where no label).
-
-    One translation and no soft targets: the paper's argmax (`generic_labels`). Otherwise each position's
-    generic distributions are averaged over the translations that align it, and the label is their mode.
-    """
-    length = len(versions[0].mapping)
-    labels = torch.full((length,), IGNORE, dtype=torch.int32)
-    soft_ids = torch.zeros(length, top_k, dtype=torch.int32) if top_k else None
-    soft_probs = torch.zeros(length, top_k, dtype=torch.float32) if top_k else None
-    reinforced_logits = reinforced_logits.float().cpu()
-    if len(versions) == 1 and not top_k:
-        mapping = torch.tensor(versions[0].mapping)
-        valid = torch.nonzero(mapping != NO_LABEL, as_tuple=True)[0]
-        if valid.numel():
-            predicted = generic_labels(_generic_logits(versions[0], base_logits[0], valid), reinforced_logits[valid],
-                                       alpha)
-            _place(labels, valid, predicted.to(torch.int32))
-        return labels, soft_ids, soft_probs
-    total = torch.zeros(length, reinforced_logits.shape[-1])
-    count = torch.zeros(length)
-    for version, logits in zip(versions, base_logits, strict=True):
-        mapping = torch.tensor(version.mapping)
-        valid = torch.nonzero(mapping != NO_LABEL, as_tuple=True)[0]
-        if valid.numel():
-            total[valid] += generic_distribution(_generic_logits(version, logits, valid), reinforced_logits[valid],
-                                                 alpha)
-            count[valid] += 1
-    aligned = torch.nonzero(count > 0, as_tuple=True)[0]
-    if aligned.numel() == 0:
-        return labels, soft_ids, soft_probs
-    mean = total[aligned] / count[aligned].unsqueeze(-1)
-    if top_k:
-        ids, probs = top_k_targets(mean, top_k)
-        _place(labels, aligned, ids[:, 0])
-        _place(soft_ids[:, : ids.shape[1]], aligned, ids)  # fewer columns than top_k: a vocabulary that small
-        _place(soft_probs[:, : ids.shape[1]], aligned, probs)
-    else:
-        _place(labels, aligned, torch.argmax(mean, dim=-1).to(torch.int32))
-    return labels, soft_ids, soft_probs
-
-
-def _generic_logits(version: BlockTranslation, base_logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """The base model's fp32 logits at the translated positions aligned with the original positions `valid`,
-    after the suppression of translations already seen."""
-    positions = torch.tensor(version.mapping)[valid]
-    return suppress_seen_translations(base_logits[positions.to(base_logits.device)].float().cpu(), positions,
-                                      version.suppress)
-
-
-def _place(out: torch.Tensor, valid: torch.Tensor, values: torch.Tensor) -> None:
-    """Put the predictions made at positions `valid` in `out` as the labels of the positions after them."""
-    keep = valid < out.shape[0] - 1
-    out[valid[keep] + 1] = values[keep].to(out.dtype)
-
-
-def _count_unaligned(translation: BlockTranslation) -> int:
-    """Positions outside anchors that found no translated counterpart (tokenization changed there)."""
-    masked = set()
-    for occ in translation.occurrences:
-        masked.update(range(occ.first, occ.last))
-        if occ.repeat and occ.first > 0:
-            masked.add(occ.first - 1)
-    return sum(1 for t, u in enumerate(translation.mapping) if u == NO_LABEL and t not in masked)
-
-
 def key(cfg: Config, out: Path) -> str:
     """The fingerprint of what the labels depend on: seed, model, blocks, label settings, target, anchor
     dictionary, and the reinforced model's own key."""
@@ -298,15 +232,30 @@ def key(cfg: Config, out: Path) -> str:
             "seed": cfg.seed,
             "model": model_key(cfg.model, reading=True),
             "block_length": cfg.data.block_length,
-            # how often progress is saved does not change the labels, nor top_k the hard ones
-            "labels": {k: v for k, v in to_dict(cfg.labels).items()
-                       if k != "save_every" and (k != "top_k" or cfg.labels.targets == "soft")},
+            "labels": _label_settings(cfg),
             "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
             "anchors": artifacts.file_hash(cfg.data.anchors) if cfg.data.anchors.is_file() else "missing",
             "reinforced": reinforce.key(cfg, out),  # what the reinforced model must have been made with
-            "augment": augment.key(cfg, out) if augment.enabled(cfg) else None,
+            **({"augment": augment.key(cfg, out)} if augment.enabled(cfg) else {}),
         }
     )
+
+
+# Settings whose value at their default leaves them out of the key: labels made before they existed keep theirs.
+_LATER_DEFAULTS = {"translations": 1, "targets": "hard"}
+
+
+def _label_settings(cfg: Config) -> dict:
+    """The labels section as it enters the key: not how often progress is saved, nor top_k for hard labels,
+    nor the later settings at their defaults."""
+    settings = to_dict(cfg.labels)
+    settings.pop("save_every")
+    if cfg.labels.targets != "soft":
+        settings.pop("top_k")
+    for name, default in _LATER_DEFAULTS.items():
+        if settings[name] == default:
+            settings.pop(name)
+    return settings
 
 
 def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:

@@ -139,6 +139,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
             },
             outputs=["final/config.json", "metrics.jsonl"],
             summary={"method": method, "retain_blocks": 0 if retain_ids is None else int(retain_ids.shape[0]),
+                     **({"targets": "hard" if soft is None else "soft"} if method == "whp" else {}),
                      **train.summary(result)},
         )
 
