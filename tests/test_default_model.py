@@ -42,7 +42,8 @@ def test_default_run_on_a_slice(tmp_path, cache, monkeypatch):
     text = (ROOT / "data" / "harry_potter" / "target.txt").read_text(encoding="utf-8")
     (tmp_path / "slice.txt").write_text(text[:4000], encoding="utf-8")
     sources = (("hp.jsonl", "harry_potter/probes_test.jsonl"), ("gen.jsonl", "general/probes_test.jsonl"),
-               ("completions.jsonl", "harry_potter/completions_test.jsonl"))
+               ("completions.jsonl", "harry_potter/completions_test.jsonl"),
+               ("general_completions.jsonl", "general/completions_test.jsonl"))
     for name, source in sources:
         lines = (ROOT / "data" / source).read_text(encoding="utf-8").splitlines()[:3]
         (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -55,6 +56,7 @@ def test_default_run_on_a_slice(tmp_path, cache, monkeypatch):
         "eval.probes.related=null", f"eval.utility.general_text={tmp_path / 'general.txt'}",
         "eval.probes.max_new_tokens=4", "eval.block_length=128", "eval.completions.tokens=8",
         f"eval.completions.prompts={tmp_path / 'completions.jsonl'}",
+        f"eval.completions.general_prompts={tmp_path / 'general_completions.jsonl'}",
     ]
     args = ["run", "--config", str(ROOT / "configs" / "default.yaml"), "--out", str(out), "--max-steps", "2", "-q"]
     for item in overrides:
@@ -70,3 +72,6 @@ def test_default_run_on_a_slice(tmp_path, cache, monkeypatch):
     summary = json.loads((out / "eval" / "report.json").read_text())["summary"]
     assert summary["base"]["target_p_answer"] > 0 and summary["unlearned"]["general_perplexity"] > 1
     assert summary["unlearned"]["completion_fluency_perplexity"] > 1
+    assert summary["unlearned"]["completion_fluency_generic_perplexity"] > 1
+    assert summary["unlearned"]["general_fluency_perplexity"] > 1
+    assert json.loads((out / "unlearn" / "manifest.json").read_text())["summary"]["targets"] == "soft"  # the default

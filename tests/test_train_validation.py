@@ -219,6 +219,7 @@ def test_the_papers_config_sets_the_authors_fine_tune_recipe():
     assert (cfg.unlearn.validation_share, cfg.unlearn.select_best) == (0.05, True)
     assert (cfg.reinforce.validation_share, cfg.reinforce.select_best) == (0.0, False)  # every block reinforced
     assert cfg.labels.precision == "fp32" and cfg.labels.alpha == 5.0
+    assert (cfg.labels.targets, cfg.labels.translations, cfg.augment.tokens) == ("hard", 1, 0)  # one argmax label
     assert cfg.model.name == "meta-llama/Llama-2-7b-chat-hf" and cfg.data.block_length == 512
     assert cfg.forget.method == "whp" and cfg.data.retain == []
     default = load_config(ROOT / "configs" / "default.yaml")
