@@ -2,7 +2,8 @@
 
     python scripts/sweep.py --trials configs/sweeps/default.yaml --from runs/default --out runs/sweep
 
-The trials file maps a trial name to its `--set` overrides (a mapping of dotted keys to values). Every
+The trials file maps a trial name to its `--set` overrides (a mapping of dotted keys to values; a name
+starting with `_` holds shared settings that trials merge in with `<<: *anchor`, and is not run). Every
 trial is evaluated on the dev probe files (the test files are never seen here). Finished stages of the
 `--from` run are hard-linked into each trial folder first, so a trial that only changes the unlearn
 settings reuses the reinforced model and labels; a stage whose settings differ is redone as usual.
@@ -73,8 +74,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     trials = yaml.safe_load(args.trials.read_text(encoding="utf-8"))
     results = []
     for name, overrides in trials.items():
-        if args.only and name not in args.only:
-            continue
+        if name.startswith("_") or (args.only and name not in args.only):
+            continue  # `_name`: shared settings for YAML merge keys, not a trial
         settings = {**DEV, **{key: value for key, value in (overrides or {}).items()}}
         cfg = load_config(args.config, as_overrides(settings))
         out = args.out / name

@@ -113,10 +113,16 @@ def test_every_shipped_sweep_trial_loads(monkeypatch):
     for path in sweeps:
         trials = yaml.safe_load(path.read_text(encoding="utf-8"))
         assert trials, path
+        if "previous-default" in trials:  # the trials tuned before the default changed keep its settings
+            previous = load_config(ROOT / "configs" / "default.yaml", as_overrides(trials["previous-default"]))
+            assert (previous.labels.targets, previous.labels.translations, previous.unlearn.learning_rate) == (
+                "hard", 1, 5e-5)
+            assert trials["inside-translate"]["labels.targets"] == "hard"
         for name, settings in trials.items():
             cfg = load_config(ROOT / "configs" / "default.yaml", as_overrides({**sweep.DEV, **(settings or {})}))
             assert cfg.model.name, (path, name)
             assert cfg.eval.probes.target.name == "probes_dev.jsonl"
+            assert cfg.eval.completions.general_prompts.name == "completions_dev.jsonl"
             for named in paths_in(cfg.eval):
                 assert named.is_file(), f"{path} {name}: {named} is missing"
 
