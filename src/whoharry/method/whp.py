@@ -29,7 +29,10 @@ def whp_logits(base: torch.Tensor, reinforced: torch.Tensor, alpha: float) -> to
         The steered logits, [..., vocab], in the inputs' dtype. Where reinforcement lowered a logit the
         base value stands; where it raised one, the logit drops by alpha times the rise.
     """
-    return base - alpha * torch.relu(reinforced - base)
+    if torch.is_grad_enabled() and (base.requires_grad or reinforced.requires_grad):
+        return base - alpha * torch.relu(reinforced - base)
+    gain = reinforced - base  # the same operations, in place on one temporary: two [..., vocab] buffers, not four
+    return base - gain.relu_().mul_(alpha)
 
 
 def generic_labels(base_logits: torch.Tensor, reinforced_logits: torch.Tensor, alpha: float) -> torch.Tensor:

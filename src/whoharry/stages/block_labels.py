@@ -48,8 +48,8 @@ class Average:
         valid = torch.nonzero(torch.tensor(translation.mapping) != NO_LABEL, as_tuple=True)[0]
         if valid.numel():
             reinforced = reinforced_logits[valid.to(reinforced_logits.device)].float().cpu()
-            self.total[valid] += generic_distribution(_generic_logits(translation, base_logits, valid), reinforced,
-                                                      alpha)
+            self.total.index_add_(0, valid, generic_distribution(_generic_logits(translation, base_logits, valid),
+                                                                 reinforced, alpha))
             self.count[valid] += 1
 
     def finish(self, top_k: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
