@@ -37,7 +37,8 @@ def reinforce(opts: RunOptions) -> Action:
 def augment(opts: RunOptions) -> Action:
     """Passages about the target's world written by the models → [bold]OUT/augment/generated.txt[/bold].
 
-    Labelled and unlearned with the target when augment.tokens > 0 (set it here with --set augment.tokens=N)."""
+    Set the budget with --set augment.tokens=N. `labels` and `run` label the generated text with the target
+    only when they get the same augment settings (a run without them labels the target alone)."""
     from whoharry.stages import augment as stage
 
     cfg = opts.load()
@@ -145,8 +146,9 @@ def eval_(
 
 @stage_command
 def run(opts: RunOptions, method: MethodOption = None) -> Action:
-    """Every stage in order: reinforce, augment (when augment.tokens > 0), labels, unlearn, eval; finished
-    stages with the same settings are skipped."""
+    """Every stage in order; finished stages with the same settings are skipped.
+
+    reinforce, augment (when augment.tokens > 0), labels, unlearn, eval."""
     from whoharry.stages import evaluate, pipeline
 
     cfg = opts.load(*method_override(method))
