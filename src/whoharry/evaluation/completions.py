@@ -102,6 +102,12 @@ def generation_prompt(text: str) -> str:
     return _TRAILING_BLANKS.sub("", text)
 
 
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """The token ids a text prompt is read as: its `generation_prompt`, encoded with the tokenizer's special
+    tokens."""
+    return tokenizer(generation_prompt(text)).input_ids
+
+
 def _token_ids(value: object) -> set[int]:
     """The token ids of a declared end token: an int, a list or tuple of ints, or None (no ids)."""
     values = value if isinstance(value, list | tuple) else [value]
@@ -168,9 +174,9 @@ def complete(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTok
     results = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
         texts = prompts[start : start + batch_size]
-        prompt_ids = [tokenizer(generation_prompt(text)).input_ids for text in texts]
-        done = generate(model, tokenizer, prompt_ids, max_new_tokens, precision, temperature)
-        for text, p_ids, ids in zip(texts, prompt_ids, done, strict=True):
+        read = [prompt_ids(tokenizer, text) for text in texts]
+        done = generate(model, tokenizer, read, max_new_tokens, precision, temperature)
+        for text, p_ids, ids in zip(texts, read, done, strict=True):
             results.append(Completion(text, p_ids, ids, tokenizer.decode(ids, skip_special_tokens=True)))
     return results
 

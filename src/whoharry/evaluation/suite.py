@@ -188,10 +188,8 @@ def part_completions(model: CausalLM, judge_model: CausalLM, tokenizer: PreTrain
     cfg = ctx.eval
     rows = completions.read_completion_prompts(cfg.completions.prompts)[: cfg.max_samples]
     prompts = [row["prompt"] for row in rows]
-    done = completions.complete(model, tokenizer, prompts, cfg.completions.tokens, cfg.precision, cfg.batch_size,
-                                f"{name} completions", progress=ctx.progress)
+    done, judged = _complete_and_judge(model, judge_model, tokenizer, ctx, prompts, f"{name} completions")
     records = _judged(ctx, done, rows)
-    judged = completions.judge_nll(judge_model, tokenizer, done, cfg.precision, cfg.batch_size)
     for record, (nll, tokens) in zip(records, judged, strict=True):
         record.update(judge_nll=nll, tokens=tokens)
     summary = {
@@ -202,26 +200,34 @@ def part_completions(model: CausalLM, judge_model: CausalLM, tokenizer: PreTrain
     samples: dict[str, Any] = {"completions": records}
     if ctx.control is not None:
         generic = [ctx.control.translate_text(prompt) for prompt in prompts]
-        own = done
-        if reference:
-            own = completions.complete(model, tokenizer, generic, cfg.completions.tokens, cfg.precision,
-                                       cfg.batch_size, f"{name} translated completions", progress=ctx.progress)
-        read_after = [completions.Completion(prompt, tokenizer(completions.generation_prompt(prompt)).input_ids,
-                                             c.ids, c.text) for prompt, c in zip(generic, own, strict=True)]
-        scored = completions.judge_nll(judge_model, tokenizer, read_after, cfg.precision, cfg.batch_size)
-        for record, prompt, c, (nll, tokens) in zip(records, generic, own, scored, strict=True):
-            record.update(translated_prompt=prompt, generic_completion=c.text, generic_nll=nll, generic_tokens=tokens)
+        if reference:  # its own completions of the translated prompts, read after them
+            read_after, scored = _complete_and_judge(model, judge_model, tokenizer, ctx, generic,
+                                                     f"{name} translated completions")
+        else:
+            read_after = [completions.Completion(prompt, completions.prompt_ids(tokenizer, prompt), c.ids, c.text)
+                          for prompt, c in zip(generic, done, strict=True)]
+            scored = completions.judge_nll(judge_model, tokenizer, read_after, cfg.precision, cfg.batch_size)
+        for record, c, (nll, tokens) in zip(records, read_after, scored, strict=True):
+            record.update(translated_prompt=c.prompt, generic_completion=c.text, generic_nll=nll,
+                          generic_tokens=tokens)
         summary["completion_fluency_generic_perplexity"] = completions.pooled_perplexity(scored)
     if cfg.completions.general_prompts is not None:
         general_rows = completions.read_completion_prompts(cfg.completions.general_prompts)[: cfg.max_samples]
-        general = completions.complete(model, tokenizer, [row["prompt"] for row in general_rows],
-                                       cfg.completions.tokens, cfg.precision, cfg.batch_size,
-                                       f"{name} general completions", progress=ctx.progress)
-        scored = completions.judge_nll(judge_model, tokenizer, general, cfg.precision, cfg.batch_size)
+        general, scored = _complete_and_judge(model, judge_model, tokenizer, ctx,
+                                              [row["prompt"] for row in general_rows], f"{name} general completions")
         samples["general_completions"] = [{"prompt": c.prompt, "completion": c.text, "judge_nll": nll,
                                            "tokens": tokens} for c, (nll, tokens) in zip(general, scored, strict=True)]
         summary["general_fluency_perplexity"] = completions.pooled_perplexity(scored)
     return summary, samples
+
+
+def _complete_and_judge(model: CausalLM, judge_model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context,
+                        prompts: list[str], desc: str) -> tuple[list[completions.Completion], list[tuple[float, int]]]:
+    """Greedy completions of `prompts` and, per completion, the judge model's (nll in nats, token count)."""
+    cfg = ctx.eval
+    done = completions.complete(model, tokenizer, prompts, cfg.completions.tokens, cfg.precision, cfg.batch_size,
+                                desc, progress=ctx.progress)
+    return done, completions.judge_nll(judge_model, tokenizer, done, cfg.precision, cfg.batch_size)
 
 
 def part_sampling(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:

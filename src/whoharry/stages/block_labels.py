@@ -21,12 +21,11 @@ def block_labels(translation: BlockTranslation, base_logits: torch.Tensor, reinf
                   alpha: float) -> torch.Tensor:
     """The paper's labels of one block, [length] int32, shifted into the transformers convention (-100 where
     none): at each aligned position the argmax of the generic logits (`generic_labels`)."""
-    length = len(translation.mapping)
-    labels = torch.full((length,), IGNORE, dtype=torch.int32)
-    valid = torch.nonzero(torch.tensor(translation.mapping) != NO_LABEL, as_tuple=True)[0]
+    labels = torch.full((len(translation.mapping),), IGNORE, dtype=torch.int32)
+    valid = _aligned(translation)
     if valid.numel():
-        predicted = generic_labels(_generic_logits(translation, base_logits, valid),
-                                   reinforced_logits[valid.to(reinforced_logits.device)].float().cpu(), alpha)
+        predicted = generic_labels(_generic_logits(translation, base_logits, valid), _rows(reinforced_logits, valid),
+                                   alpha)
         _place(labels, valid, predicted.to(torch.int32))
     return labels
 
@@ -45,11 +44,10 @@ class Average:
         length = len(translation.mapping)
         if self.total is None:
             self.total, self.count = torch.zeros(length, reinforced_logits.shape[-1]), torch.zeros(length)
-        valid = torch.nonzero(torch.tensor(translation.mapping) != NO_LABEL, as_tuple=True)[0]
+        valid = _aligned(translation)
         if valid.numel():
-            reinforced = reinforced_logits[valid.to(reinforced_logits.device)].float().cpu()
             self.total.index_add_(0, valid, generic_distribution(_generic_logits(translation, base_logits, valid),
-                                                                 reinforced, alpha))
+                                                                 _rows(reinforced_logits, valid), alpha))
             self.count[valid] += 1
 
     def finish(self, top_k: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -73,12 +71,21 @@ class Average:
         return labels, soft_ids, soft_probs
 
 
+def _aligned(translation: BlockTranslation) -> torch.Tensor:
+    """The original positions whose prediction has a translated counterpart, [n] int64."""
+    return torch.nonzero(torch.tensor(translation.mapping) != NO_LABEL, as_tuple=True)[0]
+
+
+def _rows(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """The rows `positions` of a block's logits, [n, vocab] float32 on the CPU."""
+    return logits[positions.to(logits.device)].float().cpu()
+
+
 def _generic_logits(version: BlockTranslation, base_logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The base model's fp32 logits at the translated positions aligned with the original positions `valid`,
     after the suppression of translations already seen."""
     positions = torch.tensor(version.mapping)[valid]
-    return suppress_seen_translations(base_logits[positions.to(base_logits.device)].float().cpu(), positions,
-                                      version.suppress)
+    return suppress_seen_translations(_rows(base_logits, positions), positions, version.suppress)
 
 
 def _place(out: torch.Tensor, valid: torch.Tensor, values: torch.Tensor) -> None:

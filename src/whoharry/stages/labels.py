@@ -32,9 +32,7 @@ from whoharry.config import Config, InsideAnchors, LabelTargets, MatchOrder, Pre
 from whoharry.core import artifacts, distributed, models
 from whoharry.core.text import Blocks, make_blocks, pad, read_text
 from whoharry.method.objectives import IGNORE
-from whoharry.method.whp import (
-    fp32_output_layer,
-)
+from whoharry.method.whp import fp32_output_layer
 from whoharry.stages import augment, reinforce
 from whoharry.stages.block_labels import Average, block_labels, count_unaligned
 from whoharry.stages.common import Outcome, require, run_stage
@@ -62,7 +60,6 @@ def block_rng(seed: int, block: int, translation: int = 0) -> random.Random:
     """The random source for one translation's anchor choices in one block: the same whatever order blocks
     run in; translation 0 is the one a single-translation run makes."""
     return random.Random(f"whoharry-{seed}-{block}" + (f"-{translation}" if translation else ""))
-
 
 
 @torch.no_grad()
