@@ -256,3 +256,12 @@ def interrupted_batches(monkeypatch, batches: int, run) -> list[int]:
     result = run()
     assert result.exit_code == 130, result.output
     return calls
+
+
+@pytest.fixture(autouse=True)
+def separate_shared_eval_cache(tmp_path, monkeypatch):
+    """Each test keeps the base model's shared evaluation parts in its own folder, so no test reads what
+    another measured."""
+    from whoharry.evaluation import context
+
+    monkeypatch.setattr(context, "shared_parts_dir", lambda: tmp_path / "shared-eval")

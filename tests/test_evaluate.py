@@ -245,6 +245,39 @@ def test_part_cache_is_keyed_by_model_settings_and_the_fluency_judge(tmp_path):
     assert calls == [1, 3, 4, 6, 7, 10, 9]
 
 
+def test_the_base_models_parts_are_shared_across_run_folders(tmp_path, monkeypatch):
+    from whoharry.core import artifacts
+    from whoharry.evaluation import context as evaluation_context
+
+    calls = []
+
+    def compute(value):
+        def run():
+            calls.append(value)
+            return {"figure": value}, {"records": [value]}
+        return run
+
+    def folder_context(name, shared_id="weights-a"):
+        ctx = context(tmp_path)
+        ctx.folder, ctx.base_id, ctx.shared_id = tmp_path / name, "base", shared_id
+        return ctx
+
+    assert folder_context("run-1").cached("base", "base", "probes", compute(1))[0] == {"figure": 1}
+    second = folder_context("run-2")
+    assert second.cached("base", "base", "probes", compute(2))[0] == {"figure": 1}  # read from the shared cache
+    assert (tmp_path / "run-2" / "parts" / "base" / "probes.json").is_file()  # and kept in the run folder
+    assert second.cached("unlearned", "base", "probes", compute(3))[0] == {"figure": 3}  # only the base's
+    assert folder_context("run-3", "weights-b").cached("base", "base", "probes", compute(4))[0] == {"figure": 4}
+    assert folder_context("run-4", None).cached("base", "base", "probes", compute(5))[0] == {"figure": 5}
+    changed = folder_context("run-5")
+    changed.eval.probes.max_new_tokens += 1
+    assert changed.cached("base", "base", "probes", compute(6))[0] == {"figure": 6}  # another setting
+    monkeypatch.setattr(artifacts, "code_hash", lambda: "other code")
+    assert folder_context("run-6").cached("base", "base", "probes", compute(7))[0] == {"figure": 7}
+    assert calls == [1, 3, 4, 5, 6, 7]
+    assert len(list(evaluation_context.shared_parts_dir().iterdir())) == 4  # weights a and b, a setting, the code
+
+
 THE = " the"  # the copy model repeats a prompt's last token: after "... the" it writes " the" forever
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from whoharry.cli import app
@@ -56,14 +57,32 @@ def _experiment_config(tmp_path: Path, model_dir: Path, **extra) -> Path:
     return path
 
 
+VARIANTS = {
+    "soft": {"labels": {"targets": "soft", "translations": 2, "top_k": 4}},  # nested keys
+    "augment": {"augment.tokens": 40, "augment.passage_tokens": 8, "augment.batch_size": 2,  # dotted keys
+                "augment.min_density": 0.0, "augment.max_similarity": 0.9, "augment.shared_cache": False},
+}
+
+
 def test_every_method_is_measured_against_the_gold_model_over_seeds(tmp_path, tiny_model_dir):
-    config = _experiment_config(tmp_path, tiny_model_dir)
+    config = _experiment_config(tmp_path, tiny_model_dir, variants=VARIANTS)
     out = tmp_path / "gap"
     result = runner.invoke(app, ["experiment", "retrain-gap", "--config", str(config), "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0, 1]
-    assert results["methods"] == ["gold", "subject", *experiment.METHODS]
+    assert results["methods"] == ["gold", "subject", *experiment.METHODS, "whp+augment", "whp+soft"]  # file order
+    # the variants unlearn from whp's reinforced model with their own labels
+    seed = out / "seed-0"
+    assert "soft_ids" in load_file(str(seed / "whp+soft" / "labels" / "labels.safetensors"))
+    assert "soft_ids" not in load_file(str(seed / "whp" / "labels" / "labels.safetensors"))
+    assert (seed / "whp+augment" / "augment" / "generated.txt").read_text().strip()
+    for name in ("whp+soft", "whp+augment"):
+        assert json.loads((seed / name / "reinforce" / "manifest.json").read_text())["fingerprint"] == \
+            json.loads((seed / "whp" / "reinforce" / "manifest.json").read_text())["fingerprint"]
+        assert results["per_seed"]["0"][name]["kl_forget"] != results["per_seed"]["0"]["whp"]["kl_forget"]
+    assert results["per_seed"]["0"]["whp+augment"]["cpu_seconds"] > results["per_seed"]["0"]["ensemble"]["cpu_seconds"]
+    assert "WHP + soft" in (out / "results.md").read_text()
     table = results["table"]
     for key in ("gap_familiarity", "gap_knowmem", "gap_verbmem", "privleak", "kl_forget", "kl_retain"):
         assert table["gold"][key]["mean"] == pytest.approx(0.0, abs=1e-6)  # gold against itself
@@ -95,6 +114,10 @@ def test_every_method_is_measured_against_the_gold_model_over_seeds(tmp_path, ti
     (["--set", "forget_book=missing.txt"], "book not found"),
     (["--set", "heldout_offset=10"], "heldout_offset must lie past the forget slice"),
     (["--set", "methods=[ensemble]"], "the ensemble method needs whp"),
+    (["--set", "variants={more: {reinforce.epochs: 3}}"], "variants.more: give settings of labels, unlearn"),
+    (["--set", "variants={more: {labels.targets: fuzzy}}"], "variants.more: labels.targets must be one of"),
+    (["--set", "variants={more: {labels.alpah: 2}}"], "variants.more: unknown config key 'labels.alpah'"),
+    (["--set", "variants=[soft]"], "'variants' must be a mapping"),
 ])
 def test_bad_experiment_settings_are_one_error_line(tmp_path, tiny_model_dir, args, message):
     config = _experiment_config(tmp_path, tiny_model_dir)
@@ -122,8 +145,9 @@ def test_quick_experiment_on_the_embedded_model(tmp_path):
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
     table = results["table"]
-    assert results["methods"] == ["gold", "subject", *experiment.METHODS]
+    variants = [f"whp+{name}" for name in ("inside-translate", "augment", "soft", "soft-lr1e-4")]  # sherlock.yaml's
+    assert results["methods"] == ["gold", "subject", *experiment.METHODS, *variants]
     assert table["gold"]["kl_forget"]["mean"] == 0 and table["subject"]["kl_forget"]["mean"] > 0
-    for name in experiment.METHODS:  # every method changed the subject
+    for name in [*experiment.METHODS, *variants]:  # every method changed the subject
         assert table[name]["kl_forget"]["mean"] != table["subject"]["kl_forget"]["mean"]
     assert table["ensemble"]["models_per_token"]["mean"] == 2

@@ -189,6 +189,9 @@ class EvalConfig:
     batch_size: int = 16  # probes, prompts, questions or excerpts per forward pass; lm-eval's batch size
     block_length: int = 256  # tokens per block of the utility and relearning parts
     precision: Precision = "auto"
+    # keep the base model's parts in $WHOHARRY_CACHE/eval/ and reuse them in any run folder: same model
+    # weights, settings, input files and whoharry code
+    shared_cache: bool = True
     probes: ProbesEval = field(default_factory=ProbesEval)
     completions: CompletionsEval = field(default_factory=CompletionsEval)
     llm_judge: LLMJudgeEval = field(default_factory=LLMJudgeEval)

@@ -7,6 +7,7 @@ inputs that made it, and every output it lists is still on disk. Anything else i
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -113,6 +114,18 @@ def versions() -> dict[str, str]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
     }
+
+
+@functools.cache
+def code_hash() -> str:
+    """What identifies the code that computes a result kept across run folders: the sha256 (16 hex digits)
+    of the whoharry package's Python files and of the versions of `versions()` (a str). Any edit to the
+    package changes it, so such a result is never read by other code."""
+    digest = hashlib.sha256(json.dumps(versions(), sort_keys=True).encode())
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 class MetricsLog:

@@ -165,6 +165,15 @@ def _coerce(value: Any, hint: Any, dotted: str, base_dir: Path) -> Any:
         if value in choices:
             return value
         raise WhoharryError(f"{dotted} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    if hint is Any:
+        return value
+    if typing.get_origin(hint) is dict:
+        _, item = typing.get_args(hint)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise WhoharryError(f"config key {dotted!r} must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, item, f"{dotted}.{k}", base_dir) for k, v in value.items()}
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
         items = [] if value is None else value if isinstance(value, list) else [value]

@@ -131,7 +131,7 @@ def plot_comparison(data: dict[str, Any], path: Path) -> Path:
         ax.axhline(1.0, color="k", linestyle=":", linewidth=0.8)
         ax.axvline(1.0, color="k", linestyle=":", linewidth=0.8)
         ax.set_yscale("log")
-        ax.set_xlabel(f"{figures.label(key)}, unlearned / base")
+        ax.set_xlabel(f"{figures.BY_KEY[key].heading}, unlearned / base")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("familiarity left: target P(answer), unlearned / base")
     fig.suptitle("runs compared: familiarity left against each utility figure")

@@ -161,7 +161,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("general_fluency_perplexity", "fluency on general prompts: base-model perplexity of the completions",
            "keep low", "perplexity: exp(nats per completion token) of completions of general prompts, scored by "
            "the base model", "whoharry: fluency of the greedy completions of general prompts",
-           Resampling("general_completions", "judge_nll", "perplexity"), "gen. fluency", 2),
+           Resampling("general_completions", "judge_nll", "perplexity"), "gen. fluency", 2, utility=5),
     Figure("completion_fluency_perplexity", "fluency after the target prompts (counts forgetting as disfluency): "
            "base-model perplexity of the completions", "keep low",
            "perplexity: exp(nats per completion token), scored by the base model after the target prompts",

@@ -1,9 +1,6 @@
 """The parts of the evaluation suite, each a function of one model returning (summary figures, per-sample
-records), and the cache that lets a rerun skip the finished ones.
-
-A part's result is stored under `parts/MODEL/PART.json` with the fingerprint of the model and of the
-settings that part depends on (PART_INPUTS: its own `eval.PART` section and what else it reads), so adding
-parts, or rerunning after an interruption, computes only what is missing. Parts, in order:
+records), cached by `whoharry.evaluation.context` so that a rerun, or a run in another folder for the base
+model, skips the finished ones. Parts, in order:
 
     probes       target, general and related token-probability probes (whoharry.evaluation.probes)
     completions  greedy completions scored by the offline judge (and the LLM judge when configured),
@@ -22,22 +19,27 @@ parts, or rerunning after an interruption, computes only what is missing. Parts,
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from whoharry.anchors.dictionary import Anchors
-from whoharry.config import Config, EvalConfig, fingerprint, to_dict
-from whoharry.core import artifacts, models
+from whoharry.config import EvalConfig
+from whoharry.core import models
 from whoharry.core.text import make_blocks, read_text
 from whoharry.evaluation import benchmarks, completions, judges, knowmem, membership, probes, relearning, verbatim
+from whoharry.evaluation.context import (  # noqa: F401 - the cache's names, used here and re-exported
+    COMMON_FIELDS,
+    PART_INPUTS,
+    Context,
+    Part,
+    part_fingerprint,
+    part_inputs,
+    shared_parts_dir,
+    value_key,
+)
 from whoharry.evaluation.probes import PROBE_SETS
 from whoharry.method.objectives import causal_lm_loss
 
@@ -47,92 +49,6 @@ if TYPE_CHECKING:
     from whoharry.method.inference import CausalLM
 
 log = logging.getLogger(__name__)
-
-Part = tuple[dict[str, float], dict[str, Any]]  # (summary figures, per-sample records by kind)
-
-
-# What each part's figures depend on, beside the model, the seed, the anchor dictionary and the target
-# text (which every part's key holds) and the settings every part shares (COMMON_FIELDS): dotted paths
-# into `eval`, a whole section or one of its fields. A part reads its own section and these only.
-PART_INPUTS: dict[str, tuple[str, ...]] = {
-    "probes": ("probes",),
-    "completions": ("completions",),
-    "llm_judge": ("completions", "llm_judge", "target_name"),  # judges the greedy completions
-    "sampling": ("completions", "sampling"),
-    "knowmem": ("knowmem",),
-    "robustness": ("robustness", "probes.target", "probes.max_new_tokens"),
-    "verbatim": ("verbatim",),
-    "membership": ("membership",),
-    "utility": ("utility", "block_length"),
-    "benchmarks": ("benchmarks.limit",),  # one cached part per task, `benchmark-TASK`: the task is in the name
-    "relearning": ("relearning", "probes.target", "block_length"),
-}
-COMMON_FIELDS = ("max_samples", "batch_size", "precision")
-
-
-def value_key(value: Any) -> Any:
-    """A setting as it enters a fingerprint: a file by its path and content hash, a section field by field."""
-    if isinstance(value, Path):
-        return [str(value), artifacts.file_hash(value) if value.is_file() else None]
-    if dataclasses.is_dataclass(value):
-        return {f.name: value_key(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    return to_dict(value)
-
-
-def part_inputs(part: str) -> tuple[str, ...]:
-    """The dotted `eval` settings a cached part (`probes`, ..., `llm_judge`, `benchmark-TASK`) depends on."""
-    return PART_INPUTS["benchmarks" if part.startswith("benchmark-") else part] + COMMON_FIELDS
-
-
-def part_fingerprint(cfg: Config, part: str) -> str:
-    """The fingerprint of everything one part's figures depend on, the model aside."""
-    return fingerprint({
-        "part": part,
-        "settings": {path: value_key(attrgetter(path)(cfg.eval)) for path in part_inputs(part)},
-        "seed": cfg.seed,
-        "anchors": value_key(cfg.data.anchors),
-        "target": value_key(cfg.data.target),
-    })
-
-
-@dataclass
-class Context:
-    """What every part of one evaluation shares."""
-
-    config: Config
-    folder: Path  # the eval stage folder (parts/ cache, relearning work folders)
-    overwrite: bool
-    control: Anchors | None  # the anchor dictionary: generic controls of target probes, judge terms
-    member_text: str | None  # the target text
-    progress: bool
-    base_id: str = ""  # identifies the base model, the judge of every model's completion fluency
-
-    @property
-    def eval(self) -> EvalConfig:
-        """The `eval` section of the config."""
-        return self.config.eval
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed
-
-    def cached(self, model_name: str, model_id: str, part: str, compute: Callable[[], Part], *,
-               reference: bool = False) -> Part:
-        """The part's (summary, samples) from the cache when made by the same model and settings (and, for
-        the completions, the same judge and the same role: the fluency reference or not)."""
-        path = self.folder / "parts" / model_name / f"{part}.json"
-        judge = [self.base_id, reference] if part == "completions" else None
-        key = fingerprint({"model": model_id, "judge": judge, "settings": part_fingerprint(self.config, part)})
-        stored = None if self.overwrite else artifacts.read_cached(path, key)
-        if stored is not None:
-            log.info("eval: %s %s cached, skipped", model_name, part)
-            return stored["summary"], stored["samples"]
-        began = time.perf_counter()
-        summary, samples = compute()
-        seconds = time.perf_counter() - began
-        log.info("eval: %s %s done in %.0f s", model_name, part, seconds)
-        artifacts.write_cached(path, key, {"seconds": round(seconds, 2), "summary": summary, "samples": samples})
-        return summary, samples
 
 
 def _mean(records: list[dict], field: str) -> float:

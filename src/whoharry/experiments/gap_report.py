@@ -39,6 +39,13 @@ NAMES = {
     "npo-retain": "NPO + retain loss",
     "ensemble": "inference-time WHP (two models)",
 }
+
+
+def display_name(method: str) -> str:
+    """A method's name in the table: `whp+NAME`, a WHP variant, reads "WHP + NAME"."""
+    return NAMES.get(method) or (f"WHP + {method[4:]}" if method.startswith("whp+") else method)
+
+
 # The table's columns: figures of `figures.GAP_FIGURES` and `figures.FIGURES`, with their headings and digits
 COLUMNS: tuple[Figure, ...] = tuple(BY_KEY[key] for key in (
     "gap_familiarity", "gap_knowmem", "gap_verbmem", "privleak", "kl_forget", "kl_heldout", "kl_retain",
@@ -68,7 +75,7 @@ def summarise(per_seed: dict[int, dict[str, dict[str, float]]], exp: Any) -> dic
     """Mean, standard deviation, minimum and maximum over seeds of every figure of every model."""
     seeds = sorted(per_seed)
     rows = {seed: distances(per_seed[seed]) for seed in seeds}
-    names = [name for name in ORDER if name in rows[seeds[0]]]
+    names = [name for name in ORDER if name in rows[seeds[0]]] + [name for name in rows[seeds[0]] if name not in ORDER]
     table: dict[str, dict[str, dict[str, float]]] = {}
     for name in names:
         keys = sorted(set().union(*(rows[seed][name] for seed in seeds)))
@@ -136,8 +143,8 @@ def render(results: dict[str, Any]) -> str:
         if reasons:  # a destroyed model's membership scores are noise: its PrivLeak is not read
             cells = [("not read" if column.key == "privleak" else cell) for column, cell in zip(COLUMNS, cells,
                                                                                               strict=True)]
-            collapsed.append(f"- {NAMES.get(name, name)}: utility collapsed ({'; '.join(reasons)})")
-        lines.append(f"| {NAMES.get(name, name)} | " + " | ".join(cells) + " |")
+            collapsed.append(f"- {display_name(name)}: utility collapsed ({'; '.join(reasons)})")
+        lines.append(f"| {display_name(name)} | " + " | ".join(cells) + " |")
     if collapsed:
         lines += ["", *collapsed]
     settings = results["settings"]

@@ -40,7 +40,7 @@ from whoharry.errors import WhoharryError
 from whoharry.evaluation import suite
 from whoharry.experiments import divergence, gap_report
 from whoharry.method.inference import InferenceTimeWHP
-from whoharry.stages import evaluate, labels, reinforce, unlearn
+from whoharry.stages import augment, evaluate, labels, reinforce, unlearn
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,9 @@ class ExperimentConfig:
     probes: Path = Path("data/sherlock/probes_test.jsonl")  # familiarity with the forget book
     qa: Path = Path("data/sherlock/qa_test.jsonl")  # KnowMem questions
     methods: list[str] = field(default_factory=lambda: list(METHODS))
+    # WHP with other settings, each measured as the method `whp+NAME` on whp's reinforced model: NAME maps
+    # to the `run` settings it changes (labels.*, unlearn.*, augment.*; nested or dotted keys)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     kl_passages: int = 8  # passages per text for the KL divergence to the gold model
     kl_passage_tokens: int = 128
@@ -117,7 +120,38 @@ def load_experiment(path: Path | None, overrides: list[str] | None = None, *, qu
             raise WhoharryError(f"{what} not found: {path}")
     validate(exp.run)
     validate(dataclasses.replace(exp.run, reinforce=exp.learn))
+    for name in exp.variants:
+        variant_config(exp.run, exp, name)
     return exp
+
+
+def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys."""
+    return {k: v for key, value in settings.items() for k, v in (
+        _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}).items()}
+
+
+VARIANT_SECTIONS = ("labels", "unlearn", "augment")  # what a variant may change: not whp's reinforced model
+
+
+def variant_config(cfg: Config, exp: ExperimentConfig, name: str) -> Config:
+    """A copy of `cfg` with the settings of variant `name` merged in, checked.
+
+    Raises:
+        WhoharryError: a setting outside labels, unlearn and augment, an unknown key or a bad value.
+    """
+    flat = _flatten(exp.variants[name])
+    outside = [key for key in flat if key.split(".")[0] not in VARIANT_SECTIONS]
+    if outside or not flat:
+        raise WhoharryError(f"variants.{name}: give settings of {', '.join(VARIANT_SECTIONS)} only"
+                            + (f", not {', '.join(outside)}" if outside else ""))
+    out = copy.deepcopy(cfg)
+    try:
+        merge_sources(out, None, as_overrides(flat))
+        validate(out)
+    except WhoharryError as exc:
+        raise WhoharryError(f"variants.{name}: {exc}") from None
+    return out
 
 
 @dataclass
@@ -228,7 +262,7 @@ def unlearn_all(exp: ExperimentConfig, cfg: Config, subject: Path, folder: Path,
     """Every method's model, with the stages whose CPU time it cost."""
     on_subject = with_model(cfg, subject)
     made: dict[str, dict[str, Any]] = {}
-    needs_whp = any(m in exp.methods for m in ("whp", "whp-generated", "ensemble"))
+    needs_whp = bool(exp.variants) or any(m in exp.methods for m in ("whp", "whp-generated", "ensemble"))
     if needs_whp:
         whp = folder / "whp"
         costs.measure("whp/reinforce", reinforce.key(on_subject),
@@ -245,13 +279,21 @@ def unlearn_all(exp: ExperimentConfig, cfg: Config, subject: Path, folder: Path,
             costs.stored.pop("whp-generated/suggest", None)
             costs.measure("whp-generated/suggest", key, lambda: suggest.suggest_file(
                 on_subject, whp / "reinforce" / "final", dictionary, general=[cfg.data.retain[0]], progress=progress))
-        if not (generated / "reinforce").is_dir() or artifacts.stage_fingerprint(generated / "reinforce") != \
-                artifacts.stage_fingerprint(whp / "reinforce"):
-            shutil.rmtree(generated / "reinforce", ignore_errors=True)
-            shutil.copytree(whp / "reinforce", generated / "reinforce")  # the same reinforced model
+        _share_reinforced(whp, generated)
         entry = _whp(with_model(cfg, subject, anchors=dictionary), generated, "whp-generated", costs, progress)
         entry["stages"] = ["whp/reinforce", "whp-generated/suggest", *entry["stages"][1:]]
         made["whp-generated"] = entry
+    for name in exp.variants:
+        method, run_cfg = f"whp+{name}", variant_config(on_subject, exp, name)
+        _share_reinforced(whp, folder / method)
+        extra = []
+        if augment.enabled(run_cfg):
+            costs.measure(f"{method}/augment", augment.key(run_cfg, folder / method),
+                          lambda c=run_cfg, m=method: augment.run(c, folder / m, progress=progress))
+            extra = [f"{method}/augment"]
+        entry = _whp(run_cfg, folder / method, method, costs, progress)
+        entry["stages"] = ["whp/reinforce", *extra, *entry["stages"][1:]]
+        made[method] = entry
     for method in ("ga", "ga-retain", "npo", "npo-retain"):
         if method not in exp.methods:
             continue
@@ -267,6 +309,14 @@ def unlearn_all(exp: ExperimentConfig, cfg: Config, subject: Path, folder: Path,
     if "ensemble" in exp.methods:
         made["ensemble"] = {"model": whp / "reinforce" / "final", "stages": ["whp/reinforce"], "ensemble": True}
     return made
+
+
+def _share_reinforced(whp: Path, folder: Path) -> None:
+    """Give `folder` a copy of whp's finished reinforced model (replacing a stale one)."""
+    if not (folder / "reinforce").is_dir() or \
+            artifacts.stage_fingerprint(folder / "reinforce") != artifacts.stage_fingerprint(whp / "reinforce"):
+        shutil.rmtree(folder / "reinforce", ignore_errors=True)
+        shutil.copytree(whp / "reinforce", folder / "reinforce")
 
 
 def _whp(cfg: Config, out: Path, name: str, costs: Costs, progress: bool) -> dict[str, Any]:

@@ -31,8 +31,9 @@ def whp_logits(base: torch.Tensor, reinforced: torch.Tensor, alpha: float) -> to
     """
     if torch.is_grad_enabled() and (base.requires_grad or reinforced.requires_grad):
         return base - alpha * torch.relu(reinforced - base)
-    gain = reinforced - base  # the same operations, in place on one temporary: two [..., vocab] buffers, not four
-    return base - gain.relu_().mul_(alpha)
+    # the same operations in place on one new [..., vocab] buffer, not four: base - g is (-g) + base exactly
+    gain = reinforced - base
+    return gain.relu_().mul_(alpha).neg_().add_(base)
 
 
 def generic_labels(base_logits: torch.Tensor, reinforced_logits: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -80,7 +81,8 @@ def top_k_targets(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def suppress_seen_translations(
-    logits: torch.Tensor, positions: torch.Tensor, suppress: list[tuple[int, tuple[int, ...]]]
+    logits: torch.Tensor, positions: torch.Tensor, suppress: list[tuple[int, tuple[int, ...]]], *,
+    inplace: bool = False,
 ) -> torch.Tensor:
     """The authors' rule against repeating a translation: once a translation has appeared in a block, its
     first token's logit is set to the row mean at every later position (`prepare_dataset.py`,
@@ -90,12 +92,16 @@ def suppress_seen_translations(
         logits: [n, vocab] float logits at the translated positions `positions`.
         positions: [n] int64, the translated position of each row.
         suppress: (position where a translation's first token stands, token ids to suppress after it).
+        inplace: modify `logits` itself (a tensor the caller owns) rather than a copy.
 
     Returns:
-        A modified copy of `logits`, [n, vocab], in its dtype (the row means are of the unmodified logits).
+        `logits` modified, or a modified copy, [n, vocab], in its dtype (the row means are of the
+        unmodified logits).
     """
-    out = logits.clone()
+    if not suppress:
+        return logits if inplace else logits.clone()
     means = logits.mean(dim=-1)
+    out = logits if inplace else logits.clone()
     for appeared_at, token_ids in suppress:
         rows = torch.nonzero(positions > appeared_at, as_tuple=True)[0]
         if rows.numel() == 0:

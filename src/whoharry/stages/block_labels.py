@@ -85,7 +85,8 @@ def _generic_logits(version: BlockTranslation, base_logits: torch.Tensor, valid:
     """The base model's fp32 logits at the translated positions aligned with the original positions `valid`,
     after the suppression of translations already seen."""
     positions = torch.tensor(version.mapping)[valid]
-    return suppress_seen_translations(_rows(base_logits, positions), positions, version.suppress)
+    # the rows are a new tensor (advanced indexing copies): suppressed in place
+    return suppress_seen_translations(_rows(base_logits, positions), positions, version.suppress, inplace=True)
 
 
 def _place(out: torch.Tensor, valid: torch.Tensor, values: torch.Tensor) -> None:

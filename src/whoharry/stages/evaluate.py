@@ -81,8 +81,18 @@ def model_identity(path: Path) -> str:
     manifest = artifacts.read_manifest(path.parent) or {}
     if manifest.get("fingerprint"):
         return f"{path}:{manifest['fingerprint']}"
-    stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file())
-    return f"{path}:{fingerprint(stats)}"
+    return f"{path}:{fingerprint(_file_stats(path))}"
+
+
+def _file_stats(folder: Path) -> list[tuple[str, int, int]]:
+    """(name, size, modification time in ns) of every file in `folder`, sorted."""
+    return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file())
+
+
+def weights_identity(folder: Path) -> str:
+    """A local model folder's weights by content, cheaply: its resolved path and every file's name, size and
+    modification time (a converted GGUF folder's name holds the file's hash as well)."""
+    return fingerprint([str(folder.resolve()), _file_stats(folder)])
 
 
 def eval_fingerprint(cfg: Config, model_path: Path, ensemble: bool = False) -> str:
@@ -139,6 +149,7 @@ def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool
         config=cfg, folder=stage_dir, overwrite=overwrite,
         control=load_anchors(cfg.data.anchors) if cfg.data.anchors.is_file() else None,
         member_text=read_text(cfg.data.target) if uses_target else None, progress=progress, base_id=base_id,
+        shared_id=weights_identity(Path(source.path)) if cfg.eval.shared_cache and source.local else None,
     )
     base = models.load_model(source, cfg.model, inference=True)
     # the base model is the reference of like-with-like fluency: its completions of the translated prompts

@@ -1,0 +1,125 @@
+"""What every part of one evaluation shares (`Context`), and the cache of the parts' results: a part is
+stored under `parts/MODEL/PART.json` with the fingerprint of the model and of the settings that part depends on
+(`PART_INPUTS`), and the base model's parts also in `$WHOHARRY_CACHE/eval/` (`shared_parts_dir`), keyed by
+the base's weights and the code besides, for runs in other folders.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from operator import attrgetter
+from pathlib import Path
+from typing import Any
+
+from whoharry.anchors.dictionary import Anchors
+from whoharry.config import Config, EvalConfig, fingerprint, to_dict
+from whoharry.core import artifacts, models
+
+log = logging.getLogger(__name__)
+
+Part = tuple[dict[str, float], dict[str, Any]]  # (summary figures, per-sample records by kind)
+
+
+# What each part's figures depend on, beside the model, the seed, the anchor dictionary and the target
+# text (which every part's key holds) and the settings every part shares (COMMON_FIELDS): dotted paths
+# into `eval`, a whole section or one of its fields. A part reads its own section and these only.
+PART_INPUTS: dict[str, tuple[str, ...]] = {
+    "probes": ("probes",),
+    "completions": ("completions",),
+    "llm_judge": ("completions", "llm_judge", "target_name"),  # judges the greedy completions
+    "sampling": ("completions", "sampling"),
+    "knowmem": ("knowmem",),
+    "robustness": ("robustness", "probes.target", "probes.max_new_tokens"),
+    "verbatim": ("verbatim",),
+    "membership": ("membership",),
+    "utility": ("utility", "block_length"),
+    "benchmarks": ("benchmarks.limit",),  # one cached part per task, `benchmark-TASK`: the task is in the name
+    "relearning": ("relearning", "probes.target", "block_length"),
+}
+COMMON_FIELDS = ("max_samples", "batch_size", "precision")
+
+
+def value_key(value: Any) -> Any:
+    """A setting as it enters a fingerprint: a file by its path and content hash, a section field by field."""
+    if isinstance(value, Path):
+        return [str(value), artifacts.file_hash(value) if value.is_file() else None]
+    if dataclasses.is_dataclass(value):
+        return {f.name: value_key(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return to_dict(value)
+
+
+def part_inputs(part: str) -> tuple[str, ...]:
+    """The dotted `eval` settings a cached part (`probes`, ..., `llm_judge`, `benchmark-TASK`) depends on."""
+    return PART_INPUTS["benchmarks" if part.startswith("benchmark-") else part] + COMMON_FIELDS
+
+
+def part_fingerprint(cfg: Config, part: str) -> str:
+    """The fingerprint of everything one part's figures depend on, the model aside."""
+    return fingerprint({
+        "part": part,
+        "settings": {path: value_key(attrgetter(path)(cfg.eval)) for path in part_inputs(part)},
+        "seed": cfg.seed,
+        "anchors": value_key(cfg.data.anchors),
+        "target": value_key(cfg.data.target),
+    })
+
+
+@dataclass
+class Context:
+    """What every part of one evaluation shares."""
+
+    config: Config
+    folder: Path  # the eval stage folder (parts/ cache, relearning work folders)
+    overwrite: bool
+    control: Anchors | None  # the anchor dictionary: generic controls of target probes, judge terms
+    member_text: str | None  # the target text
+    progress: bool
+    base_id: str = ""  # identifies the base model, the judge of every model's completion fluency
+    # the base model's weights by content (`evaluate.weights_identity`): its parts are then also kept across
+    # run folders, in `shared_parts_dir()`; None keeps them in this folder only
+    shared_id: str | None = None
+
+    @property
+    def eval(self) -> EvalConfig:
+        """The `eval` section of the config."""
+        return self.config.eval
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    def cached(self, model_name: str, model_id: str, part: str, compute: Callable[[], Part], *,
+               reference: bool = False) -> Part:
+        """The part's (summary, samples) from the cache when made by the same model and settings (and, for
+        the completions, the same judge and the same role: the fluency reference or not)."""
+        path = self.folder / "parts" / model_name / f"{part}.json"
+        judge = [self.base_id, reference] if part == "completions" else None
+        key = fingerprint({"model": model_id, "judge": judge, "settings": part_fingerprint(self.config, part)})
+        stored = None if self.overwrite else artifacts.read_cached(path, key)
+        if stored is not None:
+            log.info("eval: %s %s cached, skipped", model_name, part)
+            return stored["summary"], stored["samples"]
+        shared = None
+        if model_name == "base" and self.shared_id is not None:
+            shared = shared_parts_dir() / f"{fingerprint([key, self.shared_id, artifacts.code_hash()])}.json"
+            stored = None if self.overwrite else artifacts.read_cached(shared, key)
+            if stored is not None:
+                log.info("eval: base %s read from %s", part, shared)
+                artifacts.write_cached(path, key, {k: v for k, v in stored.items() if k != "key"})
+                return stored["summary"], stored["samples"]
+        began = time.perf_counter()
+        summary, samples = compute()
+        seconds = time.perf_counter() - began
+        log.info("eval: %s %s done in %.0f s", model_name, part, seconds)
+        for where in (path, shared) if shared is not None else (path,):
+            artifacts.write_cached(where, key, {"seconds": round(seconds, 2), "summary": summary, "samples": samples})
+        return summary, samples
+
+
+def shared_parts_dir() -> Path:
+    """Where the base model's evaluation parts are kept across run folders: `$WHOHARRY_CACHE/eval`."""
+    return models.cache_dir() / "eval"
