@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -116,6 +117,16 @@ def test_run_end_to_end_writes_the_layout_and_exact_labels(project, copy_model_d
     after = {s: (out / s / "manifest.json").read_text() for s in before}
     assert after["reinforce"] == before["reinforce"]
     assert all(after[s] != before[s] for s in ("labels", "unlearn", "eval"))
+
+    # the same model evaluated in another folder reads the base model's parts from the shared cache
+    shutil.copytree(out / "unlearn", project / "elsewhere" / "unlearn")
+    elsewhere = runner.invoke(app, ["eval", "--config", str(config), "--out", str(project / "elsewhere"), "-q",
+                                    "--set", "labels.alpha=2"])
+    assert elsewhere.exit_code == 0, elsewhere.output
+    read = json.loads((project / "elsewhere" / "eval" / "manifest.json").read_text())["inputs"]["base_parts_read"]
+    assert {"probes", "completions", "verbatim", "membership", "utility"} <= set(read)
+    assert json.loads((project / "elsewhere" / "eval" / "report.json").read_text())["summary"]["base"] == \
+        json.loads((out / "eval" / "report.json").read_text())["summary"]["base"]
 
 
 def test_unlearning_raises_the_forget_loss_and_bounds_the_retain_loss(project, trained_model_dir):

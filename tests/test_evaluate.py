@@ -266,6 +266,7 @@ def test_the_base_models_parts_are_shared_across_run_folders(tmp_path, monkeypat
     second = folder_context("run-2")
     assert second.cached("base", "base", "probes", compute(2))[0] == {"figure": 1}  # read from the shared cache
     assert (tmp_path / "run-2" / "parts" / "base" / "probes.json").is_file()  # and kept in the run folder
+    assert list(second.shared_reads) == ["probes"]  # what the manifest records
     assert second.cached("unlearned", "base", "probes", compute(3))[0] == {"figure": 3}  # only the base's
     assert folder_context("run-3", "weights-b").cached("base", "base", "probes", compute(4))[0] == {"figure": 4}
     assert folder_context("run-4", None).cached("base", "base", "probes", compute(5))[0] == {"figure": 5}

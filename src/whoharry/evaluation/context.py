@@ -82,6 +82,7 @@ class Context:
     # the base model's weights by content (`evaluate.weights_identity`): its parts are then also kept across
     # run folders, in `shared_parts_dir()`; None keeps them in this folder only
     shared_id: str | None = None
+    shared_reads: dict[str, str] = dataclasses.field(default_factory=dict)  # part -> the shared file read
 
     @property
     def eval(self) -> EvalConfig:
@@ -109,6 +110,7 @@ class Context:
             stored = None if self.overwrite else artifacts.read_cached(shared, key)
             if stored is not None:
                 log.info("eval: base %s read from %s", part, shared)
+                self.shared_reads[part] = str(shared)
                 artifacts.write_cached(path, key, {k: v for k, v in stored.items() if k != "key"})
                 return stored["summary"], stored["samples"]
         began = time.perf_counter()

@@ -131,7 +131,9 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
         if cfg.eval.llm_judge.url and wanted(cfg.eval, "completions", None):
             judges.read_rubric(cfg.eval.llm_judge.rubric)
         written = _evaluate(cfg, model_path, stage_dir, overwrite=overwrite, ensemble=ensemble, progress=progress)
-        return Outcome(inputs={"model": str(model_path), "baseline": written["models"]["base"]},
+        return Outcome(inputs={"model": str(model_path), "baseline": written["models"]["base"],
+                               **({"base_parts_read": written["base_parts_read"]} if "base_parts_read" in written
+                                  else {})},
                        outputs=["report.json", "report.md", *written["plots"]], summary=written["summary"])
 
     return run_stage(NAME, cfg, stage_dir, eval_fingerprint(cfg, model_path, ensemble), body,
@@ -189,6 +191,8 @@ def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool
         "ratio_intervals": ratio_intervals,
         "samples": {name: result["samples"] for name, result in results.items()},
     }
+    if ctx.shared_reads:  # the base's parts measured by an earlier run in another folder
+        written["base_parts_read"] = dict(ctx.shared_reads)
     relearning = relearning_summary(results)
     if relearning:
         written["relearning"] = relearning
