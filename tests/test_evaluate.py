@@ -267,6 +267,13 @@ def test_the_base_models_parts_are_shared_across_run_folders(tmp_path, monkeypat
     assert second.cached("base", "base", "probes", compute(2))[0] == {"figure": 1}  # read from the shared cache
     assert (tmp_path / "run-2" / "parts" / "base" / "probes.json").is_file()  # and kept in the run folder
     assert list(second.shared_reads) == ["probes"]  # what the manifest records
+    for where in ("a", "b"):  # the same probe file in another folder (a clone of the project elsewhere)
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "probes.jsonl").write_text('{"prompt": "x", "answer": " y"}\n')
+        moved = folder_context(f"run-{where}")
+        moved.eval.probes.target = tmp_path / where / "probes.jsonl"
+        assert moved.cached("base", "base", "probes", compute(0))[0] == {"figure": 0}
+    calls.remove(0)
     assert second.cached("unlearned", "base", "probes", compute(3))[0] == {"figure": 3}  # only the base's
     assert folder_context("run-3", "weights-b").cached("base", "base", "probes", compute(4))[0] == {"figure": 4}
     assert folder_context("run-4", None).cached("base", "base", "probes", compute(5))[0] == {"figure": 5}
@@ -276,7 +283,7 @@ def test_the_base_models_parts_are_shared_across_run_folders(tmp_path, monkeypat
     monkeypatch.setattr(artifacts, "code_hash", lambda: "other code")
     assert folder_context("run-6").cached("base", "base", "probes", compute(7))[0] == {"figure": 7}
     assert calls == [1, 3, 4, 5, 6, 7]
-    assert len(list(evaluation_context.shared_parts_dir().iterdir())) == 4  # weights a and b, a setting, the code
+    assert len(list(evaluation_context.shared_parts_dir().iterdir())) == 5  # weights a, b, 2 settings, code
 
 
 THE = " the"  # the copy model repeats a prompt's last token: after "... the" it writes " the" forever

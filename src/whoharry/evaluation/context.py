@@ -43,12 +43,16 @@ PART_INPUTS: dict[str, tuple[str, ...]] = {
 COMMON_FIELDS = ("max_samples", "batch_size", "precision")
 
 
-def value_key(value: Any) -> Any:
-    """A setting as it enters a fingerprint: a file by its path and content hash, a section field by field."""
+def value_key(value: Any, *, by_content: bool = False) -> Any:
+    """A setting as it enters a fingerprint: a file by its path and content hash (`by_content`: its content
+    hash alone, the same wherever the file lies), a section field by field, a list item by item."""
     if isinstance(value, Path):
-        return [str(value), artifacts.file_hash(value) if value.is_file() else None]
+        digest = artifacts.file_hash(value) if value.is_file() else None
+        return digest if by_content else [str(value), digest]
     if dataclasses.is_dataclass(value):
-        return {f.name: value_key(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: value_key(getattr(value, f.name), by_content=by_content) for f in dataclasses.fields(value)}
+    if isinstance(value, list):
+        return [value_key(item, by_content=by_content) for item in value]
     return to_dict(value)
 
 
@@ -57,14 +61,15 @@ def part_inputs(part: str) -> tuple[str, ...]:
     return PART_INPUTS["benchmarks" if part.startswith("benchmark-") else part] + COMMON_FIELDS
 
 
-def part_fingerprint(cfg: Config, part: str) -> str:
-    """The fingerprint of everything one part's figures depend on, the model aside."""
+def part_fingerprint(cfg: Config, part: str, *, by_content: bool = False) -> str:
+    """The fingerprint of everything one part's figures depend on, the model aside (`by_content`: input
+    files by their content alone)."""
     return fingerprint({
         "part": part,
-        "settings": {path: value_key(attrgetter(path)(cfg.eval)) for path in part_inputs(part)},
+        "settings": {path: value_key(attrgetter(path)(cfg.eval), by_content=by_content) for path in part_inputs(part)},
         "seed": cfg.seed,
-        "anchors": value_key(cfg.data.anchors),
-        "target": value_key(cfg.data.target),
+        "anchors": value_key(cfg.data.anchors, by_content=by_content),
+        "target": value_key(cfg.data.target, by_content=by_content),
     })
 
 
@@ -106,8 +111,11 @@ class Context:
             return stored["summary"], stored["samples"]
         shared = None
         if model_name == "base" and self.shared_id is not None:
-            shared = shared_parts_dir() / f"{fingerprint([key, self.shared_id, artifacts.code_hash()])}.json"
-            stored = None if self.overwrite else artifacts.read_cached(shared, key)
+            # input files by content: a clone of the project elsewhere reads what this one measured
+            shared_key = fingerprint([model_id, judge, part_fingerprint(self.config, part, by_content=True),
+                                      self.shared_id, artifacts.code_hash()])
+            shared = shared_parts_dir() / f"{shared_key}.json"
+            stored = None if self.overwrite else artifacts.read_cached(shared, shared_key)
             if stored is not None:
                 log.info("eval: base %s read from %s", part, shared)
                 self.shared_reads[part] = str(shared)
@@ -117,8 +125,10 @@ class Context:
         summary, samples = compute()
         seconds = time.perf_counter() - began
         log.info("eval: %s %s done in %.0f s", model_name, part, seconds)
-        for where in (path, shared) if shared is not None else (path,):
-            artifacts.write_cached(where, key, {"seconds": round(seconds, 2), "summary": summary, "samples": samples})
+        payload = {"seconds": round(seconds, 2), "summary": summary, "samples": samples}
+        artifacts.write_cached(path, key, payload)
+        if shared is not None:
+            artifacts.write_cached(shared, shared_key, payload)
         return summary, samples
 
 
