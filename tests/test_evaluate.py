@@ -286,6 +286,42 @@ def test_the_base_models_parts_are_shared_across_run_folders(tmp_path, monkeypat
     assert len(list(evaluation_context.shared_parts_dir().iterdir())) == 5  # weights a, b, 2 settings, code
 
 
+def test_a_shared_cache_that_cannot_be_written_is_a_warning(tmp_path, monkeypatch, caplog):
+    from whoharry.evaluation import context as evaluation_context
+
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setattr(evaluation_context, "shared_parts_dir", lambda: tmp_path / "a-file" / "eval")
+    ctx = context(tmp_path)
+    ctx.base_id, ctx.shared_id = "base", "weights"
+    with caplog.at_level("WARNING"):
+        assert ctx.cached("base", "base", "probes", lambda: ({"figure": 1}, {}))[0] == {"figure": 1}
+    assert "not kept in" in caplog.text
+    assert (tmp_path / "eval" / "parts" / "base" / "probes.json").is_file()
+
+
+def test_concurrent_writers_of_one_shared_file_never_collide(tmp_path):
+    import threading
+
+    from whoharry.core import artifacts
+
+    path, errors = tmp_path / "shared" / "part.json", []
+
+    def write(value):
+        try:
+            for _ in range(30):
+                artifacts.write_json_unique(path, {"key": "k", "value": value, "pad": "x" * 5000})
+        except OSError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(v,)) for v in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and json.loads(path.read_text())["value"] in range(4)
+    assert [p.name for p in path.parent.iterdir()] == ["part.json"]  # no temporary file left
+
+
 THE = " the"  # the copy model repeats a prompt's last token: after "... the" it writes " the" forever
 
 

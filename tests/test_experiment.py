@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from whoharry.cli import app
 from whoharry.experiments import retrain_gap as experiment
+from whoharry.experiments import variants
 
 from .conftest import ANCHORS, GENERAL, STORY
 
@@ -118,6 +119,8 @@ def test_every_method_is_measured_against_the_gold_model_over_seeds(tmp_path, ti
     (["--set", "variants={more: {labels.targets: fuzzy}}"], "variants.more: labels.targets must be one of"),
     (["--set", "variants={more: {labels.alpah: 2}}"], "variants.more: unknown config key 'labels.alpah'"),
     (["--set", "variants=[soft]"], "'variants' must be a mapping"),
+    (["--set", "variants={a/b: {labels.alpha: 2}}"], "variants: the name 'a/b' must be letters"),
+    (["--set", "variants={two: {labels.alpha: 2, labels: {alpha: 3}}}"], "variants.two: labels.alpha is given twice"),
 ])
 def test_bad_experiment_settings_are_one_error_line(tmp_path, tiny_model_dir, args, message):
     config = _experiment_config(tmp_path, tiny_model_dir)
@@ -126,6 +129,17 @@ def test_bad_experiment_settings_are_one_error_line(tmp_path, tiny_model_dir, ar
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
+
+
+def test_a_dotted_set_changes_one_setting_of_one_variant(tmp_path, tiny_model_dir):
+    config = _experiment_config(tmp_path, tiny_model_dir, variants=VARIANTS)
+    exp = experiment.load_experiment(config, ["variants.soft.labels.top_k=8", 'variants.new={"labels.alpha": 2}'])
+    assert exp.variants["soft"] == {"labels": {"targets": "soft", "translations": 2, "top_k": 8}}
+    assert set(exp.variants) == {"soft", "augment", "new"}  # the others kept
+    template = "# Notes on {key}: a: b"  # a string is taken as it is, never read again as YAML
+    cfg = variants.variant_config(exp.run, "notes", {"augment": {"templates": [template], "tokens": 10}})
+    assert cfg.augment.templates == [template] and exp.run.augment.tokens == 0
+    assert experiment.load_experiment(config, ["variants=null"]).variants == {}
 
 
 def test_cut_keeps_whole_paragraphs_and_unwrap_joins_lines():

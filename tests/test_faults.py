@@ -4,6 +4,7 @@ again and then left to finish, ends exactly where a run that was never interrupt
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -21,7 +22,9 @@ STAGES = ("reinforce", "labels", "unlearn", "eval")
 
 def start(config: Path, out: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "whoharry", "run", "--config", str(config), "--out", str(out), "-q"]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # a cache of the run's own: a killed run must not read the base model's figures the clean run measured
+    env = {**os.environ, "WHOHARRY_CACHE": str(out.parent / f"{out.name}-cache")}
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def holds_lock(out: Path, pid: int) -> bool:

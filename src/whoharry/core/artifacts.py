@@ -13,9 +13,11 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,24 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
 
 
+def write_json_unique(path: Path, data: Any) -> None:
+    """`data` as JSON, written under a temporary name of its own and renamed into place: for a file that
+    several processes may write at once (a cache shared by run folders); the last rename wins whole.
+
+    Raises:
+        OSError: the folder cannot be made or written.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: Path, data: Any) -> None:
     """`data` as JSON (2-space indent, keys in their own order, a final newline), written atomically.
 
@@ -119,9 +139,16 @@ def versions() -> dict[str, str]:
 @functools.cache
 def code_hash() -> str:
     """What identifies the code that computes a result kept across run folders: the sha256 (16 hex digits)
-    of the whoharry package's Python files and of the versions of `versions()` (a str). Any edit to the
-    package changes it, so such a result is never read by other code."""
-    digest = hashlib.sha256(json.dumps(versions(), sort_keys=True).encode())
+    of the whoharry package's Python files, of the versions of `versions()` and of the other libraries a
+    measurement runs through (a str). Any edit to the package or a library update changes it, so such a
+    result is never read by other code."""
+    libraries = {}
+    for name in ("tokenizers", "accelerate", "peft", "numpy", "safetensors", "lm_eval"):
+        try:
+            libraries[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            libraries[name] = None
+    digest = hashlib.sha256(json.dumps([versions(), libraries], sort_keys=True).encode())
     package = Path(__file__).resolve().parents[1]
     for path in sorted(package.rglob("*.py")):
         digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())

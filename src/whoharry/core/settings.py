@@ -55,6 +55,17 @@ def merge_sources(obj: Any, path: Path | None, overrides: list[str] | None) -> A
     return obj
 
 
+def merge_mapping(obj: Any, values: dict[str, Any], base_dir: Path) -> Any:
+    """Merge a mapping of settings (nested, as YAML reads them) into a dataclass tree, in place; returned.
+    Relative paths resolve against `base_dir`.
+
+    Raises:
+        WhoharryError: an unknown key, a value of the wrong type.
+    """
+    _merge(obj, values, base_dir=base_dir, prefix="")
+    return obj
+
+
 def as_overrides(settings: dict[str, Any]) -> list[str]:
     """A mapping of dotted keys to values as `--set key=value` strings (values written as YAML)."""
     return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in settings.items()]
@@ -154,8 +165,19 @@ def _merge(obj: Any, values: dict[str, Any], *, base_dir: Path, prefix: str) -> 
                 where = f" (the value it once took is now {prefix + moved!r})" if moved else ""
                 raise WhoharryError(f"config key {dotted!r} is a section; give it a mapping of keys{where}")
             _merge(current, value, base_dir=base_dir, prefix=f"{dotted}.")
+        elif typing.get_origin(hints[key]) is dict and isinstance(value, dict) and value:
+            # a mapping field: a non-empty mapping merges into it key by key (an empty one or null clears it)
+            setattr(obj, key, _merged(current, _coerce(value, hints[key], dotted, base_dir)))
         else:
             setattr(obj, key, _coerce(value, hints[key], dotted, base_dir))
+
+
+def _merged(current: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new` merged into a copy of `current`, nested mappings key by key."""
+    out = dict(current)
+    for key, value in new.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def _coerce(value: Any, hint: Any, dotted: str, base_dir: Path) -> Any:

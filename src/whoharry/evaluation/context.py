@@ -108,6 +108,8 @@ class Context:
         stored = None if self.overwrite else artifacts.read_cached(path, key)
         if stored is not None:
             log.info("eval: %s %s cached, skipped", model_name, part)
+            if stored.get("shared_from"):
+                self.shared_reads[part] = stored["shared_from"]
             return stored["summary"], stored["samples"]
         shared = None
         if model_name == "base" and self.shared_id is not None:
@@ -115,11 +117,15 @@ class Context:
             shared_key = fingerprint([model_id, judge, part_fingerprint(self.config, part, by_content=True),
                                       self.shared_id, artifacts.code_hash()])
             shared = shared_parts_dir() / f"{shared_key}.json"
-            stored = None if self.overwrite else artifacts.read_cached(shared, shared_key)
+            try:
+                stored = None if self.overwrite else artifacts.read_cached(shared, shared_key)
+            except OSError:  # an unreadable cache folder: measured here instead
+                stored = None
             if stored is not None:
                 log.info("eval: base %s read from %s", part, shared)
                 self.shared_reads[part] = str(shared)
-                artifacts.write_cached(path, key, {k: v for k, v in stored.items() if k != "key"})
+                artifacts.write_cached(path, key, {**{k: v for k, v in stored.items() if k != "key"},
+                                                   "shared_from": str(shared)})
                 return stored["summary"], stored["samples"]
         began = time.perf_counter()
         summary, samples = compute()
@@ -128,7 +134,10 @@ class Context:
         payload = {"seconds": round(seconds, 2), "summary": summary, "samples": samples}
         artifacts.write_cached(path, key, payload)
         if shared is not None:
-            artifacts.write_cached(shared, shared_key, payload)
+            try:  # a cache that cannot be written costs the next run a minute, not this run its result
+                artifacts.write_json_unique(shared, {"key": shared_key, **payload})
+            except OSError as exc:
+                log.warning("eval: the base's %s part not kept in %s: %s", part, shared.parent, exc)
         return summary, samples
 
 

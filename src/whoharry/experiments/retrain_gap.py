@@ -24,7 +24,6 @@ import dataclasses
 import json
 import logging
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from whoharry.core import artifacts, models, runlock
 from whoharry.core.text import read_text
 from whoharry.errors import WhoharryError
 from whoharry.evaluation import suite
-from whoharry.experiments import divergence, gap_report
+from whoharry.experiments import divergence, gap_report, variants
 from whoharry.method.inference import InferenceTimeWHP
 from whoharry.stages import augment, evaluate, labels, reinforce, unlearn
 
@@ -121,37 +120,8 @@ def load_experiment(path: Path | None, overrides: list[str] | None = None, *, qu
     validate(exp.run)
     validate(dataclasses.replace(exp.run, reinforce=exp.learn))
     for name in exp.variants:
-        variant_config(exp.run, exp, name)
+        variants.variant_config(exp.run, name, exp.variants[name])
     return exp
-
-
-def _flatten(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as dotted keys."""
-    return {k: v for key, value in settings.items() for k, v in (
-        _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}).items()}
-
-
-VARIANT_SECTIONS = ("labels", "unlearn", "augment")  # what a variant may change: not whp's reinforced model
-
-
-def variant_config(cfg: Config, exp: ExperimentConfig, name: str) -> Config:
-    """A copy of `cfg` with the settings of variant `name` merged in, checked.
-
-    Raises:
-        WhoharryError: a setting outside labels, unlearn and augment, an unknown key or a bad value.
-    """
-    flat = _flatten(exp.variants[name])
-    outside = [key for key in flat if key.split(".")[0] not in VARIANT_SECTIONS]
-    if outside or not flat:
-        raise WhoharryError(f"variants.{name}: give settings of {', '.join(VARIANT_SECTIONS)} only"
-                            + (f", not {', '.join(outside)}" if outside else ""))
-    out = copy.deepcopy(cfg)
-    try:
-        merge_sources(out, None, as_overrides(flat))
-        validate(out)
-    except WhoharryError as exc:
-        raise WhoharryError(f"variants.{name}: {exc}") from None
-    return out
 
 
 @dataclass
@@ -279,13 +249,13 @@ def unlearn_all(exp: ExperimentConfig, cfg: Config, subject: Path, folder: Path,
             costs.stored.pop("whp-generated/suggest", None)
             costs.measure("whp-generated/suggest", key, lambda: suggest.suggest_file(
                 on_subject, whp / "reinforce" / "final", dictionary, general=[cfg.data.retain[0]], progress=progress))
-        _share_reinforced(whp, generated)
+        variants.share_reinforced(whp, generated)
         entry = _whp(with_model(cfg, subject, anchors=dictionary), generated, "whp-generated", costs, progress)
         entry["stages"] = ["whp/reinforce", "whp-generated/suggest", *entry["stages"][1:]]
         made["whp-generated"] = entry
     for name in exp.variants:
-        method, run_cfg = f"whp+{name}", variant_config(on_subject, exp, name)
-        _share_reinforced(whp, folder / method)
+        method, run_cfg = f"whp+{name}", variants.variant_config(on_subject, name, exp.variants[name])
+        variants.share_reinforced(whp, folder / method)
         extra = []
         if augment.enabled(run_cfg):
             costs.measure(f"{method}/augment", augment.key(run_cfg, folder / method),
@@ -309,14 +279,6 @@ def unlearn_all(exp: ExperimentConfig, cfg: Config, subject: Path, folder: Path,
     if "ensemble" in exp.methods:
         made["ensemble"] = {"model": whp / "reinforce" / "final", "stages": ["whp/reinforce"], "ensemble": True}
     return made
-
-
-def _share_reinforced(whp: Path, folder: Path) -> None:
-    """Give `folder` a copy of whp's finished reinforced model (replacing a stale one)."""
-    if not (folder / "reinforce").is_dir() or \
-            artifacts.stage_fingerprint(folder / "reinforce") != artifacts.stage_fingerprint(whp / "reinforce"):
-        shutil.rmtree(folder / "reinforce", ignore_errors=True)
-        shutil.copytree(whp / "reinforce", folder / "reinforce")
 
 
 def _whp(cfg: Config, out: Path, name: str, costs: Costs, progress: bool) -> dict[str, Any]:
@@ -402,7 +364,8 @@ def run(exp: ExperimentConfig, out: Path, *, progress: bool = True) -> dict[str,
         stage="experiment", fingerprint=fingerprint(to_dict(exp)),
         inputs={"forget": str(exp.corpora / exp.forget_book), "retain": str(exp.corpora / exp.retain_book)},
         outputs=["results.json", "results.md", "retrain_gap.png"], seed=exp.seeds[0],
-        seconds=time.perf_counter() - began, summary={"seeds": exp.seeds, "methods": exp.methods},
+        seconds=time.perf_counter() - began,
+        summary={"seeds": exp.seeds, "methods": [*exp.methods, *(f"whp+{v}" for v in exp.variants)]},
     )
     artifacts.write_stage(out, record, to_dict(exp))
     return results

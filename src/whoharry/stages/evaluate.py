@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from whoharry.anchors.dictionary import load_anchors
 from whoharry.config import Config, fingerprint, model_key, to_dict
 from whoharry.core import artifacts, models
@@ -95,11 +97,21 @@ def weights_identity(folder: Path) -> str:
     return fingerprint([str(folder.resolve()), _file_stats(folder)])
 
 
+def shared_identity(cfg: Config, folder: Path) -> str:
+    """What the base model's parts kept across run folders depend on besides their settings: its weights
+    (`weights_identity`), where and how it runs (device, GPU name, the dtype `eval.precision` resolves to
+    there, `model.device_map`)."""
+    device = models.default_device()
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    dtype = models.autocast_dtype(cfg.eval.precision, device)
+    return fingerprint([weights_identity(folder), device.type, gpu, str(dtype), cfg.model.device_map])
+
+
 def eval_fingerprint(cfg: Config, model_path: Path, ensemble: bool = False) -> str:
     """The eval stage's fingerprint: every `eval` setting (input files by content), the seed, the
     anchors, the target, the baseline model's settings and the evaluated model's identity."""
     model = model_identity(model_path)
-    return fingerprint({"eval": value_key(cfg.eval),
+    return fingerprint({"eval": value_key(dataclasses.replace(cfg.eval, shared_cache=True)),  # a cache, not a setting
                         "seed": cfg.seed, "anchors": value_key(cfg.data.anchors),
                         "target": value_key(cfg.data.target), "baseline": model_key(cfg.model, reading=True),
                         "model": f"ensemble:{model}:{cfg.labels.alpha}" if ensemble else model})
@@ -151,7 +163,7 @@ def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool
         config=cfg, folder=stage_dir, overwrite=overwrite,
         control=load_anchors(cfg.data.anchors) if cfg.data.anchors.is_file() else None,
         member_text=read_text(cfg.data.target) if uses_target else None, progress=progress, base_id=base_id,
-        shared_id=weights_identity(Path(source.path)) if cfg.eval.shared_cache and source.local else None,
+        shared_id=shared_identity(cfg, Path(source.path)) if cfg.eval.shared_cache and source.local else None,
     )
     base = models.load_model(source, cfg.model, inference=True)
     # the base model is the reference of like-with-like fluency: its completions of the translated prompts
