@@ -91,6 +91,34 @@ def _file_stats(folder: Path) -> list[tuple[str, int, int]]:
     return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file())
 
 
+# the settings naming a file a run may make from its target (stages.target_files), as the report names them
+MADE = {"the held-out split's training text": "data.target", "the anchor dictionary": "data.anchors",
+        "the familiarity probes": "eval.probes.target", "the completion prompts": "eval.completions.prompts",
+        "the held-out text": "eval.membership.heldout"}
+
+
+def target_record(cfg: Config, out: Path) -> dict[str, Any]:
+    """What the report says of the target: its file and size (the user's file, not the split made of it), and
+    each file the run folder `out` made from it, by what it is."""
+    made = {}
+    for what, dotted in MADE.items():
+        value = cfg
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        if value is not None and value.resolve().is_relative_to(out.resolve()):
+            made[what] = str(value)
+    target = cfg.data.target
+    if "the held-out split's training text" in made:  # the user's file, as the split stage read it
+        split_stats = artifacts.read_json_object(cfg.data.target.parent / "stats.json") or {}
+        target = Path(split_stats.get("target", target))
+    record = {"file": str(target), "bytes": target.stat().st_size if target.is_file() else 0, "made": made}
+    labels_stats = artifacts.read_json_object(out / "labels" / "stats.json") or {}
+    if labels_stats.get("dictionary_mismatch"):
+        record["dictionary_mismatch"] = (f"only {labels_stats['anchor_keys_found']} of the dictionary's keys "
+                                         f"({labels_stats['anchor_keys_found_share']:.0%}) occur in the target")
+    return record
+
+
 def weights_identity(folder: Path) -> str:
     """A local model folder's weights by content, cheaply: its resolved path and every file's name, size and
     modification time (a converted GGUF folder's name holds the file's hash as well)."""
@@ -203,6 +231,7 @@ def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool
         "ratio_intervals": ratio_intervals,
         "samples": {name: result["samples"] for name, result in results.items()},
     }
+    written["target"] = target_record(cfg, stage_dir.parent)
     if ctx.shared_reads:  # the base's parts measured by an earlier run in another folder
         written["base_parts_read"] = dict(ctx.shared_reads)
     relearning = relearning_summary(results)

@@ -1,11 +1,14 @@
 """`whoharry run`: every stage in order; a stage already complete with the same settings is skipped.
 
 The order is written here, once: reinforce → augment (when `augment.tokens` > 0) → labels → unlearn →
-evaluate (the baselines `ga` and `npo` need no reinforced model and no labels: unlearn → evaluate).
+evaluate (the baselines `ga` and `npo` need no reinforced model and no labels: unlearn → evaluate). For a
+target without files of its own (`stages.target_files`): split first, the dictionary after reinforce, the
+probes before the evaluation.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,14 +16,16 @@ from whoharry.config import Config
 from whoharry.core import distributed
 from whoharry.core.runlock import LOCK
 from whoharry.errors import WhoharryError
-from whoharry.stages import augment, evaluate, labels, reinforce, unlearn
+from whoharry.stages import augment, dictionary, evaluate, labels, probes, reinforce, split, target_files, unlearn
 
 if TYPE_CHECKING:
     from whoharry.stages.common import Stage
 
 # What a run folder holds: the stages' folders (and the lock); anything else means it is not a run.
-RUN_ENTRIES = (reinforce.NAME, augment.NAME, labels.NAME, unlearn.NAME, evaluate.NAME, "eval-quick", "eval-reinforced",
-               "eval-ensemble", "eval-quick-ensemble", LOCK)
+RUN_ENTRIES = (split.NAME, reinforce.NAME, dictionary.NAME, augment.NAME, labels.NAME, unlearn.NAME, probes.NAME,
+               evaluate.NAME, "eval-quick", "eval-reinforced", "eval-ensemble", "eval-quick-ensemble", LOCK)
+
+log = logging.getLogger(__name__)
 
 
 def check_out_dir(out: Path) -> None:
@@ -48,19 +53,38 @@ def training_stages(cfg: Config) -> list[Stage]:
     return [reinforce, augment, labels, unlearn] if augment.enabled(cfg) else [reinforce, labels, unlearn]
 
 
-def run(cfg: Config, out: Path, *, progress: bool = True) -> dict[str, Any]:
+def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Reinforce, labels, unlearn, evaluate; returns the evaluation summary (figure -> value, by model:
     base, unlearned, and reference when configured). Under `accelerate launch` every process trains and
     the main process alone evaluates; the others return {}.
+
+    For a target that is not the demo's, the files it needs and the user did not give (`explicit`: the
+    dotted keys they set) are made from it first (`stages.target_files`): the held-out split before
+    reinforce, the dictionary after it, the probes before the evaluation.
 
     Raises:
         WhoharryError: as the stages raise it (bad input, a diverged loss).
     """
     check_out_dir(out)
     unlearn.preflight(cfg)  # inputs that would otherwise fail only after hours of training
+    made = target_files.plan(cfg, explicit)
+    for warning in made.warnings:
+        log.warning("%s", warning)
+    target = cfg.data.target
+    if made.split:
+        cfg = target_files.with_split(cfg, split.run(cfg, out, progress=progress))
     for stage in training_stages(cfg):
         stage.run(cfg, out, progress=progress)
+        if stage is reinforce and made.dictionary:
+            cfg = target_files.with_dictionary(cfg, dictionary.run(cfg, out, progress=progress))
+    if made.dictionary and reinforce not in training_stages(cfg):  # ga and npo: the dictionary for the eval
+        cfg = target_files.with_dictionary(cfg, dictionary.run(cfg, out, progress=progress))
     if not distributed.is_main():
         return {}
+    if made.probes:
+        probes.run(cfg, out, progress=progress)
+        cfg = target_files.with_probes(cfg, out, made.replaced)
+    if made.any or made.dropped_parts:
+        cfg = target_files.without_parts(cfg, made.dropped_parts, target)
     eval_dir = evaluate.run(cfg, out, progress=progress)
     return evaluate.load_report(eval_dir)["summary"]
