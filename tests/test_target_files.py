@@ -4,6 +4,7 @@ makes and warns about, and `whoharry run --target` end to end on tiny models, re
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -48,8 +49,11 @@ def test_the_heldout_split_is_spread_whole_paragraphs_of_about_the_share():
     held_index = [paragraphs.index(p) for p in held_p]
     assert min(held_index) < 20 and max(held_index) > 80  # from every part of the text, not one end
     assert heldout_split(text, 0.1, 5) == (train, heldout)
-    with pytest.raises(WhoharryError, match="needs at least 10"):
-        heldout_split("one\n\ntwo\n\nthree", 0.1, 5)
+    short = "\n\n".join(f"Paragraph {i} " + "word " * 10 for i in range(20))  # too few paragraphs for 5 runs
+    assert len(heldout_split(short, 0.1, 5)[1].strip().split("\n\n")) == 2  # 10% of 20, not 5 runs of one
+    assert heldout_split(short.replace("\n", "\r\n"), 0.1, 5) == heldout_split(short, 0.1, 5)  # CRLF
+    with pytest.raises(WhoharryError, match="needs at least two"):
+        heldout_split("one paragraph only", 0.1, 5)
     with pytest.raises(WhoharryError, match=r"share must be in \(0, 0.5\]"):
         heldout_split(text, 0.7, 5)
 
@@ -73,12 +77,17 @@ def test_probes_spread_over_the_keys_fixed_by_the_seed_and_halved():
     anchors = parse_anchors(BOOK_ANCHORS)
     candidates = cloze_candidates(book(20), anchors, "target", min_words=4)
     chosen = select_probes(candidates, 9, 2, seed=0)
+    taken = Counter({"Holmes": 2})  # two Holmes probes already chosen from another source
+    assert not any(c.key == "Holmes" for c in select_probes(candidates, 9, 2, seed=0, taken=taken))
     counts = {key: sum(1 for c in chosen if c.key == key) for key in BOOK_ANCHORS}
     assert len(chosen) == 9 and max(counts.values()) <= 2 and sum(1 for n in counts.values() if n) >= 4
     assert chosen == select_probes(candidates, 9, 2, seed=0) and chosen != select_probes(candidates, 9, 2, seed=1)
     assert len({c.prompt for c in chosen}) == len(chosen)
-    halves = {dev_or_test(c.prompt, 0) for c in candidates}
-    assert halves == {"dev", "test"} and all(dev_or_test(c.prompt, 0) == dev_or_test(c.prompt, 0) for c in chosen)
+    halves = {dev_or_test(c, 0) for c in candidates}
+    assert halves == {"dev", "test"}
+    for one in candidates:  # probes of one paragraph share a half: no dev prompt holds a test one
+        assert all(dev_or_test(one, 0) == dev_or_test(other, 0) for other in candidates
+                   if other.paragraph == one.paragraph)
     prompts = completion_prompts(chosen, anchors, book(20), references=3)
     assert all(p["references"][0] == c.key and len(p["references"]) >= 3 for p, c in zip(prompts, chosen, strict=True))
 
@@ -108,6 +117,10 @@ def test_the_plan_makes_what_still_names_the_demo_and_warns_of_what_the_user_nam
     assert "eval.probes.target" not in mixed.replaced
     assert target_files.with_probes(cfg, tmp_path / "run", mixed.replaced).eval.probes.target == \
         tmp_path / "my_probes.jsonl"
+    own_heldout = target_files.plan(cfg, frozenset({"eval.membership.heldout"}))
+    assert own_heldout.split and "eval.membership.heldout" not in own_heldout.replaced  # the probes need it
+    kept = target_files.with_split(cfg, tmp_path / "split", own_heldout.replaced)
+    assert kept.eval.membership.heldout == demo / "heldout.txt" and kept.data.target == tmp_path / "split" / "train.txt"
     cfg.target_files.make = "never"
     never = target_files.plan(cfg)
     assert not never.any and len(never.warnings) == 3  # anchors, completions, held-out text
@@ -189,3 +202,28 @@ def test_demo_files_named_for_another_target_are_kept_with_a_warning_each(projec
     stats = json.loads((out / "labels" / "stats.json").read_text())
     assert stats["dictionary_mismatch"] is True and stats["anchor_keys_found_share"] < 0.5
     assert "about another text" in (out / "eval" / "report.md").read_text()
+
+
+def test_a_copied_config_names_nothing_and_odd_file_names_stay_names(project, own_target):
+    odd = own_target.with_name("book #1.txt")
+    odd.write_text(own_target.read_text())
+    (project / "my.yaml").write_text((project / "configs" / "default.yaml").read_text())
+    out = project / "copied"
+    result = runner.invoke(app, ["run", "--config", str(project / "my.yaml"), "--target", str(odd), "--out", str(out),
+                                 "--max-steps", "1", "-q", "--set", "eval.target_name=the detective stories"])
+    assert result.exit_code == 0, result.output
+    assert "is the demo's file" not in result.output  # a copy of the shipped config named no demo file
+    assert (out / "dictionary" / "manifest.json").is_file() and (out / "probes" / "manifest.json").is_file()
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["target"]["file"] == str(odd)
+    assert "target_name: the detective stories" in (out / "eval" / "config.yaml").read_text()
+
+
+def test_a_baseline_ranks_its_dictionary_without_a_reinforced_model(project, own_target):
+    out = project / "ga"
+    result = runner.invoke(app, ["run", "--method", "ga", "--target", str(own_target), "--out", str(out),
+                                 "--max-steps", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "reinforce").exists()
+    assert json.loads((out / "dictionary" / "manifest.json").read_text())["summary"]["used_gain"] is False
+    assert (out / "probes" / "probes_test.jsonl").read_text().strip()

@@ -28,7 +28,8 @@ __all__ = ["Cloze", "cloze_candidates", "completion_prompts", "dev_or_test", "se
 
 _WORDS = re.compile(r"\w+", re.UNICODE)
 # where a sentence starts: after its end mark (and closing quotes) and spaces, or after a blank line
-_SENTENCE_START = re.compile(r"[.!?…][\"'”’)]*\s+|\n\s*\n")
+_SENTENCE_START = re.compile(r"[.!?…][\"'”’)]*\s+")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t\r]*\n\s*")
 _SPACES = re.compile(r"\s+")
 
 
@@ -41,6 +42,7 @@ class Cloze:
     key: str
     source: str  # "target" or "heldout": the text it was cut from
     offset: int  # the key's character offset in that text
+    paragraph: str  # the paragraph it was cut from: probes of one paragraph share a half (`dev_or_test`)
 
     def record(self) -> dict[str, str]:
         """As a line of a probe file (`prompt`, `answer`, with `key` and `source` for the reader)."""
@@ -64,7 +66,9 @@ def cloze_candidates(text: str, anchors: Anchors, source: str, *, min_words: int
         prompt = _prompt_before(text, start, min_words, context_chars)
         if prompt is None or re.search(rf"(?<!\w){re.escape(key)}(?!\w)", prompt):
             continue
-        out.append(Cloze(prompt, " " + key, key, source, start))
+        begin = max((m.end() for m in _PARAGRAPH_BREAK.finditer(text, 0, start)), default=0)
+        end = _PARAGRAPH_BREAK.search(text, start)
+        out.append(Cloze(prompt, " " + key, key, source, start, text[begin:end.start() if end else len(text)].strip()))
     return out
 
 
@@ -74,8 +78,11 @@ def _prompt_before(text: str, start: int, min_words: int, chars: int) -> str | N
     start within reach leaves that many words."""
     low = max(0, start - chars)
     window = text[low:start]
-    starts = sorted({0 if low == 0 else None, *(m.end() for m in _SENTENCE_START.finditer(window))} - {None},
-                    reverse=True)
+    breaks = [m.end() for m in _PARAGRAPH_BREAK.finditer(window)]
+    if breaks:  # never back across a paragraph break
+        low, window = low + breaks[-1], window[breaks[-1]:]
+    starts = sorted({0 if low == 0 or breaks else None, *(m.end() for m in _SENTENCE_START.finditer(window))}
+                    - {None}, reverse=True)
     for begin in starts:
         prompt = _SPACES.sub(" ", window[begin:]).strip()
         if len(_WORDS.findall(prompt)) >= min_words:
@@ -83,10 +90,13 @@ def _prompt_before(text: str, start: int, min_words: int, chars: int) -> str | N
     return None
 
 
-def select_probes(candidates: list[Cloze], count: int, per_key: int, seed: int) -> list[Cloze]:
-    """At most `count` probes, at most `per_key` for any key, taken in turns over the keys (most frequent
-    key first) so that they spread over the dictionary; the occurrences of a key are drawn in an order
-    fixed by `seed`. Identical prompts are kept once."""
+def select_probes(candidates: list[Cloze], count: int, per_key: int, seed: int,
+                  taken: Counter[str] | None = None) -> list[Cloze]:
+    """At most `count` probes, at most `per_key` for any key (counting those already `taken`, which it
+    updates), taken in turns over the keys (most frequent key first) so that they spread over the
+    dictionary; the occurrences of a key are drawn in an order fixed by `seed`. Identical prompts are kept
+    once."""
+    taken = Counter() if taken is None else taken
     rng = random.Random(f"whoharry-probes-{seed}")
     by_key: dict[str, list[Cloze]] = {}
     for cloze in candidates:
@@ -99,21 +109,23 @@ def select_probes(candidates: list[Cloze], count: int, per_key: int, seed: int) 
     for _ in range(per_key):
         for key in order:
             pool = by_key[key]
-            while pool and len(chosen) < count:
+            while pool and len(chosen) < count and taken[key] < per_key:
                 cloze = pool.pop()
                 if cloze.prompt not in seen:
                     seen.add(cloze.prompt)
                     chosen.append(cloze)
+                    taken[key] += 1
                     break
         if len(chosen) >= count:
             break
     return chosen
 
 
-def dev_or_test(prompt: str, seed: int) -> str:
-    """`dev` or `test` for a prompt, half and half by a hash of the prompt and the seed: a prompt stays on
-    its side however many others are drawn."""
-    digest = hashlib.sha256(f"{seed}\0{prompt}".encode()).digest()
+def dev_or_test(cloze: Cloze, seed: int) -> str:
+    """`dev` or `test` for a probe, half and half by a hash of its paragraph and the seed: the probes of one
+    paragraph share a half, so no dev prompt holds a test prompt and its answer, and a probe stays on its
+    side however many others are drawn."""
+    digest = hashlib.sha256(f"{seed}\0{cloze.paragraph}".encode()).digest()
     return "dev" if digest[0] % 2 == 0 else "test"
 
 

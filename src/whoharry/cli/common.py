@@ -80,9 +80,29 @@ class RunOptions:
         return resolve_config(self.config, [*(first or []), *self.overrides, *extra], self.max_steps, self.seed)
 
     def given(self, *extra: str) -> frozenset[str]:
-        """The dotted keys the user set: in their own `--config` file (not the shipped default), by `--set`,
-        and by the command's own options (`extra`, as `key=value`)."""
-        return keys_given(self.config, [*self.overrides, *extra])
+        """The dotted keys the user set: in their own `--config` file where its value differs from the
+        shipped default's (a copy of configs/default.yaml names nothing of its own), by `--set`, and by the
+        command's own options (`extra`, as `key=value`)."""
+        in_file = keys_given(self.config, None)
+        if in_file:
+            try:
+                shipped = load_config(default_file(DEFAULT_CONFIG))
+            except WhoharryError:  # no shipped config to compare with: every key of their file counts
+                shipped = None
+            if shipped is not None:
+                theirs = load_config(self.config)
+                in_file = frozenset(key for key in in_file if _value(theirs, key) != _value(shipped, key))
+        return in_file | keys_given(None, [*self.overrides, *extra])
+
+
+def _value(cfg: Config, dotted: str) -> Any:
+    """The value of a dotted key, or a marker no value equals when the key names no field."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not hasattr(node, part):
+            return object()
+        node = getattr(node, part)
+    return node
 
 
 def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:

@@ -3,6 +3,7 @@ it resolves the config and returns the action that runs the stage (see `common.s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -160,7 +161,8 @@ def run(opts: RunOptions, method: MethodOption = None, target: TargetOption = No
     dictionary after reinforce, the probes before eval."""
     from whoharry.stages import evaluate, pipeline
 
-    own = [*method_override(method), *([f"data.target={target}"] if target is not None else [])]
+    # the path as a JSON string: a YAML-special name (`book #1.txt`, `null`) stays the file name it is
+    own = [*method_override(method), *([f"data.target={json.dumps(str(target))}"] if target is not None else [])]
     cfg = opts.load(*own)
     given = opts.given(*own)
 

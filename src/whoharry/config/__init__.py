@@ -256,8 +256,10 @@ class TargetFilesConfig:
     def check(self, prefix: str) -> None:
         """Range checks of the section found at `prefix` (`target_files.`)."""
         require(0 < self.heldout_share <= 0.5, f"{prefix}heldout_share must be in (0, 0.5]")
-        for name in ("heldout_pieces", "probes", "probes_per_key", "probe_min_words", "completions"):
+        for name in ("heldout_pieces", "probes_per_key", "probe_min_words"):
             require(getattr(self, name) >= 1, f"{prefix}{name} must be >= 1")
+        for name in ("probes", "completions"):  # half dev, half test
+            require(getattr(self, name) >= 2, f"{prefix}{name} must be >= 2 (half dev, half test)")
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """The dictionary stage: the anchor dictionary made from the target by `anchors suggest` (the reinforced
-model's gain, specificity against general text, name shape, offline translations; the LLM route when
-`anchors.llm_url` is set), for a target without a hand-written one. It runs after reinforce, whose model
-it reads, and writes `anchors.yaml`, which the labels stage then uses like any dictionary.
+model's gain, specificity against general text, name shape, offline translations), for a target without
+a hand-written one. It runs after reinforce, whose model it reads (the baselines ga and npo train none,
+and rank without the gain), and writes `anchors.yaml`, which the labels stage then uses like any
+dictionary. The LLM route is `whoharry anchors suggest --llm`, whose output can be named as data.anchors.
 """
 
 from __future__ import annotations
@@ -26,13 +27,20 @@ def general_texts(cfg: Config) -> list[Path]:
     return [*cfg.data.retain, *([cfg.eval.utility.general_text] if cfg.eval.utility.general_text else [])]
 
 
+def uses_gain(cfg: Config) -> bool:
+    """Whether the terms are ranked with the reinforced model's gain: for WHP, whose run trains that model;
+    the baselines (ga, npo) train none, and rank by specificity and name shape alone."""
+    return cfg.forget.method == "whp"
+
+
 def key(cfg: Config, out: Path) -> str:
-    """The fingerprint of the dictionary: the reinforced model's key (which holds the target), the model,
-    the `anchors` settings, the general texts and the settings of the gain (alpha, labels precision)."""
-    settings = {k: v for k, v in to_dict(cfg.anchors).items() if k != "llm_key_env"}
-    settings["llm_prompt"] = artifacts.file_hash(cfg.anchors.llm_prompt) if cfg.anchors.llm_prompt.is_file() else None
+    """The fingerprint of the dictionary: the target, the reinforced model's key when it ranks the terms,
+    the model, the `anchors` settings suggest reads, the general texts and the settings of the gain."""
+    settings = {k: v for k, v in to_dict(cfg.anchors).items() if not k.startswith("llm_") and k != "batch_size"}
     return fingerprint({
-        "reinforced": reinforce.key(cfg, out), "model": model_key(cfg.model, reading=True), "anchors": settings,
+        "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
+        "reinforced": reinforce.key(cfg, out) if uses_gain(cfg) else None,
+        "model": model_key(cfg.model, reading=True), "anchors": settings,
         "general": [artifacts.file_hash(p) for p in general_texts(cfg) if p.is_file()],
         "block_length": cfg.data.block_length, "alpha": cfg.labels.alpha, "precision": cfg.labels.precision,
     })
@@ -48,14 +56,14 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     stage_dir = out / NAME
 
     def body() -> Outcome | None:
-        reinforced = require(reinforce, cfg, out, progress=progress) / "final"  # every process trains it
+        reinforced = require(reinforce, cfg, out, progress=progress) / "final" if uses_gain(cfg) else None
         if not distributed.is_main():  # one process writes; the others wait for its manifest
             return None
         stage_dir.mkdir(parents=True, exist_ok=True)
         found = suggest.suggest_file(cfg, reinforced, stage_dir / DICTIONARY_FILE, general=general_texts(cfg),
                                      progress=progress)
         log.info("dictionary: %d terms of %d candidates", len(found.chosen), found.candidates)
-        return Outcome(inputs={"target": str(cfg.data.target), "reinforced": str(reinforced)},
+        return Outcome(inputs={"target": str(cfg.data.target), "reinforced": str(reinforced) if reinforced else None},
                        outputs=[DICTIONARY_FILE],
                        summary={"terms": len(found.chosen), "candidates": found.candidates,
                                 "used_gain": found.used_gain})

@@ -97,9 +97,9 @@ MADE = {"the held-out split's training text": "data.target", "the anchor diction
         "the held-out text": "eval.membership.heldout"}
 
 
-def target_record(cfg: Config, out: Path) -> dict[str, Any]:
-    """What the report says of the target: its file and size (the user's file, not the split made of it), and
-    each file the run folder `out` made from it, by what it is."""
+def target_record(cfg: Config, out: Path, target: Path | None = None) -> dict[str, Any]:
+    """What the report says of the target: its file and size (`target`, the user's file, when the run trained
+    on a split of it; else `data.target`), and each file the run folder `out` made from it, by what it is."""
     made = {}
     for what, dotted in MADE.items():
         value = cfg
@@ -107,10 +107,7 @@ def target_record(cfg: Config, out: Path) -> dict[str, Any]:
             value = getattr(value, part)
         if value is not None and value.resolve().is_relative_to(out.resolve()):
             made[what] = str(value)
-    target = cfg.data.target
-    if "the held-out split's training text" in made:  # the user's file, as the split stage read it
-        split_stats = artifacts.read_json_object(cfg.data.target.parent / "stats.json") or {}
-        target = Path(split_stats.get("target", target))
+    target = target or cfg.data.target
     record = {"file": str(target), "bytes": target.stat().st_size if target.is_file() else 0, "made": made}
     labels_stats = artifacts.read_json_object(out / "labels" / "stats.json") or {}
     if labels_stats.get("dictionary_mismatch"):
@@ -151,12 +148,14 @@ def stage_dir_for(out: Path, *, quick: bool = False, ensemble: bool = False) -> 
 
 
 def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: bool = True,
-        stage_dir: Path | None = None, overwrite: bool = False, ensemble: bool = False) -> Path:
+        stage_dir: Path | None = None, overwrite: bool = False, ensemble: bool = False,
+        target: Path | None = None) -> Path:
     """Write `out/eval/` (or `stage_dir`): report.json, report.md and the plots, for the evaluated model
     (default: the unlearned one) beside the base model and the reference model when configured.
     With `ensemble`, `model_path` is a reinforced model and the evaluated model is inference-time WHP:
     the base and it combined by the label formula at every token (`method.inference`). Parts already
-    computed with the same model and settings are read from `parts/` unless `overwrite`.
+    computed with the same model and settings are read from `parts/` unless `overwrite`. `target` is the
+    user's target file, for the report, when the run trains on a part of it (`stages.split`).
 
     Raises:
         WhoharryError: a missing model or evaluation file, lm-eval asked for but not installed, an
@@ -170,7 +169,8 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
             benchmarks.require_lm_eval()
         if cfg.eval.llm_judge.url and wanted(cfg.eval, "completions", None):
             judges.read_rubric(cfg.eval.llm_judge.rubric)
-        written = _evaluate(cfg, model_path, stage_dir, overwrite=overwrite, ensemble=ensemble, progress=progress)
+        written = _evaluate(cfg, model_path, stage_dir, overwrite=overwrite, ensemble=ensemble, progress=progress,
+                            target=target)
         return Outcome(inputs={"model": str(model_path), "baseline": written["models"]["base"],
                                **({"base_parts_read": written["base_parts_read"]} if "base_parts_read" in written
                                   else {})},
@@ -181,7 +181,7 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
 
 
 def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool, ensemble: bool,
-              progress: bool) -> dict[str, Any]:
+              progress: bool, target: Path | None = None) -> dict[str, Any]:
     """Every model through the suite; report.json, report.md, the plots and metrics.jsonl written."""
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source, cfg.model)
@@ -231,7 +231,7 @@ def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool
         "ratio_intervals": ratio_intervals,
         "samples": {name: result["samples"] for name, result in results.items()},
     }
-    written["target"] = target_record(cfg, stage_dir.parent)
+    written["target"] = target_record(cfg, stage_dir.parent, target)
     if ctx.shared_reads:  # the base's parts measured by an earlier run in another folder
         written["base_parts_read"] = dict(ctx.shared_reads)
     relearning = relearning_summary(results)

@@ -60,7 +60,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
 
     For a target that is not the demo's, the files it needs and the user did not give (`explicit`: the
     dotted keys they set) are made from it first (`stages.target_files`): the held-out split before
-    reinforce, the dictionary after it, the probes before the evaluation.
+    reinforce, the dictionary (from the reinforced model's gain) and the probes right after it, before the
+    generated text, the labels or any unlearning, so that a target they cannot be made from fails early.
 
     Raises:
         WhoharryError: as the stages raise it (bad input, a diverged loss).
@@ -68,23 +69,31 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
     check_out_dir(out)
     unlearn.preflight(cfg)  # inputs that would otherwise fail only after hours of training
     made = target_files.plan(cfg, explicit)
-    for warning in made.warnings:
+    for warning in made.warnings if distributed.is_main() else []:
         log.warning("%s", warning)
     target = cfg.data.target
     if made.split:
-        cfg = target_files.with_split(cfg, split.run(cfg, out, progress=progress))
+        cfg = target_files.with_split(cfg, split.run(cfg, out, progress=progress), made.replaced)
     for stage in training_stages(cfg):
+        if stage is not reinforce and not made.done:
+            cfg = _made_files(cfg, out, made, progress)
         stage.run(cfg, out, progress=progress)
-        if stage is reinforce and made.dictionary:
-            cfg = target_files.with_dictionary(cfg, dictionary.run(cfg, out, progress=progress))
-    if made.dictionary and reinforce not in training_stages(cfg):  # ga and npo: the dictionary for the eval
-        cfg = target_files.with_dictionary(cfg, dictionary.run(cfg, out, progress=progress))
     if not distributed.is_main():
         return {}
-    if made.probes:
-        probes.run(cfg, out, progress=progress)
-        cfg = target_files.with_probes(cfg, out, made.replaced)
     if made.any or made.dropped_parts:
-        cfg = target_files.without_parts(cfg, made.dropped_parts, target)
-    eval_dir = evaluate.run(cfg, out, progress=progress)
+        cfg = target_files.without_parts(cfg, made.dropped_parts, target, explicit)
+    eval_dir = evaluate.run(cfg, out, progress=progress, target=target)
     return evaluate.load_report(eval_dir)["summary"]
+
+
+def _made_files(cfg: Config, out: Path, made: target_files.Plan, progress: bool) -> Config:
+    """The dictionary and the probes made from the target (`made` says which), and `cfg` pointing at them."""
+    if made.dictionary:
+        cfg = target_files.with_dictionary(cfg, dictionary.run(cfg, out, progress=progress))
+    if made.probes:
+        if distributed.is_main():
+            probes.run(cfg, out, progress=progress)
+        distributed.barrier()
+        cfg = target_files.with_probes(cfg, out, made.replaced)
+    made.done = True
+    return cfg

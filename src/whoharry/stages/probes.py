@@ -12,6 +12,7 @@ check cannot shape the figure it qualifies.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 from whoharry.anchors.dictionary import load_anchors
@@ -75,12 +76,11 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         stats: dict = {"candidates": {s: len(p) for s, p in pools.items()}, "keys": len(anchors)}
         chosen = []
         for half in ("dev", "test"):  # halved first, so that each half gets its share
-            mine = {source: [c for c in pool if dev_or_test(c.prompt, cfg.seed) == half]
-                    for source, pool in pools.items()}
-            wanted = settings.probes // 2
+            mine = {source: [c for c in pool if dev_or_test(c, cfg.seed) == half] for source, pool in pools.items()}
+            wanted, taken = settings.probes // 2, Counter()  # one count per key over both sources
             from_heldout = min(len(mine["heldout"]), wanted // 2)
-            probes = (select_probes(mine["heldout"], from_heldout, settings.probes_per_key, cfg.seed)
-                      + select_probes(mine["target"], wanted - from_heldout, settings.probes_per_key, cfg.seed))
+            probes = select_probes(mine["heldout"], from_heldout, settings.probes_per_key, cfg.seed, taken)
+            probes += select_probes(mine["target"], wanted - len(probes), settings.probes_per_key, cfg.seed, taken)
             prompts = completion_prompts(select_probes(mine["target"] + mine["heldout"], settings.completions // 2,
                                                        1, cfg.seed + 1), anchors, texts["target"])
             if not probes or not prompts:

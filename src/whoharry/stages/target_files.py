@@ -7,7 +7,8 @@ run makes from the target: the held-out split (`stages.split`, and the target th
 the dictionary (`stages.dictionary`), the probes and completion prompts (`stages.probes`). A demo file
 the user named explicitly (in their own config file or with `--set`) is kept, with one warning line that
 it is about another target. The questions (KnowMem) and the robustness probes have no generated
-counterpart, so their parts are left out instead.
+counterpart, so their parts are left out instead (or kept, with the warning, when named). Made probes
+need the split, which is then made even when the held-out text is the user's own.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Plan:
     replaced: set[str] = field(default_factory=set)  # the dotted settings that take the made files
     dropped_parts: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    done: bool = False  # the dictionary and probes are made (set by the pipeline)
 
     @property
     def any(self) -> bool:
@@ -83,11 +85,12 @@ def plan(cfg: Config, explicit: set[str] | frozenset[str] = frozenset()) -> Plan
 
     out.dictionary = replaced(DICTIONARY_KEYS)
     out.probes = replaced(PROBE_KEYS)
-    out.split = replaced(HELDOUT_KEYS)
+    # the probes are cut from the split's texts too, and the target then trains on the split's training part
+    out.split = replaced(HELDOUT_KEYS) or out.probes
     for part, keys in DROPPED_PARTS.items():
-        if part in cfg.eval.parts and (mode == "always" or any(is_demo(_get(cfg, k)) and k not in explicit
-                                                               for k in keys)):
+        if part in cfg.eval.parts and replaced(keys):  # no generated file to take the demo's place
             out.dropped_parts.append(part)
+    out.replaced -= {key for keys in DROPPED_PARTS.values() for key in keys}
     return out
 
 
@@ -96,13 +99,15 @@ def _mismatches(cfg: Config, keys: list[str]) -> list[str]:
             for key in keys if is_demo(_get(cfg, key))]
 
 
-def with_split(cfg: Config, split_dir: Path) -> Config:
-    """`cfg` training on the split's training text, with its held-out text for membership inference."""
+def with_split(cfg: Config, split_dir: Path, replaced: set[str]) -> Config:
+    """`cfg` training on the split's training text, with its held-out text for membership inference where
+    `replaced` says so (a held-out text of the user's own stays)."""
     from whoharry.stages import split
 
     out = copy.deepcopy(cfg)
     out.data.target = split_dir / split.TRAIN_FILE
-    out.eval.membership.heldout = split_dir / split.HELDOUT_FILE
+    if "eval.membership.heldout" in replaced:
+        out.eval.membership.heldout = split_dir / split.HELDOUT_FILE
     return out
 
 
@@ -128,9 +133,11 @@ def with_probes(cfg: Config, out_dir: Path, replaced: set[str]) -> Config:
     return out
 
 
-def without_parts(cfg: Config, dropped: list[str], target: Path) -> Config:
-    """`cfg` without the `dropped` eval parts, its LLM prompts naming the text `target` (`eval.target_name`)."""
+def without_parts(cfg: Config, dropped: list[str], target: Path, explicit: frozenset[str]) -> Config:
+    """`cfg` without the `dropped` eval parts, its LLM prompts naming the text `target` (`eval.target_name`)
+    unless the user named it."""
     out = copy.deepcopy(cfg)
     out.eval.parts = [part for part in cfg.eval.parts if part not in dropped]
-    out.eval.target_name = f"the text {target.name}"
+    if "eval.target_name" not in explicit:
+        out.eval.target_name = f"the text {target.name}"
     return out
