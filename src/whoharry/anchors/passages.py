@@ -62,12 +62,12 @@ def seed_prompts(text: str, anchors: Anchors, templates: list[str], count: int, 
             seeds.append(Seed(rng.choice(usable).replace("{key}", key), "template", key))
         else:
             match = rng.choice(matches)
-            seeds.append(Seed(_context_before(text, match.start(), match.end(), context_chars), "target",
+            seeds.append(Seed(context_before(text, match.start(), match.end(), context_chars), "target",
                               match.group(0)))
     return seeds
 
 
-def _context_before(text: str, start: int, end: int, chars: int) -> str:
+def context_before(text: str, start: int, end: int, chars: int) -> str:
     """The text from the earliest sentence start within `chars` characters before `start` (else from the
     text's start when that is within reach, else from a word start) to `end`, without leading whitespace."""
     low = max(0, start - chars)

@@ -59,10 +59,11 @@ def suggest_anchors(text: str, general: str, tokenizer: PreTrainedTokenizerBase,
     return Suggestion(chosen, proposed, len(found), reinforced is not None)
 
 
-def suggest_file(cfg: Config, reinforced: Path, out: Path, *, general: list[Path] | None = None,
+def suggest_file(cfg: Config, reinforced: Path | None, out: Path, *, general: list[Path] | None = None,
                  progress: bool = True) -> Suggestion:
-    """`suggest_anchors` on `cfg.data.target` with the config's model and the reinforced model folder,
-    written to `out`. The general text is `general`, else the retain texts and `eval.utility.general_text`."""
+    """`suggest_anchors` on `cfg.data.target` with the config's model and the reinforced model folder (None:
+    ranked without the gain), written to `out`. The general text is `general`, else the retain texts and
+    `eval.utility.general_text`."""
     from whoharry.core import models
 
     paths = general or [*cfg.data.retain, *([cfg.eval.utility.general_text] if cfg.eval.utility.general_text else [])]
@@ -70,10 +71,11 @@ def suggest_file(cfg: Config, reinforced: Path, out: Path, *, general: list[Path
     target = read_text(cfg.data.target)
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source, cfg.model)
-    reinforced_model = models.load_folder(reinforced, cfg=cfg.model)
+    reinforced_model = models.load_folder(reinforced, cfg=cfg.model) if reinforced is not None else None
     base_model = models.load_model(source, cfg.model, inference=True)
     for model in (base_model, reinforced_model):
-        model.requires_grad_(False)
+        if model is not None:
+            model.requires_grad_(False)
     suggestion = suggest_anchors(target, general_text, tokenizer, base_model, reinforced_model, cfg.anchors,
                                  block_length=cfg.data.block_length, precision=cfg.labels.precision,
                                  alpha=cfg.labels.alpha, progress=progress)

@@ -21,6 +21,7 @@ import typer
 import yaml
 
 from whoharry.config import Config, load_config, to_dict
+from whoharry.core.settings import keys_given
 from whoharry.errors import WhoharryError
 
 log = logging.getLogger("whoharry")
@@ -50,6 +51,12 @@ MaxStepsOption = Annotated[
 ]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Random seed for data order and translations.")]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.")]
+TargetOption = Annotated[
+    Path | None,
+    typer.Option("--target", help="The text to forget (sets data.target). A text other than the demo's gets "
+                                  "its held-out split, anchor dictionary and probes made from it, unless you "
+                                  "name files of your own (target_files.make)."),
+]
 MethodOption = Annotated[
     str | None,
     typer.Option("--method", help="whp (generic labels, the default), or a baseline: ga (gradient ascent), "
@@ -71,6 +78,31 @@ class RunOptions:
     def load(self, *extra: str, first: list[str] | None = None) -> Config:
         """The resolved config: defaults < YAML < `first` < `--set` < `extra` < `--max-steps`, `--seed`."""
         return resolve_config(self.config, [*(first or []), *self.overrides, *extra], self.max_steps, self.seed)
+
+    def given(self, *extra: str) -> frozenset[str]:
+        """The dotted keys the user set: in their own `--config` file where its value differs from the
+        shipped default's (a copy of configs/default.yaml names nothing of its own), by `--set`, and by the
+        command's own options (`extra`, as `key=value`)."""
+        in_file = keys_given(self.config, None)
+        if in_file:
+            try:
+                shipped = load_config(default_file(DEFAULT_CONFIG))
+            except WhoharryError:  # no shipped config to compare with: every key of their file counts
+                shipped = None
+            if shipped is not None:
+                theirs = load_config(self.config)
+                in_file = frozenset(key for key in in_file if _value(theirs, key) != _value(shipped, key))
+        return in_file | keys_given(None, [*self.overrides, *extra])
+
+
+def _value(cfg: Config, dotted: str) -> Any:
+    """The value of a dotted key, or a marker no value equals when the key names no field."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not hasattr(node, part):
+            return object()
+        node = getattr(node, part)
+    return node
 
 
 def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:

@@ -3,13 +3,21 @@ it resolves the config and returns the action that runs the stage (see `common.s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from whoharry.cli.common import MethodOption, RunOptions, method_override, stage_command, summary_text
+from whoharry.cli.common import (
+    MethodOption,
+    RunOptions,
+    TargetOption,
+    method_override,
+    stage_command,
+    summary_text,
+)
 from whoharry.config import EVAL_PARTS, QUICK, as_overrides
 from whoharry.errors import WhoharryError
 
@@ -145,16 +153,21 @@ def eval_(
 
 
 @stage_command
-def run(opts: RunOptions, method: MethodOption = None) -> Action:
+def run(opts: RunOptions, method: MethodOption = None, target: TargetOption = None) -> Action:
     """Every stage in order; finished stages with the same settings are skipped.
 
-    reinforce, augment (when augment.tokens > 0), labels, unlearn, eval."""
+    reinforce, augment (when augment.tokens > 0), labels, unlearn, eval. For a target of your own
+    (--target), the files you did not give are made from it: a held-out split first, the anchor
+    dictionary after reinforce, the probes before eval."""
     from whoharry.stages import evaluate, pipeline
 
-    cfg = opts.load(*method_override(method))
+    # the path as a JSON string: a YAML-special name (`book #1.txt`, `null`) stays the file name it is
+    own = [*method_override(method), *([f"data.target={json.dumps(str(target))}"] if target is not None else [])]
+    cfg = opts.load(*own)
+    given = opts.given(*own)
 
     def action() -> str:
-        summary = pipeline.run(cfg, opts.out, progress=not opts.quiet)
+        summary = pipeline.run(cfg, opts.out, progress=not opts.quiet, explicit=given)
         # empty in the processes that do not evaluate
         return summary_text(summary, opts.out, opts.out / evaluate.NAME) if summary else ""
 

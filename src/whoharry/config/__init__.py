@@ -23,6 +23,7 @@ from whoharry.config.choices import (  # noqa: F401
     MatchOrder,
     Method,
     Precision,
+    TargetFiles,
     WeightDtype,
     Writer,
 )
@@ -236,6 +237,32 @@ class AnchorsConfig:
 
 
 @dataclass
+class TargetFilesConfig:
+    """What a run makes from the target when it is not the demo's and the user gave no files of their own
+    (`whoharry run --target FILE`): a held-out split, the anchor dictionary and the familiarity probes."""
+
+    # auto: make each file that still points at the demo's (data/harry_potter/) when the target is another
+    # text; always: make them whatever the target; never: use the configured files as they are
+    make: TargetFiles = "auto"
+    # held out of every fine-tune for membership inference and the held-out probes: runs of whole paragraphs
+    # spread over the text, about heldout_share of its characters in heldout_pieces runs
+    heldout_share: float = 0.1
+    heldout_pieces: int = 8
+    probes: int = 120  # cloze probes made (before the dev/test halves), at most probes_per_key per key
+    probes_per_key: int = 3
+    probe_min_words: int = 6  # words of the key's own sentence a probe prompt holds at least
+    completions: int = 60  # completion prompts made (before the halves)
+
+    def check(self, prefix: str) -> None:
+        """Range checks of the section found at `prefix` (`target_files.`)."""
+        require(0 < self.heldout_share <= 0.5, f"{prefix}heldout_share must be in (0, 0.5]")
+        for name in ("heldout_pieces", "probes_per_key", "probe_min_words"):
+            require(getattr(self, name) >= 1, f"{prefix}{name} must be >= 1")
+        for name in ("probes", "completions"):  # half dev, half test
+            require(getattr(self, name) >= 2, f"{prefix}{name} must be >= 2 (half dev, half test)")
+
+
+@dataclass
 class Config:
     """The whole run: every stage's settings in one tree."""
 
@@ -249,6 +276,7 @@ class Config:
     forget: ForgetConfig = field(default_factory=ForgetConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     anchors: AnchorsConfig = field(default_factory=AnchorsConfig)
+    target_files: TargetFilesConfig = field(default_factory=TargetFilesConfig)
 
 
 def load_config(

@@ -10,6 +10,9 @@ Method = Literal["whp", "ga", "npo"]  # how the unlearn stage forgets
 InsideAnchors = Literal["mask", "translate"]  # predictions from inside an anchor: no label, or the translation's
 LabelTargets = Literal["hard", "soft"]  # the unlearning targets: the generic argmax, or the generic distribution
 Writer = Literal["base", "reinforced", "both"]  # which model writes the generated text (both: batches in turn)
+# what a run makes from a target that is not the demo's: auto (where the files still point at the demo's),
+# always, never
+TargetFiles = Literal["auto", "always", "never"]
 MatchOrder = Literal["longest", "dictionary"]  # which key wins an overlap: the longest, or the first listed
 # The parts of the evaluation, in the order they run; `eval.parts` picks some of them.
 EvalPart = Literal["probes", "completions", "sampling", "knowmem", "robustness", "verbatim", "membership", "utility",

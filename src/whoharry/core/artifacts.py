@@ -101,6 +101,15 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One JSON object a line (non-ASCII kept as it is), written atomically.
+
+    Raises:
+        TypeError: a row holds something JSON cannot represent.
+    """
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
 def write_yaml(path: Path, data: Any) -> None:
     """`data` as YAML (`yaml.safe_dump`, keys in their own order), written atomically.
 

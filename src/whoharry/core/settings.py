@@ -66,6 +66,28 @@ def merge_mapping(obj: Any, values: dict[str, Any], base_dir: Path) -> Any:
     return obj
 
 
+def keys_given(path: Path | None, overrides: list[str] | None) -> frozenset[str]:
+    """The dotted keys a user set: every leaf key of the YAML file `path` (None: no file of theirs) and the
+    key of every `key=value` override.
+
+    Raises:
+        WhoharryError: a missing or malformed file.
+    """
+    keys: set[str] = set()
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and value:
+                walk(value, f"{prefix}{key}.")
+            else:
+                keys.add(f"{prefix}{key}")
+
+    if path is not None:
+        walk(_read_yaml(path), "")
+    keys.update(item.partition("=")[0].strip() for item in overrides or [])
+    return frozenset(keys)
+
+
 def as_overrides(settings: dict[str, Any]) -> list[str]:
     """A mapping of dotted keys to values as `--set key=value` strings (values written as YAML)."""
     return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in settings.items()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,45 @@ def make_blocks(text: str, tokenizer: PreTrainedTokenizerBase, block_length: int
         block_ids.append(chunk_ids)
         block_offsets.append(chunk_offsets)
     return Blocks(text, block_ids, block_offsets, len(ids) - count * body, bos)
+
+
+def heldout_split(text: str, share: float, pieces: int) -> tuple[str, str]:
+    """Cut a text into what is trained on and what is held out: runs of whole paragraphs (blank-line
+    separated), spread evenly over the text, together about `share` of its characters. Spread, not one
+    slice at the end, so that the held-out text comes from every part of the book (its later names, its
+    later plot) and membership inference compares like with like. There are `pieces` runs, fewer when the
+    text has too few paragraphs for that many at this share (at most share × paragraphs, at least one); a
+    run stops before a paragraph that would take it past its length by more than half that paragraph.
+
+    Returns:
+        (training text, held-out text), each paragraph kept whole, paragraphs joined by blank lines; every
+        paragraph is in exactly one of them.
+
+    Raises:
+        WhoharryError: `share` is not in (0, 0.5], or the text has fewer than two paragraphs.
+    """
+    if not 0 < share <= 0.5:
+        raise WhoharryError(f"the held-out share must be in (0, 0.5], got {share}")
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text.replace("\r\n", "\n")) if p.strip()]
+    if len(paragraphs) < 2:
+        raise WhoharryError(f"the text has {len(paragraphs)} paragraph (blank-line separated); holding some out "
+                            "of training needs at least two")
+    runs = max(1, min(pieces, int(share * len(paragraphs))))
+    per_run = share * sum(map(len, paragraphs)) / runs
+    held: set[int] = set()
+    for start in (i * len(paragraphs) // runs for i in range(runs)):
+        # a run starts in the middle of its stretch of the text and takes paragraphs until it is long enough
+        index, length = start + (len(paragraphs) // runs) // 2, 0
+        while index < len(paragraphs) and len(held) < len(paragraphs) - 1:
+            size = len(paragraphs[index])
+            if length and (length >= per_run or length + size / 2 > per_run):
+                break
+            held.add(index)
+            length += size
+            index += 1
+    train = "\n\n".join(p for i, p in enumerate(paragraphs) if i not in held)
+    heldout = "\n\n".join(p for i, p in enumerate(paragraphs) if i in held)
+    return train + "\n", heldout + "\n"
 
 
 def evenly_spread(n: int, k: int) -> list[int]:

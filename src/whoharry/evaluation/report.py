@@ -158,6 +158,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         return f"{text} [{number(span[0], digits)}, {number(span[1], digits)}]" if span else text
 
     lines = ["# whoharry evaluation", ""]
+    target = report.get("target")
+    if target:
+        lines.append(f"- target: `{target['file']}` ({target['bytes']:,} bytes)")
+        lines += [f"- made from the target by this run: {what} `{where}`"
+                  for what, where in target.get("made", {}).items()]
+        if target.get("dictionary_mismatch"):
+            lines.append(f"- **the anchor dictionary is about another text**: {target['dictionary_mismatch']}, so "
+                         "few positions got a generic label")
     lines += [f"- {name}: `{where}`" for name, where in report["models"].items()]
     lines += [
         "- brackets: bootstrap 95% intervals over the probes, prompts, passages or text blocks "

@@ -91,6 +91,31 @@ def _file_stats(folder: Path) -> list[tuple[str, int, int]]:
     return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir() if f.is_file())
 
 
+# the settings naming a file a run may make from its target (stages.target_files), as the report names them
+MADE = {"the held-out split's training text": "data.target", "the anchor dictionary": "data.anchors",
+        "the familiarity probes": "eval.probes.target", "the completion prompts": "eval.completions.prompts",
+        "the held-out text": "eval.membership.heldout"}
+
+
+def target_record(cfg: Config, out: Path, target: Path | None = None) -> dict[str, Any]:
+    """What the report says of the target: its file and size (`target`, the user's file, when the run trained
+    on a split of it; else `data.target`), and each file the run folder `out` made from it, by what it is."""
+    made = {}
+    for what, dotted in MADE.items():
+        value = cfg
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        if value is not None and value.resolve().is_relative_to(out.resolve()):
+            made[what] = str(value)
+    target = target or cfg.data.target
+    record = {"file": str(target), "bytes": target.stat().st_size if target.is_file() else 0, "made": made}
+    labels_stats = artifacts.read_json_object(out / "labels" / "stats.json") or {}
+    if labels_stats.get("dictionary_mismatch"):
+        record["dictionary_mismatch"] = (f"only {labels_stats['anchor_keys_found']} of the dictionary's keys "
+                                         f"({labels_stats['anchor_keys_found_share']:.0%}) occur in the target")
+    return record
+
+
 def weights_identity(folder: Path) -> str:
     """A local model folder's weights by content, cheaply: its resolved path and every file's name, size and
     modification time (a converted GGUF folder's name holds the file's hash as well)."""
@@ -123,12 +148,14 @@ def stage_dir_for(out: Path, *, quick: bool = False, ensemble: bool = False) -> 
 
 
 def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: bool = True,
-        stage_dir: Path | None = None, overwrite: bool = False, ensemble: bool = False) -> Path:
+        stage_dir: Path | None = None, overwrite: bool = False, ensemble: bool = False,
+        target: Path | None = None) -> Path:
     """Write `out/eval/` (or `stage_dir`): report.json, report.md and the plots, for the evaluated model
     (default: the unlearned one) beside the base model and the reference model when configured.
     With `ensemble`, `model_path` is a reinforced model and the evaluated model is inference-time WHP:
     the base and it combined by the label formula at every token (`method.inference`). Parts already
-    computed with the same model and settings are read from `parts/` unless `overwrite`.
+    computed with the same model and settings are read from `parts/` unless `overwrite`. `target` is the
+    user's target file, for the report, when the run trains on a part of it (`stages.split`).
 
     Raises:
         WhoharryError: a missing model or evaluation file, lm-eval asked for but not installed, an
@@ -142,7 +169,8 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
             benchmarks.require_lm_eval()
         if cfg.eval.llm_judge.url and wanted(cfg.eval, "completions", None):
             judges.read_rubric(cfg.eval.llm_judge.rubric)
-        written = _evaluate(cfg, model_path, stage_dir, overwrite=overwrite, ensemble=ensemble, progress=progress)
+        written = _evaluate(cfg, model_path, stage_dir, overwrite=overwrite, ensemble=ensemble, progress=progress,
+                            target=target)
         return Outcome(inputs={"model": str(model_path), "baseline": written["models"]["base"],
                                **({"base_parts_read": written["base_parts_read"]} if "base_parts_read" in written
                                   else {})},
@@ -153,7 +181,7 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
 
 
 def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool, ensemble: bool,
-              progress: bool) -> dict[str, Any]:
+              progress: bool, target: Path | None = None) -> dict[str, Any]:
     """Every model through the suite; report.json, report.md, the plots and metrics.jsonl written."""
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source, cfg.model)
@@ -203,6 +231,7 @@ def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool
         "ratio_intervals": ratio_intervals,
         "samples": {name: result["samples"] for name, result in results.items()},
     }
+    written["target"] = target_record(cfg, stage_dir.parent, target)
     if ctx.shared_reads:  # the base's parts measured by an earlier run in another folder
         written["base_parts_read"] = dict(ctx.shared_reads)
     relearning = relearning_summary(results)

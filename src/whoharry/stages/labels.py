@@ -331,7 +331,14 @@ def _save(cfg: Config, stage_dir: Path, label_set: LabelSet, composite: list[str
     """Write labels.safetensors and stats.json (main process); return what the manifest says of them."""
     label_set.stats["composite_keys_split"] = composite
     stats = label_set.stats
-    if stats["anchor_keys_missing"]:
+    # a dictionary most of whose keys never occur is about another text (the demo's applied to a new target)
+    stats["anchor_keys_found_share"] = round(stats["anchor_keys_found"] / keys, 4) if keys else 0.0
+    stats["dictionary_mismatch"] = stats["anchor_keys_found"] < keys / 2
+    if stats["dictionary_mismatch"]:
+        log.warning("labels: only %d of the %d keys of %s occur in the target %s: the dictionary is about another "
+                    "text, and few positions get a generic label", stats["anchor_keys_found"], keys,
+                    cfg.data.anchors, cfg.data.target)
+    elif stats["anchor_keys_missing"]:
         log.warning("labels: %d of %d anchor keys never occur in the target text", stats["anchor_keys_missing"], keys)
     save_labels(stage_dir, label_set)
     log.info(

@@ -1,11 +1,14 @@
 """`whoharry run`: every stage in order; a stage already complete with the same settings is skipped.
 
 The order is written here, once: reinforce → augment (when `augment.tokens` > 0) → labels → unlearn →
-evaluate (the baselines `ga` and `npo` need no reinforced model and no labels: unlearn → evaluate).
+evaluate (the baselines `ga` and `npo` need no reinforced model and no labels: unlearn → evaluate). For a
+target without files of its own (`stages.target_files`): split first, the dictionary after reinforce, the
+probes before the evaluation.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,14 +16,16 @@ from whoharry.config import Config
 from whoharry.core import distributed
 from whoharry.core.runlock import LOCK
 from whoharry.errors import WhoharryError
-from whoharry.stages import augment, evaluate, labels, reinforce, unlearn
+from whoharry.stages import augment, dictionary, evaluate, labels, probes, reinforce, split, target_files, unlearn
 
 if TYPE_CHECKING:
     from whoharry.stages.common import Stage
 
 # What a run folder holds: the stages' folders (and the lock); anything else means it is not a run.
-RUN_ENTRIES = (reinforce.NAME, augment.NAME, labels.NAME, unlearn.NAME, evaluate.NAME, "eval-quick", "eval-reinforced",
-               "eval-ensemble", "eval-quick-ensemble", LOCK)
+RUN_ENTRIES = (split.NAME, reinforce.NAME, dictionary.NAME, augment.NAME, labels.NAME, unlearn.NAME, probes.NAME,
+               evaluate.NAME, "eval-quick", "eval-reinforced", "eval-ensemble", "eval-quick-ensemble", LOCK)
+
+log = logging.getLogger(__name__)
 
 
 def check_out_dir(out: Path) -> None:
@@ -48,19 +53,47 @@ def training_stages(cfg: Config) -> list[Stage]:
     return [reinforce, augment, labels, unlearn] if augment.enabled(cfg) else [reinforce, labels, unlearn]
 
 
-def run(cfg: Config, out: Path, *, progress: bool = True) -> dict[str, Any]:
+def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Reinforce, labels, unlearn, evaluate; returns the evaluation summary (figure -> value, by model:
     base, unlearned, and reference when configured). Under `accelerate launch` every process trains and
     the main process alone evaluates; the others return {}.
+
+    For a target that is not the demo's, the files it needs and the user did not give (`explicit`: the
+    dotted keys they set) are made from it first (`stages.target_files`): the held-out split before
+    reinforce, the dictionary (from the reinforced model's gain) and the probes right after it, before the
+    generated text, the labels or any unlearning, so that a target they cannot be made from fails early.
 
     Raises:
         WhoharryError: as the stages raise it (bad input, a diverged loss).
     """
     check_out_dir(out)
     unlearn.preflight(cfg)  # inputs that would otherwise fail only after hours of training
+    made = target_files.plan(cfg, explicit)
+    for warning in made.warnings if distributed.is_main() else []:
+        log.warning("%s", warning)
+    target = cfg.data.target
+    if made.split:
+        cfg = target_files.with_split(cfg, split.run(cfg, out, progress=progress), made.replaced)
     for stage in training_stages(cfg):
+        if stage is not reinforce and not made.done:
+            cfg = _made_files(cfg, out, made, progress)
         stage.run(cfg, out, progress=progress)
     if not distributed.is_main():
         return {}
-    eval_dir = evaluate.run(cfg, out, progress=progress)
+    if made.any or made.dropped_parts:
+        cfg = target_files.without_parts(cfg, made.dropped_parts, target, explicit)
+    eval_dir = evaluate.run(cfg, out, progress=progress, target=target)
     return evaluate.load_report(eval_dir)["summary"]
+
+
+def _made_files(cfg: Config, out: Path, made: target_files.Plan, progress: bool) -> Config:
+    """The dictionary and the probes made from the target (`made` says which), and `cfg` pointing at them."""
+    if made.dictionary:
+        cfg = target_files.with_dictionary(cfg, dictionary.run(cfg, out, progress=progress))
+    if made.probes:
+        if distributed.is_main():
+            probes.run(cfg, out, progress=progress)
+        distributed.barrier()
+        cfg = target_files.with_probes(cfg, out, made.replaced)
+    made.done = True
+    return cfg

@@ -1,0 +1,136 @@
+"""Forget a book with nothing but `--target`, beside the same book with hand-written files, and judge both on
+the hand-written probes; print one JSON object.
+
+    python scripts/bench_target.py --book ../shared/corpora/sherlock_holmes_adventures_pg1661.txt \\
+        --tokens 20000 --probes data/sherlock/probes_test.jsonl --anchors data/sherlock/anchors.yaml \\
+        --out runs/target-sherlock
+
+1. The book's first `--tokens` tokens (whole paragraphs, hard line wraps joined) go to OUT/book.txt.
+2. `target-only`: `whoharry run --target OUT/book.txt` with the shipped config: the split, dictionary and
+   probes are made from the book. Its wall time is timed here.
+3. `hand-written` (with `--anchors`): the same, with the hand-written dictionary and probes named.
+4. Each run's base, reinforced and unlearned models are scored on the hand-written probes (`--probes`),
+   which the generated files never saw, and on the target-only run's generated test probes.
+
+The JSON holds, per run: wall and stage seconds, familiarity (mean P(answer)) of the three models on both
+probe sets, the unlearned/base ratios, the familiarity reduction (1 - ratio) on the hand-written probes and
+the target-only run's share of the hand-written run's reduction; the generated probes' checks: the share
+the base ranks in its top 10, and whether generated-probe and hand-written-probe familiarity order the three
+models alike (Spearman's rank correlation over base, reinforced, unlearned of both runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cut_book(book: Path, tokens: int, out: Path) -> Path:
+    """The book's first `tokens` tokens of whole paragraphs (the default model's tokenizer) as OUT/book.txt."""
+    from whoharry.config import load_config
+    from whoharry.core import models
+    from whoharry.experiments.retrain_gap import unwrap
+
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    tokenizer = models.load_tokenizer(models.resolve(cfg.model), cfg.model)
+    kept, count = [], 0
+    for paragraph in unwrap(book.read_text(encoding="utf-8")).split("\n\n"):
+        size = len(tokenizer(paragraph, add_special_tokens=False).input_ids)
+        if count + size > tokens and kept:
+            break
+        kept.append(paragraph.strip())
+        count += size
+    path = out / "book.txt"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n\n".join(p for p in kept if p) + "\n", encoding="utf-8")
+    return path
+
+
+def run(name: str, overrides: list[str], out: Path) -> dict:
+    """One `whoharry run` into out/name, timed; its manifests' stage seconds."""
+    from whoharry.config import load_config
+    from whoharry.core.settings import keys_given
+    from whoharry.stages import pipeline
+
+    folder = out / name
+    began = time.perf_counter()
+    cfg = load_config(ROOT / "configs" / "default.yaml", overrides)
+    fresh = not folder.exists()
+    pipeline.run(cfg, folder, progress=False, explicit=keys_given(None, overrides))
+    stages = {}
+    for manifest in sorted(folder.glob("*/manifest.json")):
+        stages[manifest.parent.name] = round(json.loads(manifest.read_text())["seconds"], 1)
+    return {"folder": str(folder), "wall_seconds": round(time.perf_counter() - began, 1) if fresh else None,
+            "stage_seconds": stages, "config": cfg}
+
+
+def familiarity(cfg, folder: Path, probe_file: Path) -> dict[str, float]:
+    """Mean P(answer) of the base, reinforced and unlearned models on `probe_file`."""
+    from whoharry.core import models
+    from whoharry.evaluation.probes import read_probes, score_probes
+
+    probes = read_probes(probe_file)
+    source = models.resolve(cfg.model)
+    tokenizer = models.load_tokenizer(source, cfg.model)
+    result = {}
+    for name, load in (("base", lambda: models.load_model(source, cfg.model, inference=True)),
+                       ("reinforced", lambda: models.load_folder(folder / "reinforce" / "final", cfg=cfg.model)),
+                       ("unlearned", lambda: models.load_folder(folder / "unlearn" / "final", cfg=cfg.model))):
+        model = load().requires_grad_(False)
+        records = score_probes(model, tokenizer, probes, cfg.eval, name, greedy=False, progress=False)
+        result[name] = sum(r["p_answer"] for r in records) / len(records)
+        del model
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--book", type=Path, required=True)
+    parser.add_argument("--tokens", type=int, default=20000)
+    parser.add_argument("--probes", type=Path, required=True, help="hand-written probes of the book")
+    parser.add_argument("--anchors", type=Path, default=None, help="hand-written dictionary of the book")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "target-bench")
+    args = parser.parse_args(argv)
+
+    from scipy.stats import spearmanr
+
+    from whoharry.cli.common import setup
+
+    setup(quiet=True)
+    book = cut_book(args.book, args.tokens, args.out)
+    runs = {"target-only": run("target-only", [f"data.target={book}"], args.out)}
+    if args.anchors is not None:
+        runs["hand-written"] = run("hand-written", [f"data.target={book}", f"data.anchors={args.anchors.resolve()}",
+                                                     f"eval.probes.target={args.probes.resolve()}"], args.out)
+    generated = args.out / "target-only" / "probes" / "probes_test.jsonl"
+    result: dict = {"book": str(args.book), "tokens": args.tokens, "runs": {}}
+    pairs = []
+    for name, info in runs.items():
+        cfg = info.pop("config")
+        folder = Path(info["folder"])
+        hand = familiarity(cfg, folder, args.probes)
+        made = familiarity(cfg, folder, generated)
+        pairs += [(made[m], hand[m]) for m in hand]
+        result["runs"][name] = {**info, "hand_written_probes": hand, "generated_probes": made,
+                                "hand_written_ratio": hand["unlearned"] / hand["base"],
+                                "generated_ratio": made["unlearned"] / made["base"],
+                                "hand_written_reduction": 1 - hand["unlearned"] / hand["base"]}
+    stats = json.loads((args.out / "target-only" / "probes" / "stats.json").read_text())
+    result["generated_probes"] = {"base_top10_share": stats["base_top10_share"],
+                                  "count": stats["probes_dev"] + stats["probes_test"],
+                                  "spearman_with_hand_written": float(spearmanr([m for m, _ in pairs],
+                                                                                   [h for _, h in pairs]).statistic)}
+    if "hand-written" in result["runs"]:
+        ours, theirs = (result["runs"][n]["hand_written_reduction"] for n in ("target-only", "hand-written"))
+        result["target_only_share_of_reduction"] = ours / theirs if theirs else float("nan")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

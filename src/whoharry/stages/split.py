@@ -1,0 +1,59 @@
+"""The split stage: the target cut into the text every fine-tune trains on and a held-out part that none
+ever sees (`core.text.heldout_split`), for a target without hand-written evaluation files.
+
+The held-out part is what membership inference tells the target from (MUSE's PrivLeak needs text of the
+same source that the model never trained on) and where half the generated familiarity probes come from,
+so they ask what the model knows of the book rather than how one trained sentence goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from whoharry.config import Config, fingerprint
+from whoharry.core import artifacts, distributed
+from whoharry.core.text import heldout_split, read_text
+from whoharry.stages.common import Outcome, run_stage
+
+log = logging.getLogger(__name__)
+
+NAME = "split"
+TRAIN_FILE = "train.txt"
+HELDOUT_FILE = "heldout.txt"
+
+
+def key(cfg: Config, out: Path | None = None) -> str:
+    """The fingerprint of the split: the target's content and the held-out settings."""
+    return fingerprint({
+        "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
+        "share": cfg.target_files.heldout_share, "pieces": cfg.target_files.heldout_pieces,
+    })
+
+
+def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
+    """Write `out/split/`: train.txt, heldout.txt, stats.json, config.yaml and manifest.json, unless complete.
+
+    Raises:
+        WhoharryError: an unreadable target, or one with too few paragraphs to hold any out.
+    """
+    stage_dir = out / NAME
+
+    def body() -> Outcome | None:
+        if not distributed.is_main():  # one process writes; the others wait for its manifest
+            return None
+        text = read_text(cfg.data.target)
+        train, heldout = heldout_split(text, cfg.target_files.heldout_share, cfg.target_files.heldout_pieces)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        artifacts.atomic_write_text(stage_dir / TRAIN_FILE, train)
+        artifacts.atomic_write_text(stage_dir / HELDOUT_FILE, heldout)
+        stats = {"target": str(cfg.data.target), "target_chars": len(text), "train_chars": len(train),
+                 "heldout_chars": len(heldout), "heldout_pieces": cfg.target_files.heldout_pieces,
+                 "heldout_share": round(len(heldout) / max(1, len(train) + len(heldout)), 4)}
+        artifacts.write_json(stage_dir / "stats.json", stats)
+        log.info("split: %d characters held out of %d, in %d runs of paragraphs", len(heldout), len(text),
+                 cfg.target_files.heldout_pieces)
+        return Outcome(inputs={"target": str(cfg.data.target)}, outputs=[TRAIN_FILE, HELDOUT_FILE, "stats.json"],
+                       summary=stats)
+
+    return run_stage(NAME, cfg, stage_dir, key(cfg, out), body)

@@ -1,0 +1,143 @@
+"""Which files a run makes from its target, and which configured files it warns about (`target_files.make`).
+
+The shipped configuration names the demo's files (`data/harry_potter/`): its anchor dictionary, probes,
+completion prompts, questions and held-out text. A run whose target is another text must not apply them
+to it. With `make: auto`, each of those settings that still names a demo file is replaced by a file the
+run makes from the target: the held-out split (`stages.split`, and the target then trains on the rest),
+the dictionary (`stages.dictionary`), the probes and completion prompts (`stages.probes`). A demo file
+the user named explicitly (in their own config file or with `--set`) is kept, with one warning line that
+it is about another target. The questions (KnowMem) and the robustness probes have no generated
+counterpart, so their parts are left out instead (or kept, with the warning, when named). Made probes
+need the split, which is then made even when the held-out text is the user's own.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from whoharry.config import Config
+
+log = logging.getLogger(__name__)
+
+# where the demo's files lie: the checkout's data/harry_potter/ (absent from an installed wheel)
+DEMO_DIR = Path(__file__).resolve().parents[3] / "data" / "harry_potter"
+# the settings that name a file of the target's, with what a run makes in their place
+DICTIONARY_KEYS = ("data.anchors",)
+PROBE_KEYS = ("eval.probes.target", "eval.completions.prompts")
+HELDOUT_KEYS = ("eval.membership.heldout",)
+DROPPED_PARTS = {"knowmem": ("eval.knowmem.qa",), "robustness": ("eval.robustness.paraphrased", "eval.robustness.hint")}
+
+
+def is_demo(path: Path | None) -> bool:
+    """Whether `path` is one of the demo's files."""
+    return path is not None and path.resolve().is_relative_to(DEMO_DIR.resolve())
+
+
+def _get(cfg: Config, dotted: str) -> Path | None:
+    node = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+@dataclass
+class Plan:
+    """What the run makes (`split`, `dictionary`, `probes`), the eval parts it leaves out, and warnings."""
+
+    split: bool = False
+    dictionary: bool = False
+    probes: bool = False
+    replaced: set[str] = field(default_factory=set)  # the dotted settings that take the made files
+    dropped_parts: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    done: bool = False  # the dictionary and probes are made (set by the pipeline)
+
+    @property
+    def any(self) -> bool:
+        return self.split or self.dictionary or self.probes
+
+
+def plan(cfg: Config, explicit: set[str] | frozenset[str] = frozenset()) -> Plan:
+    """The plan for `cfg`: with `make: auto`, a file is made for each group of settings that names a demo
+    file the user did not name (`explicit`: the dotted keys set in their own config file or by `--set`),
+    when the target is not the demo's; `always` makes them all; `never` none. A demo file named explicitly
+    for another target gives a warning."""
+    out = Plan()
+    mode = cfg.target_files.make
+    if mode == "never" or (mode == "auto" and is_demo(cfg.data.target)):
+        if mode == "never" and not is_demo(cfg.data.target):
+            out.warnings += _mismatches(cfg, [*DICTIONARY_KEYS, *PROBE_KEYS, *HELDOUT_KEYS])
+        return out
+
+    def replaced(keys: tuple[str, ...]) -> bool:
+        """Whether to make the files of `keys`; the keys whose setting takes them go to `out.replaced`."""
+        if mode == "always":
+            out.replaced.update(keys)
+            return True
+        demo = [key for key in keys if is_demo(_get(cfg, key))]
+        named = [key for key in demo if key in explicit]
+        out.warnings += _mismatches(cfg, named)
+        out.replaced.update(key for key in demo if key not in explicit)
+        return any(key not in explicit for key in demo)
+
+    out.dictionary = replaced(DICTIONARY_KEYS)
+    out.probes = replaced(PROBE_KEYS)
+    # the probes are cut from the split's texts too, and the target then trains on the split's training part
+    out.split = replaced(HELDOUT_KEYS) or out.probes
+    for part, keys in DROPPED_PARTS.items():
+        if part in cfg.eval.parts and replaced(keys):  # no generated file to take the demo's place
+            out.dropped_parts.append(part)
+    out.replaced -= {key for keys in DROPPED_PARTS.values() for key in keys}
+    return out
+
+
+def _mismatches(cfg: Config, keys: list[str]) -> list[str]:
+    return [f"{key}: {_get(cfg, key)} is the demo's file, about another text than the target {cfg.data.target}"
+            for key in keys if is_demo(_get(cfg, key))]
+
+
+def with_split(cfg: Config, split_dir: Path, replaced: set[str]) -> Config:
+    """`cfg` training on the split's training text, with its held-out text for membership inference where
+    `replaced` says so (a held-out text of the user's own stays)."""
+    from whoharry.stages import split
+
+    out = copy.deepcopy(cfg)
+    out.data.target = split_dir / split.TRAIN_FILE
+    if "eval.membership.heldout" in replaced:
+        out.eval.membership.heldout = split_dir / split.HELDOUT_FILE
+    return out
+
+
+def with_dictionary(cfg: Config, dictionary_dir: Path) -> Config:
+    """`cfg` with the made dictionary."""
+    from whoharry.stages import dictionary
+
+    out = copy.deepcopy(cfg)
+    out.data.anchors = dictionary_dir / dictionary.DICTIONARY_FILE
+    return out
+
+
+def with_probes(cfg: Config, out_dir: Path, replaced: set[str]) -> Config:
+    """`cfg` evaluated on the made test probes and completion prompts, where `replaced` says so (a probe file
+    of the user's own stays)."""
+    from whoharry.stages import probes
+
+    out = copy.deepcopy(cfg)
+    if "eval.probes.target" in replaced:
+        out.eval.probes.target = probes.path(out_dir, "probes", "test")
+    if "eval.completions.prompts" in replaced:
+        out.eval.completions.prompts = probes.path(out_dir, "completions", "test")
+    return out
+
+
+def without_parts(cfg: Config, dropped: list[str], target: Path, explicit: frozenset[str]) -> Config:
+    """`cfg` without the `dropped` eval parts, its LLM prompts naming the text `target` (`eval.target_name`)
+    unless the user named it."""
+    out = copy.deepcopy(cfg)
+    out.eval.parts = [part for part in cfg.eval.parts if part not in dropped]
+    if "eval.target_name" not in explicit:
+        out.eval.target_name = f"the text {target.name}"
+    return out

@@ -1,0 +1,229 @@
+"""A target of the user's own: the held-out split, the probes made from a known text, the plan of what a run
+makes and warns about, and `whoharry run --target` end to end on tiny models, resumed."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from whoharry.anchors.dictionary import parse_anchors
+from whoharry.anchors.probes import cloze_candidates, completion_prompts, dev_or_test, select_probes
+from whoharry.cli import app
+from whoharry.config import Config
+from whoharry.core.text import heldout_split
+from whoharry.errors import WhoharryError
+from whoharry.stages import target_files
+
+from .conftest import write_config
+
+runner = CliRunner()
+BOOK_ANCHORS = {"Holmes": "the detective", "Watson": "the doctor", "Baker Street": "the high street",
+                "Irene Adler": "the singer", "Lestrade": "the inspector"}
+SENTENCES = [
+    "On morning {i} of that winter my friend Sherlock Holmes sat by the fire at Baker Street.",
+    "He had read the papers for {i} minutes when the bell rang and in came Inspector Lestrade.",
+    "The inspector said that photograph {i} was gone and that one woman could have taken it, Irene Adler.",
+    "I looked at my companion for the {i}th time, and the whole thing seemed plain to Holmes and dark to me, Watson.",
+    "We walked {i} miles from the station and back again before we reached Baker Street.",
+]
+
+
+def book(paragraphs: int = 24) -> str:
+    return "\n\n".join(" ".join(SENTENCES[(i + j) % len(SENTENCES)].format(i=i + j) for j in range(3))
+                       for i in range(paragraphs))
+
+
+def test_the_heldout_split_is_spread_whole_paragraphs_of_about_the_share():
+    text = "\n\n".join(f"Paragraph {i} " + "word " * (10 + i % 7) for i in range(100))
+    train, heldout = heldout_split(text, 0.1, 5)
+    paragraphs = [p.strip() for p in text.split("\n\n")]
+    train_p, held_p = train.strip().split("\n\n"), heldout.strip().split("\n\n")
+    assert sorted(train_p + held_p) == sorted(paragraphs)  # each paragraph in exactly one part, whole
+    share = len("".join(held_p)) / len("".join(paragraphs))
+    assert 0.09 <= share <= 0.14
+    held_index = [paragraphs.index(p) for p in held_p]
+    assert min(held_index) < 20 and max(held_index) > 80  # from every part of the text, not one end
+    assert heldout_split(text, 0.1, 5) == (train, heldout)
+    short = "\n\n".join(f"Paragraph {i} " + "word " * 10 for i in range(20))  # too few paragraphs for 5 runs
+    assert len(heldout_split(short, 0.1, 5)[1].strip().split("\n\n")) == 2  # 10% of 20, not 5 runs of one
+    assert heldout_split(short.replace("\n", "\r\n"), 0.1, 5) == heldout_split(short, 0.1, 5)  # CRLF
+    with pytest.raises(WhoharryError, match="needs at least two"):
+        heldout_split("one paragraph only", 0.1, 5)
+    with pytest.raises(WhoharryError, match=r"share must be in \(0, 0.5\]"):
+        heldout_split(text, 0.7, 5)
+
+
+def test_cloze_probes_end_just_before_a_term_the_prompt_does_not_name():
+    anchors = parse_anchors(BOOK_ANCHORS)
+    text = book(10)
+    probes = cloze_candidates(text, anchors, "target", min_words=6)
+    assert probes and {p.key for p in probes} <= set(BOOK_ANCHORS)
+    for probe in probes:
+        assert probe.answer == " " + probe.key
+        assert text[probe.offset:].startswith(probe.key)
+        assert " ".join(text[:probe.offset].split()).endswith(probe.prompt)  # the words right before the term
+        assert probe.key not in probe.prompt and len(probe.prompt.split()) >= 6
+    # the first sentence: "... my friend Sherlock" is a probe for Holmes, from the sentence's start
+    assert any(p.prompt == "On morning 0 of that winter my friend Sherlock" and p.key == "Holmes" for p in probes)
+    assert not cloze_candidates("Holmes.", anchors, "target")
+
+
+def test_probes_spread_over_the_keys_fixed_by_the_seed_and_halved():
+    anchors = parse_anchors(BOOK_ANCHORS)
+    candidates = cloze_candidates(book(20), anchors, "target", min_words=4)
+    chosen = select_probes(candidates, 9, 2, seed=0)
+    taken = Counter({"Holmes": 2})  # two Holmes probes already chosen from another source
+    assert not any(c.key == "Holmes" for c in select_probes(candidates, 9, 2, seed=0, taken=taken))
+    counts = {key: sum(1 for c in chosen if c.key == key) for key in BOOK_ANCHORS}
+    assert len(chosen) == 9 and max(counts.values()) <= 2 and sum(1 for n in counts.values() if n) >= 4
+    assert chosen == select_probes(candidates, 9, 2, seed=0) and chosen != select_probes(candidates, 9, 2, seed=1)
+    assert len({c.prompt for c in chosen}) == len(chosen)
+    halves = {dev_or_test(c, 0) for c in candidates}
+    assert halves == {"dev", "test"}
+    for one in candidates:  # probes of one paragraph share a half: no dev prompt holds a test one
+        assert all(dev_or_test(one, 0) == dev_or_test(other, 0) for other in candidates
+                   if other.paragraph == one.paragraph)
+    prompts = completion_prompts(chosen, anchors, book(20), references=3)
+    assert all(p["references"][0] == c.key and len(p["references"]) >= 3 for p, c in zip(prompts, chosen, strict=True))
+
+
+def test_the_plan_makes_what_still_names_the_demo_and_warns_of_what_the_user_named(tmp_path, monkeypatch):
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    monkeypatch.setattr(target_files, "DEMO_DIR", demo)
+    cfg = Config()
+    for name in ("target.txt", "anchors.yaml", "probes.jsonl", "completions.jsonl", "heldout.txt", "qa.jsonl"):
+        (demo / name).write_text("x")
+    cfg.data.target, cfg.data.anchors = demo / "target.txt", demo / "anchors.yaml"
+    cfg.eval.probes.target, cfg.eval.completions.prompts = demo / "probes.jsonl", demo / "completions.jsonl"
+    cfg.eval.membership.heldout, cfg.eval.knowmem.qa = demo / "heldout.txt", demo / "qa.jsonl"
+    cfg.eval.parts = ["probes", "knowmem", "membership"]
+    assert not target_files.plan(cfg).any  # the demo itself
+    cfg.data.target = tmp_path / "mine.txt"
+    made = target_files.plan(cfg)
+    assert (made.split, made.dictionary, made.probes, made.dropped_parts, made.warnings) == (
+        True, True, True, ["knowmem"], [])
+    named = target_files.plan(cfg, frozenset({"data.anchors"}))
+    assert not named.dictionary and named.probes and len(named.warnings) == 1
+    assert "data.anchors" in named.warnings[0] and "mine.txt" in named.warnings[0]
+    cfg.eval.probes.target = tmp_path / "my_probes.jsonl"  # one of the two probe files is the user's own
+    mixed = target_files.plan(cfg)
+    assert mixed.probes and "eval.completions.prompts" in mixed.replaced  # the other still names the demo's
+    assert "eval.probes.target" not in mixed.replaced
+    assert target_files.with_probes(cfg, tmp_path / "run", mixed.replaced).eval.probes.target == \
+        tmp_path / "my_probes.jsonl"
+    own_heldout = target_files.plan(cfg, frozenset({"eval.membership.heldout"}))
+    assert own_heldout.split and "eval.membership.heldout" not in own_heldout.replaced  # the probes need it
+    kept = target_files.with_split(cfg, tmp_path / "split", own_heldout.replaced)
+    assert kept.eval.membership.heldout == demo / "heldout.txt" and kept.data.target == tmp_path / "split" / "train.txt"
+    cfg.target_files.make = "never"
+    never = target_files.plan(cfg)
+    assert not never.any and len(never.warnings) == 3  # anchors, completions, held-out text
+    cfg.target_files.make = "always"
+    cfg.data.target = demo / "target.txt"
+    assert target_files.plan(cfg).probes and target_files.plan(cfg).split
+
+
+@pytest.fixture
+def own_target(project, tiny_model_dir, monkeypatch, tmp_path_factory) -> Path:
+    """The project's files are the demo's, named by the shipped config (`configs/default.yaml` in the folder
+    the command runs from, which no user wrote); the user's own book lies elsewhere."""
+    monkeypatch.setattr(target_files, "DEMO_DIR", project)
+    mine = tmp_path_factory.mktemp("mine") / "book.txt"
+    mine.write_text(book(), encoding="utf-8")
+    config = yaml.safe_load(write_config(
+        project, tiny_model_dir, anchors={"top": 6, "contexts": 1, "alternatives": 2, "batch_size": 4, "min_count": 2},
+        target_files={"heldout_pieces": 3, "probes": 12, "probes_per_key": 3, "probe_min_words": 4,
+                      "completions": 6}).read_text())
+
+    def absolute(node):  # the file names are the project's: absolute, as the shipped config's resolve
+        if isinstance(node, dict):
+            return {k: absolute(v) for k, v in node.items()}
+        return str(project / node) if isinstance(node, str) and (project / node).is_file() else node
+
+    repo = Path(__file__).resolve().parents[1]  # the shipped general prompts, as the command run from here finds them
+    config["eval"]["completions"]["general_prompts"] = str(repo / "data" / "general" / "completions_test.jsonl")
+    (project / "configs").mkdir()
+    (project / "configs" / "default.yaml").write_text(yaml.safe_dump(absolute(config)), encoding="utf-8")
+    monkeypatch.chdir(project)
+    return mine
+
+
+def test_run_with_only_a_target_makes_its_files_and_reports_on_it(project, own_target):
+    mine = own_target
+    out = project / "run"
+    args = ["run", "--target", str(mine), "--out", str(out), "--max-steps", "2", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    for stage in ("split", "reinforce", "dictionary", "labels", "unlearn", "probes", "eval"):
+        assert json.loads((out / stage / "manifest.json").read_text())["status"] == "complete", stage
+    held = (out / "split" / "heldout.txt").read_text()
+    assert held.strip() and held.strip() not in (out / "split" / "train.txt").read_text()
+    labels_config = (out / "labels" / "config.yaml").read_text()
+    assert str(out / "dictionary" / "anchors.yaml") in labels_config
+    assert str(out / "split" / "train.txt") in labels_config
+    stats = json.loads((out / "probes" / "stats.json").read_text())
+    assert stats["probes_dev"] + stats["probes_test"] > 0 and 0.0 <= stats["base_top10_share"] <= 1.0
+    for line in (out / "probes" / "probes_test.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        assert record["answer"].strip() not in record["prompt"]
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["target"]["file"] == str(mine) and report["target"]["bytes"] == mine.stat().st_size
+    assert set(report["target"]["made"]) >= {"the anchor dictionary", "the familiarity probes", "the held-out text"}
+    markdown = (out / "eval" / "report.md").read_text()
+    assert str(mine) in markdown and "made from the target by this run" in markdown
+    eval_config = (out / "eval" / "config.yaml").read_text()
+    assert "probes_test.jsonl" in eval_config and "knowmem" not in json.dumps(report["summary"]["unlearned"])
+
+    # resumed: a second run does nothing
+    before = {s: (out / s / "manifest.json").read_text() for s in ("split", "dictionary", "probes", "eval")}
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert {s: (out / s / "manifest.json").read_text() for s in before} == before
+
+
+def test_demo_files_named_for_another_target_are_kept_with_a_warning_each(project, own_target):
+    mine = own_target
+    out = project / "named"
+    named = {"data.anchors": "anchors.yaml", "eval.probes.target": "probes.jsonl",
+             "eval.completions.prompts": "completions.jsonl"}
+    result = runner.invoke(app, ["run", "--target", str(mine), "--out", str(out), "--max-steps", "1", "-q",
+                                 *(f"--set={key}={project / name}" for key, name in named.items())])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if "is the demo's file" in line]
+    assert sorted(w.split("WARNING ")[1].split(":")[0] for w in warnings) == sorted(named)  # one line each
+    assert not (out / "dictionary").exists() and not (out / "probes").exists()
+    assert (out / "split" / "manifest.json").is_file()  # the held-out text was not named: made
+    stats = json.loads((out / "labels" / "stats.json").read_text())
+    assert stats["dictionary_mismatch"] is True and stats["anchor_keys_found_share"] < 0.5
+    assert "about another text" in (out / "eval" / "report.md").read_text()
+
+
+def test_a_copied_config_names_nothing_and_odd_file_names_stay_names(project, own_target):
+    odd = own_target.with_name("book #1.txt")
+    odd.write_text(own_target.read_text())
+    (project / "my.yaml").write_text((project / "configs" / "default.yaml").read_text())
+    out = project / "copied"
+    result = runner.invoke(app, ["run", "--config", str(project / "my.yaml"), "--target", str(odd), "--out", str(out),
+                                 "--max-steps", "1", "-q", "--set", "eval.target_name=the detective stories"])
+    assert result.exit_code == 0, result.output
+    assert "is the demo's file" not in result.output  # a copy of the shipped config named no demo file
+    assert (out / "dictionary" / "manifest.json").is_file() and (out / "probes" / "manifest.json").is_file()
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["target"]["file"] == str(odd)
+    assert "target_name: the detective stories" in (out / "eval" / "config.yaml").read_text()
+
+
+def test_a_baseline_ranks_its_dictionary_without_a_reinforced_model(project, own_target):
+    out = project / "ga"
+    result = runner.invoke(app, ["run", "--method", "ga", "--target", str(own_target), "--out", str(out),
+                                 "--max-steps", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert not (out / "reinforce").exists()
+    assert json.loads((out / "dictionary" / "manifest.json").read_text())["summary"]["used_gain"] is False
+    assert (out / "probes" / "probes_test.jsonl").read_text().strip()
