@@ -217,7 +217,8 @@ def test_llm_judge_scores_join_the_greedy_completions(tmp_path, tokenizer, monke
     assert seen["target"] == ctx.eval.target_name
 
 
-def test_part_cache_is_keyed_by_model_settings_and_the_fluency_judge(tmp_path):
+def recorder():
+    """A list of the values computed, and `compute(value)`: a part that records its value and returns it."""
     calls = []
 
     def compute(value):
@@ -226,6 +227,11 @@ def test_part_cache_is_keyed_by_model_settings_and_the_fluency_judge(tmp_path):
             return {"figure": value}, {"records": [value]}
         return run
 
+    return calls, compute
+
+
+def test_part_cache_is_keyed_by_model_settings_and_the_fluency_judge(tmp_path):
+    calls, compute = recorder()
     ctx = context(tmp_path)
     ctx.base_id = "base-a"
     assert ctx.cached("unlearned", "m1", "probes", compute(1)) == ({"figure": 1}, {"records": [1]})
@@ -249,14 +255,7 @@ def test_the_base_models_parts_are_shared_across_run_folders(tmp_path, monkeypat
     from whoharry.core import artifacts
     from whoharry.evaluation import context as evaluation_context
 
-    calls = []
-
-    def compute(value):
-        def run():
-            calls.append(value)
-            return {"figure": value}, {"records": [value]}
-        return run
-
+    calls, compute = recorder()
     def folder_context(name, shared_id="weights-a"):
         ctx = context(tmp_path)
         ctx.folder, ctx.base_id, ctx.shared_id = tmp_path / name, "base", shared_id
