@@ -57,6 +57,7 @@ def test_default_run_on_a_slice(tmp_path, cache, monkeypatch):
         "eval.probes.max_new_tokens=4", "eval.block_length=128", "eval.completions.tokens=8",
         f"eval.completions.prompts={tmp_path / 'completions.jsonl'}",
         f"eval.completions.general_prompts={tmp_path / 'general_completions.jsonl'}",
+        "target_files.make=never",  # a slice of the demo's own text: its dictionary and held-out text apply
     ]
     args = ["run", "--config", str(ROOT / "configs" / "default.yaml"), "--out", str(out), "--max-steps", "2", "-q"]
     for item in overrides:
