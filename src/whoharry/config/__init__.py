@@ -250,7 +250,7 @@ class TargetFilesConfig:
     heldout_pieces: int = 8
     probes: int = 120  # cloze probes made (before the dev/test halves), at most probes_per_key per key
     probes_per_key: int = 3
-    probe_min_words: int = 6  # words of the key's own sentence a probe prompt holds at least
+    probe_min_words: int = 6  # words a probe prompt holds at least (from a sentence start of the key's paragraph)
     completions: int = 60  # completion prompts made (before the halves)
 
     def check(self, prefix: str) -> None:

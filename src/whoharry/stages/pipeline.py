@@ -2,8 +2,8 @@
 
 The order is written here, once: reinforce → augment (when `augment.tokens` > 0) → labels → unlearn →
 evaluate (the baselines `ga` and `npo` need no reinforced model and no labels: unlearn → evaluate). For a
-target without files of its own (`stages.target_files`): split first, the dictionary after reinforce, the
-probes before the evaluation.
+target without files of its own (`stages.target_files`): split first, the dictionary and the probes right
+after reinforce.
 """
 
 from __future__ import annotations
