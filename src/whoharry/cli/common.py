@@ -14,6 +14,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -97,12 +98,10 @@ class RunOptions:
 
 def _value(cfg: Config, dotted: str) -> Any:
     """The value of a dotted key, or a marker no value equals when the key names no field."""
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not hasattr(node, part):
-            return object()
-        node = getattr(node, part)
-    return node
+    try:
+        return attrgetter(dotted)(cfg)
+    except AttributeError:
+        return object()
 
 
 def _option(name: str, annotation: Any, default: Any) -> inspect.Parameter:

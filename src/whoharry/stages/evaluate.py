@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -102,9 +103,7 @@ def target_record(cfg: Config, out: Path, target: Path | None = None) -> dict[st
     on a split of it; else `data.target`), and each file the run folder `out` made from it, by what it is."""
     made = {}
     for what, dotted in MADE.items():
-        value = cfg
-        for part in dotted.split("."):
-            value = getattr(value, part)
+        value = attrgetter(dotted)(cfg)
         if value is not None and value.resolve().is_relative_to(out.resolve()):
             made[what] = str(value)
     target = target or cfg.data.target

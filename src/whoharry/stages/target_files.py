@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 
 from whoharry.config import Config
@@ -34,13 +35,6 @@ DROPPED_PARTS = {"knowmem": ("eval.knowmem.qa",), "robustness": ("eval.robustnes
 def is_demo(path: Path | None) -> bool:
     """Whether `path` is one of the demo's files."""
     return path is not None and path.resolve().is_relative_to(DEMO_DIR.resolve())
-
-
-def _get(cfg: Config, dotted: str) -> Path | None:
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
 
 
 @dataclass
@@ -77,7 +71,7 @@ def plan(cfg: Config, explicit: set[str] | frozenset[str] = frozenset()) -> Plan
         if mode == "always":
             out.replaced.update(keys)
             return True
-        demo = [key for key in keys if is_demo(_get(cfg, key))]
+        demo = [key for key in keys if is_demo(attrgetter(key)(cfg))]
         named = [key for key in demo if key in explicit]
         out.warnings += _mismatches(cfg, named)
         out.replaced.update(key for key in demo if key not in explicit)
@@ -95,8 +89,8 @@ def plan(cfg: Config, explicit: set[str] | frozenset[str] = frozenset()) -> Plan
 
 
 def _mismatches(cfg: Config, keys: list[str]) -> list[str]:
-    return [f"{key}: {_get(cfg, key)} is the demo's file, about another text than the target {cfg.data.target}"
-            for key in keys if is_demo(_get(cfg, key))]
+    return [f"{key}: {attrgetter(key)(cfg)} is the demo's file, about another text than the target {cfg.data.target}"
+            for key in keys if is_demo(attrgetter(key)(cfg))]
 
 
 def with_split(cfg: Config, split_dir: Path, replaced: set[str]) -> Config:
