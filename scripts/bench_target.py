@@ -8,15 +8,20 @@ the hand-written probes; print one JSON object.
 1. The book's first `--tokens` tokens (whole paragraphs, hard line wraps joined) go to OUT/book.txt.
 2. `target-only`: `whoharry run --target OUT/book.txt` with the shipped config: the split, dictionary and
    probes are made from the book. Its wall time is timed here.
-3. `hand-written` (with `--anchors`): the same, with the hand-written dictionary and probes named.
+3. `hand-written` (with `--anchors`): the same, with the hand-written dictionary and probes named; or
+   (with `--reference FOLDER`) a finished run of the book with its hand-written files, such as the demo's
+   default run.
 4. Each run's base, reinforced and unlearned models are scored on the hand-written probes (`--probes`),
    which the generated files never saw, and on the target-only run's generated test probes.
 
-The JSON holds, per run: wall and stage seconds, familiarity (mean P(answer)) of the three models on both
-probe sets, the unlearned/base ratios, the familiarity reduction (1 - ratio) on the hand-written probes and
-the target-only run's share of the hand-written run's reduction; the generated probes' checks: the share
-the base ranks in its top 10, and whether generated-probe and hand-written-probe familiarity order the three
-models alike (Spearman's rank correlation over base, reinforced, unlearned of both runs).
+The JSON holds, per run: wall and stage seconds, the base-model evaluation parts read from the shared cache
+(`base_parts_read`: figures of general text that an earlier run of the same model computed), the general
+figures of the run's report (unlearned/base) against the default run's targets (`scripts/bench_quality.py`),
+familiarity (mean P(answer)) of the three models on both probe sets, the unlearned/base ratios, the
+familiarity reduction (1 - ratio) on the hand-written probes and the target-only run's share of the
+hand-written run's reduction; the generated probes' checks: the share the base ranks in its top 10, and
+whether generated-probe and hand-written-probe familiarity order the three models alike (Spearman's rank
+correlation over base, reinforced, unlearned of both runs).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+GENERAL = ("general_p_answer", "related_p_answer", "general_perplexity", "completion_fluency_generic_perplexity",
+           "general_fluency_perplexity")
 
 
 def cut_book(book: Path, tokens: int, out: Path) -> Path:
@@ -62,11 +69,26 @@ def run(name: str, overrides: list[str], out: Path) -> dict:
     cfg = load_config(ROOT / "configs" / "default.yaml", overrides)
     fresh = not folder.exists()
     pipeline.run(cfg, folder, progress=False, explicit=keys_given(None, overrides))
-    stages = {}
-    for manifest in sorted(folder.glob("*/manifest.json")):
-        stages[manifest.parent.name] = round(json.loads(manifest.read_text())["seconds"], 1)
     return {"folder": str(folder), "wall_seconds": round(time.perf_counter() - began, 1) if fresh else None,
-            "stage_seconds": stages, "config": cfg}
+            "stage_seconds": stage_seconds(folder), "config": cfg}
+
+
+def stage_seconds(folder: Path) -> dict[str, float]:
+    """Each finished stage's seconds, from its manifest."""
+    return {manifest.parent.name: round(json.loads(manifest.read_text())["seconds"], 1)
+            for manifest in sorted(folder.glob("*/manifest.json"))}
+
+
+def general_figures(folder: Path) -> dict[str, dict]:
+    """The run's general figures (unlearned/base, from its report) against the default run's targets."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_quality import verdicts
+
+    report = json.loads((folder / "eval" / "report.json").read_text())
+    base, unlearned = report["summary"]["base"], report["summary"]["unlearned"]
+    ratios = {key: unlearned[key] / base[key] if base.get(key) else float("nan")
+              for key in unlearned if key in base and isinstance(unlearned[key], float)}
+    return {key: verdict for key, verdict in verdicts(unlearned, ratios).items() if key in GENERAL}
 
 
 def familiarity(cfg, folder: Path, probe_file: Path) -> dict[str, float]:
@@ -88,12 +110,21 @@ def familiarity(cfg, folder: Path, probe_file: Path) -> dict[str, float]:
     return result
 
 
+def _ratio(folder: Path, key: str) -> float:
+    summary = json.loads((folder / "eval" / "report.json").read_text())["summary"]
+    base = summary["base"].get(key)
+    return summary["unlearned"][key] / base if base else float("nan")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--book", type=Path, required=True)
     parser.add_argument("--tokens", type=int, default=20000)
     parser.add_argument("--probes", type=Path, required=True, help="hand-written probes of the book")
     parser.add_argument("--anchors", type=Path, default=None, help="hand-written dictionary of the book")
+    parser.add_argument("--reference", type=Path, default=None,
+                        help="instead of --anchors: a finished run folder of the book with its hand-written files "
+                             "(e.g. runs/default for the demo), judged the same way")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "target-bench")
     args = parser.parse_args(argv)
 
@@ -107,6 +138,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.anchors is not None:
         runs["hand-written"] = run("hand-written", [f"data.target={book}", f"data.anchors={args.anchors.resolve()}",
                                                      f"eval.probes.target={args.probes.resolve()}"], args.out)
+    if args.reference is not None:
+        if not (args.reference / "eval" / "report.json").is_file():
+            parser.error(f"--reference {args.reference}: not a finished run folder")
+        from whoharry.config import load_config
+
+        runs["hand-written"] = {"folder": str(args.reference), "wall_seconds": None,
+                                "stage_seconds": stage_seconds(args.reference),
+                                "config": load_config(ROOT / "configs" / "default.yaml")}
     generated = args.out / "target-only" / "probes" / "probes_test.jsonl"
     result: dict = {"book": str(args.book), "tokens": args.tokens, "runs": {}}
     pairs = []
@@ -116,7 +155,11 @@ def main(argv: list[str] | None = None) -> dict:
         hand = familiarity(cfg, folder, args.probes)
         made = familiarity(cfg, folder, generated)
         pairs += [(made[m], hand[m]) for m in hand]
-        result["runs"][name] = {**info, "hand_written_probes": hand, "generated_probes": made,
+        manifest = json.loads((folder / "eval" / "manifest.json").read_text())
+        result["runs"][name] = {**info, "base_parts_read": manifest["inputs"].get("base_parts_read"),
+                                "general": general_figures(folder),
+                                "target_ratio_in_report": _ratio(folder, "target_p_answer"),
+                                "hand_written_probes": hand, "generated_probes": made,
                                 "hand_written_ratio": hand["unlearned"] / hand["base"],
                                 "generated_ratio": made["unlearned"] / made["base"],
                                 "hand_written_reduction": 1 - hand["unlearned"] / hand["base"]}

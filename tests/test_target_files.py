@@ -108,6 +108,12 @@ def test_the_plan_makes_what_still_names_the_demo_and_warns_of_what_the_user_nam
     made = target_files.plan(cfg)
     assert (made.split, made.dictionary, made.probes, made.dropped_parts, made.warnings) == (
         True, True, True, ["knowmem"], [])
+    cfg.target_files.llm_url = "http://localhost:1/v1"  # an endpoint writes the questions: knowmem stays
+    asked = target_files.plan(cfg)
+    assert asked.dropped_parts == [] and "eval.knowmem.qa" in asked.replaced
+    assert target_files.with_probes(cfg, tmp_path / "run", asked.replaced).eval.knowmem.qa == \
+        tmp_path / "run" / "probes" / "qa_test.jsonl"
+    cfg.target_files.llm_url = None
     named = target_files.plan(cfg, frozenset({"data.anchors"}))
     assert not named.dictionary and named.probes and len(named.warnings) == 1
     assert "data.anchors" in named.warnings[0] and "mine.txt" in named.warnings[0]
@@ -227,3 +233,125 @@ def test_a_baseline_ranks_its_dictionary_without_a_reinforced_model(project, own
     assert not (out / "reinforce").exists()
     assert json.loads((out / "dictionary" / "manifest.json").read_text())["summary"]["used_gain"] is False
     assert (out / "probes" / "probes_test.jsonl").read_text().strip()
+
+
+def test_question_answer_pairs_are_read_checked_and_ordered():
+    from whoharry.anchors import qa
+
+    reply = ('Here they are:\n```json\n[{"question": "Where did  Holmes sit by the fire?", "answer": "Baker Street"},\n'
+             '{"question": "Who came in?", "answer": 3}, {not json}\n'
+             '{"question": "Who rang the bell at Baker Street?", "answer": "Inspector Lestrade"}]\n```')
+    pairs = qa.parse_pairs(reply)
+    assert pairs == [{"question": "Where did Holmes sit by the fire?", "answer": "Baker Street"},
+                     {"question": "Who rang the bell at Baker Street?", "answer": "Inspector Lestrade"}]
+    passage = book(2)
+    assert qa.usable(pairs[0], passage) is None and qa.usable(pairs[1], passage) is None
+    assert qa.usable({"question": "Where did Holmes sit?", "answer": "Baker Street"}, "Holmes sat.") == \
+        "answer not in the passage"
+    assert qa.usable({"question": "Who rang the bell at Baker Street?", "answer": "baker street"}, passage) == \
+        "answer in the question"
+    assert qa.usable({"question": "Where did Holmes sit by the fire.", "answer": "Baker Street"}, passage) == \
+        "not a question"
+    assert qa.usable({"question": "Where did Holmes sit by the fire?", "answer": "on " * 9}, passage) == \
+        "answer not short"
+    order = qa.passage_order({"target": 5, "heldout": 2}, seed=0)
+    assert sorted(order) == sorted([("target", i) for i in range(5)] + [("heldout", i) for i in range(2)])
+    assert [source for source, _ in order[:4]] == ["heldout", "target", "heldout", "target"]
+    assert order == qa.passage_order({"target": 5, "heldout": 2}, seed=0) != qa.passage_order(
+        {"target": 5, "heldout": 2}, seed=1)
+    assert {qa.half_of(f"passage {i}", 0) for i in range(20)} == {"dev", "test"}
+
+
+def test_templates_fill_in_one_pass_and_a_resume_log_stops_at_a_cut_line(tmp_path):
+    from whoharry.core import artifacts
+    from whoharry.core.http import fill_template, read_template
+
+    assert fill_template('{a} then {b} {"question": "{a}"}', {"a": "{b}", "b": "x"}) == '{b} then x {"question": "{b}"}'
+    (tmp_path / "t.md").write_text("only {passage}")
+    with pytest.raises(WhoharryError, match=r"lacks the placeholder\(s\) \{count\}"):
+        read_template(tmp_path / "t.md", ("passage", "count"))
+    log = artifacts.ResumeLog(tmp_path / "r.jsonl", "k1")
+    log.append("one")
+    log.append({"two": 2})
+    with open(tmp_path / "r.jsonl", "a") as handle:
+        handle.write('{"index": 2, "val')  # cut short by a killed process
+    again = artifacts.ResumeLog(tmp_path / "r.jsonl", "k1")
+    assert again.done == ["one", {"two": 2}]
+    again.append("three")
+    assert artifacts.ResumeLog(tmp_path / "r.jsonl", "k1").done == ["one", {"two": 2}, "three"]
+    assert artifacts.ResumeLog(tmp_path / "r.jsonl", "k2").done == []  # other settings: started afresh
+
+
+def fake_endpoint(asked: list[str], fail_after: int | None = None):
+    """An endpoint that answers a question prompt from the passage it is sent (two grounded pairs, one made
+    up, one copying its answer into the question; failing after `fail_after` of them) and a dictionary
+    prompt with three entries."""
+    import re
+
+    def ask(self, content, what):
+        if "translations = {" in content:  # the dictionary's prompt
+            return 'translations = {"Holmes": "Jones", "Baker Street": "Main Road", "Lestrade": "Smith"}'
+        if fail_after is not None and len(asked) >= fail_after:
+            raise WhoharryError("the endpoint went away")
+        asked.append(content)
+        passage = content.split("Passage:")[-1]
+        day = re.search(r"morning (\d+)", passage) or re.search(r"(\d+)", passage)
+        return "\n".join(json.dumps(pair) for pair in [
+            {"question": f"Where did the friend sit on morning {day.group(1)}?", "answer": "Baker Street"},
+            {"question": f"Who came in after {day.group(1)} minutes of papers?", "answer": "Lestrade"},
+            {"question": "Who is the villain?", "answer": "Professor Moriarty"},
+            {"question": "Where does Holmes live in Baker Street?", "answer": "Baker Street"}])
+    return ask
+
+
+def test_an_endpoint_writes_the_dictionary_and_questions_and_an_interrupted_stage_asks_only_what_is_left(
+        project, own_target, monkeypatch):
+    from whoharry.core.http import ChatClient
+
+    out = project / "qa"
+    args = ["run", "--target", str(own_target), "--out", str(out), "--max-steps", "1", "-q",
+            "--set", "target_files.llm_url=http://localhost:1/v1", "--set", "target_files.qa=6",
+            "--set", "target_files.qa_passage_chars=400", "--set", "anchors.llm_url=http://localhost:1/v1"]
+    repo = Path(__file__).resolve().parents[1]  # the shipped prompt templates
+    args += ["--set", f"anchors.llm_prompt={repo / 'data' / 'anchors' / 'llm_prompt.md'}"]
+    missing = runner.invoke(app, [*args, "--set", "target_files.qa_prompt=nowhere.md"])
+    assert missing.exit_code == 2 and "question prompt template not found: " in missing.output
+    assert not (out / "reinforce").exists()  # checked before any training
+    args += ["--set", f"target_files.qa_prompt={repo / 'data' / 'target_files' / 'qa_prompt.md'}"]
+    asked: list[str] = []
+    monkeypatch.setattr(ChatClient, "ask", fake_endpoint(asked, fail_after=2))
+    broken = runner.invoke(app, args)
+    assert broken.exit_code == 2 and "error: the endpoint went away" in broken.output
+    assert len((out / "probes" / "qa_replies.jsonl").read_text().splitlines()) == 1 + 2  # the key, two replies
+    assert all("the text book.txt" in content for content in asked)  # the prompt names the user's text
+    first = list(asked)
+    asked.clear()
+    monkeypatch.setattr(ChatClient, "ask", fake_endpoint(asked))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert asked and not set(asked) & set(first)  # the two replies saved were not asked again
+    stats = json.loads((out / "probes" / "stats.json").read_text())["qa"]
+    assert stats["dev"] == stats["test"] == 3 and stats["passages_asked"] == len(first) + len(asked)
+    assert stats["dropped"]["answer not in the passage"] >= 1 and stats["dropped"]["answer in the question"] >= 1
+    test = [json.loads(line) for line in (out / "probes" / "qa_test.jsonl").read_text().splitlines()]
+    dev = [json.loads(line) for line in (out / "probes" / "qa_dev.jsonl").read_text().splitlines()]
+    assert {p["answer"] for p in test + dev} <= {"Baker Street", "Lestrade"}
+    assert not {p["passage"] for p in test} & {p["passage"] for p in dev}  # a passage gives one half
+    assert len({p["question"] for p in test + dev}) == 6
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert "knowmem_rouge_l" in report["summary"]["unlearned"]
+    assert "the question/answer pairs" in report["target"]["made"]
+    assert str(out / "probes" / "qa_test.jsonl") in (out / "eval" / "config.yaml").read_text()
+    dictionary = yaml.safe_load((out / "dictionary" / "anchors.yaml").read_text())
+    assert set(dictionary) == {"Holmes", "Baker Street", "Lestrade"}
+    assert json.loads((out / "dictionary" / "manifest.json").read_text())["summary"]["llm"] is True
+
+
+def test_a_heldout_text_too_short_for_membership_inference_fails_before_training(project, own_target):
+    out = project / "short"
+    result = runner.invoke(app, ["run", "--target", str(own_target), "--out", str(out), "--max-steps", "1", "-q",
+                                 "--set", "eval.membership.passage_tokens=400"])
+    assert result.exit_code == 2, result.output
+    assert "error: the held-out text" in result.output and "needs at least 4" in result.output
+    assert (out / "split" / "manifest.json").is_file() and not (out / "reinforce").exists()
+    assert "Traceback" not in result.output

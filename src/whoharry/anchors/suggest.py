@@ -4,7 +4,6 @@ asked of an LLM passage by passage as in the paper, written as a commented YAML 
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from whoharry.anchors import candidates, check, translations
 from whoharry.anchors.dictionary import parse_anchors, strip_function_words, write_dictionary
 from whoharry.anchors.paper_import import composite_keys, merge, parse_answer
 from whoharry.config import AnchorsConfig, Config, Precision
-from whoharry.core.http import ChatClient
+from whoharry.core.http import ChatClient, fill_template, read_template
 from whoharry.core.text import make_blocks, read_text
 from whoharry.errors import WhoharryError
 
@@ -98,7 +97,6 @@ def write_suggestions(path: Path, suggestion: Suggestion, source: str) -> None:
     write_dictionary(path, {c.term: suggestion.translations[c.term] for c in suggestion.chosen}, header, notes)
 
 
-_PLACEHOLDER = re.compile(r"\{(target|passage)\}")
 
 
 def passages(text: str, size: int) -> list[str]:
@@ -125,16 +123,12 @@ def ask_llm(text: str, cfg: AnchorsConfig, target_name: str, *, timeout: float =
     a key left without values: the labels stage would suppress that word after the translation."""
     if not cfg.llm_url:
         raise WhoharryError("anchors.llm_url is empty: set it to an OpenAI-compatible API root to ask an LLM")
-    if not cfg.llm_prompt.is_file():
-        raise WhoharryError(f"prompt template not found: {cfg.llm_prompt}")
-    template = cfg.llm_prompt.read_text(encoding="utf-8")
-    if "{passage}" not in template:
-        raise WhoharryError(f"{cfg.llm_prompt}: the prompt template lacks the placeholder {{passage}}")
+    template = read_template(cfg.llm_prompt, ("passage",))
     client = ChatClient(cfg.llm_url, cfg.llm_model, cfg.llm_key_env, timeout, max_retries)
     answers, counts = [], {"passages": 0, "parsed": 0, "salvaged": 0, "unreadable": 0}
     for index, passage in enumerate(passages(text, cfg.llm_passage_chars)):
         values = {"target": target_name, "passage": passage}
-        content = _PLACEHOLDER.sub(lambda match, values=values: values[match.group(1)], template)
+        content = fill_template(template, values)
         entries, how = parse_answer(client.ask(content, f"passage {index}"))
         counts["passages"] += 1
         counts[how] += 1

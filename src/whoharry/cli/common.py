@@ -87,10 +87,14 @@ class RunOptions:
         in_file = keys_given(self.config, None)
         if in_file:
             try:
-                shipped = load_config(default_file(DEFAULT_CONFIG))
+                shipped_file = default_file(DEFAULT_CONFIG)
+                same = self.config is not None and self.config.resolve() == shipped_file.resolve()
+                shipped = None if same else load_config(shipped_file)
             except WhoharryError:  # no shipped config to compare with: every key of their file counts
-                shipped = None
-            if shipped is not None:
+                same, shipped = False, None
+            if same:  # the shipped file itself names nothing of the user's
+                in_file = frozenset()
+            elif shipped is not None:
                 theirs = load_config(self.config)
                 in_file = frozenset(key for key in in_file if _value(theirs, key) != _value(shipped, key))
         return in_file | keys_given(None, [*self.overrides, *extra])

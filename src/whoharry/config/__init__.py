@@ -252,12 +252,23 @@ class TargetFilesConfig:
     probes_per_key: int = 3
     probe_min_words: int = 6  # words a probe prompt holds at least (from a sentence start of the key's paragraph)
     completions: int = 60  # completion prompts made (before the halves)
+    # optional: question/answer pairs for the knowmem part, written by an LLM from passages of the target and
+    # of its held-out part (off while llm_url is empty; the knowmem part is then left out for such a target);
+    # the key is read from the environment variable named by llm_key_env, never from a file
+    llm_url: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_key_env: str = "OPENAI_API_KEY"
+    qa_prompt: Path = Path("data/target_files/qa_prompt.md")  # placeholders {target}, {passage}, {count}
+    qa: int = 40  # pairs made (before the dev/test halves)
+    qa_per_passage: int = 4  # pairs asked of each passage
+    qa_passage_chars: int = 1500  # characters of text per request
 
     def check(self, prefix: str) -> None:
         """Range checks of the section found at `prefix` (`target_files.`)."""
         require(0 < self.heldout_share <= 0.5, f"{prefix}heldout_share must be in (0, 0.5]")
-        for name in ("heldout_pieces", "probes_per_key", "probe_min_words"):
+        for name in ("heldout_pieces", "probes_per_key", "probe_min_words", "qa", "qa_per_passage"):
             require(getattr(self, name) >= 1, f"{prefix}{name} must be >= 1")
+        require(self.qa_passage_chars >= 200, f"{prefix}qa_passage_chars must be >= 200")
         for name in ("probes", "completions"):  # half dev, half test
             require(getattr(self, name) >= 2, f"{prefix}{name} must be >= 2 (half dev, half test)")
 

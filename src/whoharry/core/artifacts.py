@@ -201,6 +201,50 @@ def truncate_metrics(path: Path, field: str, last: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
+class ResumeLog:
+    """Results saved one at a time in a JSONL file, so that an interrupted step resumes after the last one.
+
+    The first line holds the key of the settings the results depend on; each further line is one result,
+    `{"index": i, "value": ...}`, in order. A file of another key is started afresh, and a line cut short by
+    a killed process (or out of order) ends the results read back; the lines after it are dropped.
+    """
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path, self.key = path, key
+        self.done: list[Any] = self._read()
+        if self.done:
+            atomic_write_text(path, "".join(json.dumps(line) + "\n" for line in self._lines()))
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps({"key": key}) + "\n")
+
+    def _lines(self) -> list[dict[str, Any]]:
+        return [{"key": self.key}, *({"index": i, "value": v} for i, v in enumerate(self.done))]
+
+    def _read(self) -> list[Any]:
+        if not self.path.is_file():
+            return []
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        done: list[Any] = []
+        try:
+            if not lines or json.loads(lines[0]).get("key") != self.key:
+                return []
+            for line in lines[1:]:
+                record = json.loads(line)
+                if record.get("index") != len(done):
+                    break
+                done.append(record["value"])
+        except (ValueError, AttributeError, KeyError):
+            pass  # a cut line: what came before it stands
+        return done
+
+    def append(self, value: Any) -> None:
+        """Save the next result (JSON-serialisable) at the end of the file, and in `done`."""
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"index": len(self.done), "value": value}) + "\n")
+        self.done.append(value)
+
+
 @dataclass
 class StageRecord:
     """What a stage's manifest says about it: its name, fingerprint (key), inputs by name, output files

@@ -11,10 +11,12 @@ import http.client
 import json
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from whoharry.errors import WhoharryError
@@ -106,3 +108,25 @@ class ChatClient:
                 log.warning("%s: %s; retrying in %.0f s", url, problem, delay)
                 _sleep(delay)
         raise WhoharryError(f"{url} failed after {self.max_retries + 1} attempt(s): {problem}")
+
+
+def read_template(path: Path, placeholders: tuple[str, ...], what: str = "prompt template") -> str:
+    """A prompt template (UTF-8) in which every one of `placeholders` appears as `{name}`.
+
+    Raises:
+        WhoharryError: the file is missing, or lacks one of the placeholders.
+    """
+    if not path.is_file():
+        raise WhoharryError(f"{what} not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    missing = [name for name in placeholders if "{" + name + "}" not in text]
+    if missing:
+        raise WhoharryError(f"{path}: {what} lacks the placeholder(s) " + ", ".join("{" + m + "}" for m in missing))
+    return text
+
+
+def fill_template(template: str, values: dict[str, str]) -> str:
+    """`template` with each `{name}` of `values` replaced in one pass, so braces in the values (and any
+    other braces of the template) stay as they are."""
+    pattern = re.compile(r"\{(" + "|".join(map(re.escape, values)) + r")\}")
+    return pattern.sub(lambda match: values[match.group(1)], template)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -73,19 +74,19 @@ def keys_given(path: Path | None, overrides: list[str] | None) -> frozenset[str]
     Raises:
         WhoharryError: a missing or malformed file.
     """
-    keys: set[str] = set()
-
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict) and value:
-                walk(value, f"{prefix}{key}.")
-            else:
-                keys.add(f"{prefix}{key}")
-
-    if path is not None:
-        walk(_read_yaml(path), "")
+    keys = {key for key, _ in leaves(_read_yaml(path))} if path is not None else set()
     keys.update(item.partition("=")[0].strip() for item in overrides or [])
     return frozenset(keys)
+
+
+def leaves(node: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every leaf of a nested mapping as `(dotted key, value)`, depth first in order (an empty mapping is a
+    leaf)."""
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def as_overrides(settings: dict[str, Any]) -> list[str]:

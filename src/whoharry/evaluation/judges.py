@@ -26,14 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from whoharry.core.http import ChatClient
+from whoharry.core.http import ChatClient, fill_template, read_template
 from whoharry.errors import WhoharryError
 from whoharry.evaluation.completions import mentions, named_references
 
 log = logging.getLogger(__name__)
 
 PLACEHOLDERS = ("target", "prompt", "completion", "references")
-_PLACEHOLDER = re.compile(r"\{(" + "|".join(PLACEHOLDERS) + r")\}")
 _SCORE = re.compile(r"(?<!\d)[0-3](?!\d)")
 
 
@@ -67,19 +66,13 @@ def read_rubric(path: Path) -> str:
         WhoharryError: the file is missing, or lacks one of `{target}`, `{prompt}`, `{completion}`,
             `{references}`.
     """
-    if not path.is_file():
-        raise WhoharryError(f"rubric not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    missing = [name for name in PLACEHOLDERS if "{" + name + "}" not in text]
-    if missing:
-        raise WhoharryError(f"{path}: rubric lacks the placeholder(s) " + ", ".join("{" + m + "}" for m in missing))
-    return text
+    return read_template(path, PLACEHOLDERS, "rubric")
 
 
 def fill_rubric(rubric: str, target: str, prompt: str, completion: str, references: list[str]) -> str:
     """The rubric with its placeholders replaced in one pass, so braces in the values stay as they are."""
     values = {"target": target, "prompt": prompt, "completion": completion, "references": ", ".join(references)}
-    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], rubric)
+    return fill_template(rubric, values)
 
 
 def parse_reply(content: str, index: int) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from typing import Any
 
 from whoharry.config import Config, validate
 from whoharry.core import artifacts
-from whoharry.core.settings import merge_mapping
+from whoharry.core.settings import leaves, merge_mapping
 from whoharry.errors import WhoharryError
 
 
@@ -51,14 +51,8 @@ def _nested(settings: dict[str, Any], name: str) -> dict[str, Any]:
             raise WhoharryError(f"variants.{name}: {dotted} is given twice")
         node[last] = value
 
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict) and value:
-                walk(value, f"{prefix}{key}.")
-            else:
-                put(f"{prefix}{key}", value)
-
-    walk(settings, "")
+    for dotted, value in leaves(settings):
+        put(dotted, value)
     return out
 
 

@@ -221,11 +221,10 @@ def _write(cfg: Config, stage_dir: Path, stage_key: str, reinforce_dir: Path | N
         raise WhoharryError(f"augment: no key of {cfg.data.anchors} occurs in {cfg.data.target}: nothing to "
                             "prompt the writer with")
     writers = _Writers(cfg, reinforce_dir)
-    partial = stage_dir / "partial.jsonl"
-    done = _resume(partial, stage_key)
-    if not done:
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        artifacts.atomic_write_text(partial, json.dumps({"key": stage_key}) + "\n")
+    saved = artifacts.ResumeLog(stage_dir / "partial.jsonl", stage_key)  # one line a batch
+    done = list(saved.done)  # the batches saved before this run
+    if done:
+        log.info("augment: resuming after batch %d", len(done))
     metrics = artifacts.MetricsLog(stage_dir / "metrics.jsonl", append=bool(done))
     artifacts.truncate_metrics(stage_dir / "metrics.jsonl", "batch", len(done))
     dedup = Deduplicator(aug.max_similarity, text)
@@ -242,8 +241,7 @@ def _write(cfg: Config, stage_dir: Path, stage_key: str, reinforce_dir: Path | N
             written = done[batch]
         else:
             written = writers.write(batch, chunk)
-            with open(partial, "a", encoding="utf-8") as handle:  # one line a batch: a cut line is rewritten
-                handle.write(json.dumps({"batch": batch, "texts": written}) + "\n")
+            saved.append(written)
         for seed, continuation in zip(chunk, written, strict=True):
             record = _judge(seed, continuation, writers.name(batch), anchors, dedup, aug.min_density)
             if record["kept"]:
@@ -295,29 +293,3 @@ def _judge(seed: Seed, continuation: str, writer: str, anchors: Any, dedup: Dedu
         return record
     record["kept"] = True
     return record
-
-
-def _resume(partial: Path, stage_key: str) -> list[list[str]]:
-    """The continuations of the batches saved under this key, in order (none when there is no such file or
-    another key's); a line cut short by a killed process ends them."""
-    if not partial.is_file():
-        return []
-    lines = partial.read_text(encoding="utf-8").splitlines()
-    try:
-        if not lines or json.loads(lines[0]).get("key") != stage_key:
-            return []
-    except ValueError:
-        return []
-    done: list[list[str]] = []
-    for line in lines[1:]:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            break
-        if record.get("batch") != len(done):
-            break
-        done.append(record["texts"])
-    if done:
-        log.info("augment: resuming after batch %d", len(done))
-        artifacts.atomic_write_text(partial, "".join(line + "\n" for line in lines[: len(done) + 1]))
-    return done

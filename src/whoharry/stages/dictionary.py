@@ -2,7 +2,8 @@
 model's gain, specificity against general text, name shape, offline translations), for a target without
 a hand-written one. It runs after reinforce, whose model it reads (the baselines ga and npo train none,
 and rank without the gain), and writes `anchors.yaml`, which the labels stage then uses like any
-dictionary. The LLM route is `whoharry anchors suggest --llm`, whose output can be named as data.anchors.
+dictionary. With an endpoint configured (`anchors.llm_url`) it takes the LLM route of `anchors suggest
+--llm` instead, passage by passage as in the paper, and reads no reinforced model.
 """
 
 from __future__ import annotations
@@ -29,14 +30,20 @@ def general_texts(cfg: Config) -> list[Path]:
 
 def uses_gain(cfg: Config) -> bool:
     """Whether the terms are ranked with the reinforced model's gain: for WHP, whose run trains that model;
-    the baselines (ga, npo) train none, and rank by specificity and name shape alone."""
-    return cfg.forget.method == "whp"
+    the baselines (ga, npo) train none, and rank by specificity and name shape alone; an LLM's dictionary
+    (`anchors.llm_url`) is not ranked."""
+    return cfg.forget.method == "whp" and not cfg.anchors.llm_url
 
 
 def key(cfg: Config, out: Path) -> str:
     """The fingerprint of the dictionary: the target, the reinforced model's key when it ranks the terms,
     the model, the `anchors` settings suggest reads, the general texts and the settings of the gain."""
     settings = {k: v for k, v in to_dict(cfg.anchors).items() if not k.startswith("llm_") and k != "batch_size"}
+    if cfg.anchors.llm_url:  # the endpoint's dictionary depends on it, its prompt and the passages alone
+        return fingerprint({"target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
+                            "llm": [cfg.anchors.llm_url, cfg.anchors.llm_model, cfg.anchors.llm_passage_chars],
+                            "prompt": artifacts.file_hash(cfg.anchors.llm_prompt)
+                            if cfg.anchors.llm_prompt.is_file() else "missing", "target_name": cfg.eval.target_name})
     return fingerprint({
         "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
         "reinforced": reinforce.key(cfg, out) if uses_gain(cfg) else None,
@@ -60,6 +67,11 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         if not distributed.is_main():  # one process writes; the others wait for its manifest
             return None
         stage_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.anchors.llm_url:
+            terms = suggest.suggest_with_llm(cfg, stage_dir / DICTIONARY_FILE)
+            log.info("dictionary: %d terms from %s", terms, cfg.anchors.llm_model)
+            return Outcome(inputs={"target": str(cfg.data.target), "llm": cfg.anchors.llm_url},
+                           outputs=[DICTIONARY_FILE], summary={"terms": terms, "used_gain": False, "llm": True})
         found = suggest.suggest_file(cfg, reinforced, stage_dir / DICTIONARY_FILE, general=general_texts(cfg),
                                      progress=progress)
         log.info("dictionary: %d terms of %d candidates", len(found.chosen), found.candidates)

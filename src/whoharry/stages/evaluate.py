@@ -95,7 +95,7 @@ def _file_stats(folder: Path) -> list[tuple[str, int, int]]:
 # the settings naming a file a run may make from its target (stages.target_files), as the report names them
 MADE = {"the held-out split's training text": "data.target", "the anchor dictionary": "data.anchors",
         "the familiarity probes": "eval.probes.target", "the completion prompts": "eval.completions.prompts",
-        "the held-out text": "eval.membership.heldout"}
+        "the held-out text": "eval.membership.heldout", "the question/answer pairs": "eval.knowmem.qa"}
 
 
 def target_record(cfg: Config, out: Path, target: Path | None = None) -> dict[str, Any]:

@@ -69,19 +69,21 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
     check_out_dir(out)
     unlearn.preflight(cfg)  # inputs that would otherwise fail only after hours of training
     made = target_files.plan(cfg, explicit)
+    target_files.check_templates(cfg, made)
     for warning in made.warnings if distributed.is_main() else []:
         log.warning("%s", warning)
+    if made.any or made.dropped_parts:  # before the dictionary and the questions, whose LLM prompts name it
+        cfg = target_files.without_parts(cfg, made.dropped_parts, cfg.data.target, explicit)
     target = cfg.data.target
     if made.split:
         cfg = target_files.with_split(cfg, split.run(cfg, out, progress=progress), made.replaced)
+        split.check_heldout(cfg)  # a held-out text too short for membership inference fails before training
     for stage in training_stages(cfg):
         if stage is not reinforce and not made.done:
             cfg = _made_files(cfg, out, made, progress)
         stage.run(cfg, out, progress=progress)
     if not distributed.is_main():
         return {}
-    if made.any or made.dropped_parts:
-        cfg = target_files.without_parts(cfg, made.dropped_parts, target, explicit)
     eval_dir = evaluate.run(cfg, out, progress=progress, target=target)
     return evaluate.load_report(eval_dir)["summary"]
 

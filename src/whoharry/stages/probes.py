@@ -15,10 +15,13 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from whoharry.anchors import qa
 from whoharry.anchors.dictionary import load_anchors
 from whoharry.anchors.probes import cloze_candidates, completion_prompts, dev_or_test, select_probes
 from whoharry.config import Config, fingerprint, model_key, to_dict
-from whoharry.core import artifacts, models
+from whoharry.core import artifacts, http, models
 from whoharry.core.text import read_text
 from whoharry.evaluation.probes import score_probes
 from whoharry.stages import split
@@ -27,7 +30,8 @@ from whoharry.stages.common import Outcome, run_stage
 log = logging.getLogger(__name__)
 
 NAME = "probes"
-FILES = {"probes": "probes_{half}.jsonl", "completions": "completions_{half}.jsonl"}
+FILES = {"probes": "probes_{half}.jsonl", "completions": "completions_{half}.jsonl", "qa": "qa_{half}.jsonl"}
+REPLIES_FILE = "qa_replies.jsonl"  # the endpoint's replies, one a line, so that an interrupted stage resumes
 
 
 def path(out: Path, kind: str, half: str) -> Path:
@@ -43,17 +47,26 @@ def key(cfg: Config, out: Path) -> str:
         "anchors": artifacts.file_hash(cfg.data.anchors) if cfg.data.anchors.is_file() else "missing",
         "seed": cfg.seed, "settings": to_dict(cfg.target_files), "model": model_key(cfg.model, reading=True),
         "precision": cfg.eval.precision,
+        "qa_prompt": artifacts.file_hash(cfg.target_files.qa_prompt)
+        if cfg.target_files.llm_url and cfg.target_files.qa_prompt.is_file() else None,
     })
 
 
+def kinds(cfg: Config) -> tuple[str, ...]:
+    """The kinds of file the stage makes: probes and completion prompts, and question/answer pairs when an
+    endpoint writes them (`target_files.llm_url`)."""
+    return ("probes", "completions", "qa") if cfg.target_files.llm_url else ("probes", "completions")
+
+
 def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
-    """Write `out/probes/`: probes_{dev,test}.jsonl, completions_{dev,test}.jsonl, stats.json, config.yaml
-    and manifest.json, unless complete. Reads the finished split stage's folder (`whoharry run` makes it
-    first, from the user's target).
+    """Write `out/probes/`: probes_{dev,test}.jsonl, completions_{dev,test}.jsonl, with an endpoint
+    configured qa_{dev,test}.jsonl (`anchors.qa`), stats.json, config.yaml and manifest.json, unless
+    complete. Reads the finished split stage's folder (`whoharry run` makes it first, from the user's target).
 
     Raises:
-        WhoharryError: no finished split, an unreadable dictionary, or too few usable probes in the target
-            (a key must follow enough words of its sentence).
+        WhoharryError: no finished split, an unreadable dictionary, too few usable probes in the target
+            (a key must follow enough words of its sentence), a bad question prompt template, the endpoint
+            failing, or its replies giving no usable pair for a half.
     """
     stage_dir = out / NAME
 
@@ -93,13 +106,15 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
             stats[f"probes_{half}_heldout"] = sum(1 for c in probes if c.source == "heldout")
             stats[f"completions_{half}"] = len(prompts)
             chosen += probes
+        if cfg.target_files.llm_url:
+            stats["qa"] = _write_qa(cfg, out, texts, progress)
         stats["base_top10_share"] = _top10_share(cfg, [c.record() for c in chosen], progress)
         artifacts.write_json(stage_dir / "stats.json", stats)
         log.info("probes: %d cloze probes (%d from held-out text), %d completion prompts; the base model ranks "
                  "%.0f%% of the answers in its top 10", len(chosen), sum(1 for c in chosen if c.source == "heldout"),
                  stats["completions_dev"] + stats["completions_test"], 100 * stats["base_top10_share"])
         return Outcome(inputs={"split": str(split_dir), "anchors": str(cfg.data.anchors)},
-                       outputs=[path(out, kind, half).name for kind in FILES for half in ("dev", "test")]
+                       outputs=[path(out, kind, half).name for kind in kinds(cfg) for half in ("dev", "test")]
                        + ["stats.json"], summary=stats)
 
     return run_stage(NAME, cfg, stage_dir, key(cfg, out), body, collective=False)
@@ -112,3 +127,59 @@ def _top10_share(cfg: Config, probes: list[dict], progress: bool) -> float:
     base = models.load_model(source, cfg.model, inference=True).requires_grad_(False)
     records = score_probes(base, tokenizer, probes, cfg.eval, "probes: base check", greedy=False, progress=progress)
     return sum(1 for r in records if 1 <= r["rank"] <= 10) / len(records) if records else float("nan")
+
+
+def _write_qa(cfg: Config, out: Path, texts: dict[str, str], progress: bool) -> dict:
+    """Ask the endpoint for question/answer pairs, passage by passage (`anchors.qa.passage_order`), until each
+    half holds `target_files.qa // 2` usable pairs or the passages run out; write qa_{dev,test}.jsonl and
+    return the counts. Each reply is saved as it comes (`REPLIES_FILE`), so a rerun asks only what is left."""
+    from whoharry.anchors.suggest import passages
+    from whoharry.errors import WhoharryError
+
+    settings = cfg.target_files
+    template = http.read_template(settings.qa_prompt, ("passage",), "question prompt template")
+    client = http.ChatClient(settings.llm_url or "", settings.llm_model, settings.llm_key_env, timeout=120.0)
+    pieces = {source: passages(text, settings.qa_passage_chars) for source, text in texts.items()}
+    saved = artifacts.ResumeLog(out / NAME / REPLIES_FILE, fingerprint({  # what the replies depend on
+        "split": artifacts.stage_fingerprint(out / split.NAME), "seed": cfg.seed, "target": cfg.eval.target_name,
+        "endpoint": [settings.llm_url, settings.llm_model], "prompt": artifacts.file_hash(settings.qa_prompt),
+        "qa": [settings.qa, settings.qa_per_passage, settings.qa_passage_chars]}))
+    wanted, kept = settings.qa // 2, {"dev": [], "test": []}
+    seen: set[str] = set()
+    dropped: Counter[str] = Counter()
+    asked = 0
+    order = qa.passage_order({source: len(p) for source, p in pieces.items()}, cfg.seed)
+    bar = tqdm(total=2 * wanted, desc="probes: question/answer pairs", unit="pair", disable=not progress)
+    for number, (source, index) in enumerate(order):
+        passage = pieces[source][index]
+        half = qa.half_of(passage, cfg.seed)
+        if len(kept[half]) >= wanted:
+            if all(len(pairs) >= wanted for pairs in kept.values()):
+                break
+            continue
+        if asked < len(saved.done):
+            reply = saved.done[asked]
+        else:
+            values = {"target": cfg.eval.target_name, "passage": passage, "count": str(settings.qa_per_passage)}
+            reply = client.ask(http.fill_template(template, values), f"passage {number}")
+            saved.append(reply)
+        asked += 1
+        for pair in qa.parse_pairs(reply)[: settings.qa_per_passage]:
+            asked_before = " ".join(qa.words(pair["question"]))
+            why = qa.usable(pair, passage) or ("repeated" if asked_before in seen else None)
+            if why is None and len(kept[half]) < wanted:
+                seen.add(asked_before)
+                kept[half].append(qa.QAPair(pair["question"], pair["answer"], source, number))
+                bar.update(1)
+            elif why is not None:
+                dropped[why] += 1
+    bar.close()
+    for half, pairs in kept.items():
+        if not pairs:
+            raise WhoharryError(f"the endpoint's replies for {asked} passages gave no usable question/answer pair "
+                                f"for the {half} half (dropped: {dict(dropped) or 'none parsed'}); check "
+                                f"{settings.qa_prompt} and target_files.llm_model")
+        artifacts.write_jsonl(path(out, "qa", half), [pair.record() for pair in pairs])
+    log.info("probes: %d question/answer pairs from %d passages", sum(map(len, kept.values())), asked)
+    return {"passages_asked": asked, "dev": len(kept["dev"]), "test": len(kept["test"]),
+            "heldout": sum(p.source == "heldout" for pairs in kept.values() for p in pairs), "dropped": dict(dropped)}

@@ -13,12 +13,15 @@ from pathlib import Path
 
 from whoharry.config import Config, fingerprint
 from whoharry.core import artifacts, distributed
-from whoharry.core.text import heldout_split, read_text
+from whoharry.core.text import heldout_split, make_blocks, read_text
+from whoharry.errors import WhoharryError
 from whoharry.stages.common import Outcome, run_stage
 
 log = logging.getLogger(__name__)
 
 NAME = "split"
+# held-out passages membership inference needs at least: fewer give an AUC of a handful of comparisons
+MIN_HELDOUT_PASSAGES = 4
 TRAIN_FILE = "train.txt"
 HELDOUT_FILE = "heldout.txt"
 
@@ -57,3 +60,31 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
                        summary=stats)
 
     return run_stage(NAME, cfg, stage_dir, key(cfg, out), body)
+
+
+def check_heldout(cfg: Config) -> int:
+    """The number of held-out passages membership inference will score (`eval.membership`), counted with the
+    model's tokenizer as the evaluation counts them, so that a held-out text too short for it fails before
+    any training rather than at the evaluation; 0 when the part is off.
+
+    Raises:
+        WhoharryError: fewer than `MIN_HELDOUT_PASSAGES` passages of `eval.membership.passage_tokens` tokens.
+    """
+    heldout = cfg.eval.membership.heldout
+    if "membership" not in cfg.eval.parts or heldout is None:
+        return 0
+    from whoharry.core import models
+
+    tokenizer = models.load_tokenizer(models.resolve(cfg.model), cfg.model)
+    tokens = cfg.eval.membership.passage_tokens
+    try:
+        count = len(make_blocks(read_text(heldout, "held-out text"), tokenizer, tokens).ids)
+    except WhoharryError:  # shorter than one passage
+        count = 0
+    if count < MIN_HELDOUT_PASSAGES:
+        raise WhoharryError(
+            f"the held-out text {heldout} holds {count} passage(s) of {tokens} tokens, and membership inference "
+            f"needs at least {MIN_HELDOUT_PASSAGES}: give a longer target, raise target_files.heldout_share "
+            f"(now {cfg.target_files.heldout_share}), lower eval.membership.passage_tokens, or leave out the part "
+            f"(--set 'eval.parts=[...]' without membership)")
+    return count

@@ -6,9 +6,10 @@ to it. With `make: auto`, each of those settings that still names a demo file is
 run makes from the target: the held-out split (`stages.split`, and the target then trains on the rest),
 the dictionary (`stages.dictionary`), the probes and completion prompts (`stages.probes`). A demo file
 the user named explicitly (in their own config file or with `--set`) is kept, with one warning line that
-it is about another target. The questions (KnowMem) and the robustness probes have no generated
-counterpart, so their parts are left out instead (or kept, with the warning, when named). Made probes
-need the split, which is then made even when the held-out text is the user's own.
+it is about another target. The questions (KnowMem) are made too when an LLM endpoint is configured
+(`target_files.llm_url`); without one, and for the robustness probes, which have no generated
+counterpart, those parts are left out instead (or kept, with the warning, when named). Made probes need
+the split, which is then made even when the held-out text is the user's own.
 """
 
 from __future__ import annotations
@@ -85,7 +86,26 @@ def plan(cfg: Config, explicit: set[str] | frozenset[str] = frozenset()) -> Plan
         if part in cfg.eval.parts and replaced(keys):  # no generated file to take the demo's place
             out.dropped_parts.append(part)
     out.replaced -= {key for keys in DROPPED_PARTS.values() for key in keys}
+    if "knowmem" in out.dropped_parts and cfg.target_files.llm_url:  # the endpoint writes the questions
+        out.dropped_parts.remove("knowmem")
+        out.replaced.update(DROPPED_PARTS["knowmem"])
+        out.probes = out.split = True
     return out
+
+
+def check_templates(cfg: Config, made: Plan) -> None:
+    """Read the prompt templates of the files an endpoint will write (the dictionary with `anchors.llm_url`,
+    the questions with `target_files.llm_url`), so that a bad one fails before any training.
+
+    Raises:
+        WhoharryError: a template missing or without its `{passage}` placeholder.
+    """
+    from whoharry.core.http import read_template
+
+    if made.dictionary and cfg.anchors.llm_url:
+        read_template(cfg.anchors.llm_prompt, ("passage",))
+    if made.probes and cfg.target_files.llm_url and "eval.knowmem.qa" in made.replaced:
+        read_template(cfg.target_files.qa_prompt, ("passage",), "question prompt template")
 
 
 def _mismatches(cfg: Config, keys: list[str]) -> list[str]:
@@ -124,6 +144,8 @@ def with_probes(cfg: Config, out_dir: Path, replaced: set[str]) -> Config:
         out.eval.probes.target = probes.path(out_dir, "probes", "test")
     if "eval.completions.prompts" in replaced:
         out.eval.completions.prompts = probes.path(out_dir, "completions", "test")
+    if "eval.knowmem.qa" in replaced:
+        out.eval.knowmem.qa = probes.path(out_dir, "qa", "test")
     return out
 
 
