@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "target-bench")
     args = parser.parse_args(argv)
 
-    from scipy.stats import spearmanr
+    import pandas  # installed with datasets
 
     from whoharry.cli.common import setup
 
@@ -166,8 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     stats = json.loads((args.out / "target-only" / "probes" / "stats.json").read_text())
     result["generated_probes"] = {"base_top10_share": stats["base_top10_share"],
                                   "count": stats["probes_dev"] + stats["probes_test"],
-                                  "spearman_with_hand_written": float(spearmanr([m for m, _ in pairs],
-                                                                                   [h for _, h in pairs]).statistic)}
+                                  # Spearman's rho: Pearson's r of the average ranks
+                                  "spearman_with_hand_written": float(pandas.Series([m for m, _ in pairs]).rank().corr(
+                                      pandas.Series([h for _, h in pairs]).rank()))}
     if "hand-written" in result["runs"]:
         ours, theirs = (result["runs"][n]["hand_written_reduction"] for n in ("target-only", "hand-written"))
         result["target_only_share_of_reduction"] = ours / theirs if theirs else float("nan")
