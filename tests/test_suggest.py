@@ -230,3 +230,17 @@ def test_a_translation_never_brings_a_term_back_in_another_form():
         assert generics._names_a_term(option, terms, lowered), option
     for option in ("the market", "emerald", "fairy"):
         assert not generics._names_a_term(option, terms, lowered), option
+
+
+def test_a_rare_word_of_a_name_without_a_translation_takes_an_ordinary_name_everywhere():
+    text = ("Sherlock Holmes smiled. Mr. Sherlock Holmes left. Holmes sat. Holmes rose. The Baker Street rooms. "
+            "Baker Street again.")
+    found = suggest.find_candidates(text, "", min_count=2)
+    terms = {"Holmes", "Sherlock Holmes", "Baker Street"}
+    composed = generics._compose(found["Sherlock Holmes"], {"Holmes": ["Smith", "Carter"]}, text, terms, 2)
+    firsts = [option.split()[0] for option in composed]
+    assert all(first in generics.FIRST_NAMES for first in firsts) and [o.split()[1] for o in composed] == [
+        "Smith", "Carter"]
+    assert firsts == generics.fallback("first", "Sherlock", 2, set())  # the same name wherever `Sherlock` stands
+    kept = generics._compose(found["Baker Street"], {"Baker": ["Green"]}, text, terms, 1)
+    assert kept == ["Green Street"]  # an ordinary word stays

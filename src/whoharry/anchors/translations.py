@@ -40,10 +40,17 @@ PLACES = ("Ashford", "Millbrook", "Westbury", "Oakham", "Redhill", "Fairview", "
           "Elmwood", "Greenfield")
 NOUNS = ("thing", "object", "device", "stuff", "item", "tool")
 TITLES = {"Mr", "Mrs", "Miss", "Ms", "Dr", "Professor", "Uncle", "Aunt", "Madam", "Sir", "Lady", "Lord", "King",
-          "Queen", "Prince", "Princess", "Captain", "Master", "Mistress", "Father", "Mother", "Saint"}
+          "Queen", "Prince", "Princess", "Captain", "Master", "Mistress", "Father", "Mother", "Saint", "Monsieur",
+          "Madame", "Mademoiselle", "Herr", "Frau", "Signor", "Signora", "Count", "Countess", "Duke", "Duchess",
+          "Baron", "Baroness", "Inspector", "Doctor", "Colonel", "Major", "Reverend", "Mister"}
+# a word of a multi-word name rarer than this in English (wordfreq; `Sherlock` 5e-6) is the target's own, not an
+# ordinary word (`Wicked` 1e-5, `Street` 2e-4), and takes an ordinary name when it has no translation
+RARE_WORD = 7e-6
 PLACE_WORDS = {"in", "at", "to", "from", "into", "towards", "toward", "through", "near", "reach", "reached",
                "leave", "left", "visit", "visited"}
 CONTEXT_CHARS = 400
+CONTEXT_TOKENS = 48  # tokens of each context the models read (about two sentences)
+FINISH_TOKENS = 32  # context tokens before a first token when its word is finished
 
 
 def kind_of(candidate: Candidate, text: str, chosen: set[str]) -> str:
@@ -123,11 +130,12 @@ def model_fillers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
     """The likeliest generic next words before the term's occurrences, whole words, best first.
 
     The model reads the text before up to `contexts` occurrences (those past character 40, occurrences
-    not inside a longer name first; the last 96 tokens of up to 400 characters each); its next-token
+    not inside a longer name first; the last `CONTEXT_TOKENS` tokens of up to 400 characters each); its next-token
     probabilities (softmax of the last position's logits, WHP-steered with `reinforced` and `alpha`) are
     averaged over the contexts. Of the 400 likeliest tokens, up to `2 * wanted` that start a word, are not
     `banned`, a stopword or (when `capitalised`) a title, and are capitalised as asked, are each finished
-    by up to 3 greedy tokens of `model` alone after the first context, cut where the word ends.
+    by up to 3 greedy tokens of `model` alone after the last `FINISH_TOKENS` tokens of the first context,
+    cut where the word ends.
 
     Returns:
         Distinct words, best first (up to `2 * wanted`; empty when no occurrence or no token qualifies).
@@ -140,7 +148,7 @@ def model_fillers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
     prompts = []
     for start, _ in spans:
         left = text[max(0, start - CONTEXT_CHARS) : start].rstrip()
-        prompts.append(tokenizer(left, add_special_tokens=False).input_ids[-96:])
+        prompts.append(tokenizer(left, add_special_tokens=False).input_ids[-CONTEXT_TOKENS:])
     ids, mask = pad(prompts, tokenizer.pad_token_id, left=True)
     with models.autocast(precision, device):
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1].float()
@@ -162,9 +170,11 @@ def model_fillers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
             break
     if not firsts:
         return []
-    # finish every word at once: greedy continuation after the first context, cut where a word ends
-    width = len(prompts[0])
-    starts = torch.tensor([[*prompts[0], token] for token in firsts], device=device)
+    # finish every word at once: greedy continuation after the end of the first context (the last
+    # FINISH_TOKENS tokens: the rest of a word depends on its sentence, not on the paragraphs before it)
+    tail = prompts[0][-FINISH_TOKENS:]
+    width = len(tail)
+    starts = torch.tensor([[*tail, token] for token in firsts], device=device)
     with models.autocast(precision, device):
         grown = model.generate(input_ids=starts, attention_mask=torch.ones_like(starts), max_new_tokens=3,
                                do_sample=False, pad_token_id=tokenizer.pad_token_id)
@@ -248,15 +258,21 @@ def _plural_of(term: str, terms: set[str]) -> str | None:
 
 def _compose(candidate: Candidate, result: dict[str, list[str]], text: str, terms: set[str],
              alternatives: int) -> list[str]:
-    """A multi-word term: its translated words replaced, the others (titles, connectors) kept."""
+    """A multi-word term: its translated words replaced; an untranslated word of its own (capitalised, not a
+    title, rarer than `RARE_WORD` in English: `Sherlock` in `Sherlock Holmes`) takes an ordinary name of the
+    term's kind (a first name before another word of the name, else a surname or a place), the same for
+    the word wherever it stands; the others (titles, connectors, ordinary words) are kept."""
+    from whoharry.anchors.candidates import english_frequency
+
     words = candidate.term.split()
     if not any(word in result for word in words):
         kind = "place" if kind_of(candidate, text, terms) == "place" else "surname"
         return fallback(kind, candidate.term, alternatives, set())
+    place = kind_of(candidate, text, terms) == "place"
     options = []
     for choice in range(alternatives):
         parts = []
-        for word in words:
+        for index, word in enumerate(words):
             # translated words change, capitalised as the name writes them; titles, connectors and other
             # words stay
             if word in result:
@@ -265,6 +281,10 @@ def _compose(candidate: Candidate, result: dict[str, list[str]], text: str, term
                     option = " ".join(piece if piece in CONNECTORS else piece[:1].upper() + piece[1:]
                                       for piece in option.split())
                 parts.append(option)
+            elif (word[:1].isupper() and word.isalpha() and word not in TITLES and word not in CONNECTORS
+                  and english_frequency(word) < RARE_WORD):
+                kind = "place" if place else "first" if index + 1 < len(words) else "surname"
+                parts.append(fallback(kind, word, alternatives, set())[choice % alternatives])
             else:
                 parts.append(word)
         options.append(" ".join(parts))

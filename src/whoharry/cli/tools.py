@@ -1,4 +1,4 @@
-"""The tool commands: `whoharry compare`, `whoharry anchors suggest | import | check` and
+"""The tool commands: `whoharry compare`, `whoharry export`, `whoharry anchors suggest | import | check` and
 `whoharry experiment retrain-gap`, each a shim over the module that does the work."""
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from whoharry.errors import WhoharryError
 def register(app: typer.Typer) -> None:
     """Add the tool commands and sub-apps to `app`."""
     app.command()(compare)
+    app.command()(export)
     app.add_typer(anchors_app, name="anchors")
     app.add_typer(experiment_app, name="experiment")
 
@@ -49,6 +50,71 @@ def compare(
         typer.echo(comparing.render_compare(data).rstrip())
 
     guard(body)
+
+
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The GGUF file to write (.gguf).")],
+    gguf_type: Annotated[str, typer.Option(
+        "--type", help="Tensor type: f32, f16, q8_0, q5_0, q5_1, q4_0 or q4_1.")] = "q8_0",
+    run: Annotated[Path, typer.Option("--run", help="The run folder whose unlearned model is written.")] = Path(
+        "runs/default"),
+    model: Annotated[Path | None, typer.Option(
+        "--model", help="A save_pretrained folder to write instead (default: RUN/unlearn/final).")] = None,
+    source: Annotated[Path | None, typer.Option(
+        "--source", help="A GGUF file of the same model whose metadata and tokenizer are kept (default: the file "
+                         "the run's model came from, if any).")] = None,
+    no_source: Annotated[bool, typer.Option("--no-source", help="Build the metadata from the folder instead.")] = False,
+    check: Annotated[bool, typer.Option(
+        "--check/--no-check", help="Read the file back and compare its logits with the folder's.")] = True,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Write a model folder (the unlearned model by default) as a GGUF file for llama.cpp → [bold]OUT[/bold] and
+    OUT.json (what was written, and the read-back check)."""
+    setup(quiet=True)
+
+    def body() -> None:
+        from whoharry.core import artifacts
+        from whoharry.core import export as exporting
+
+        folder = model or run / "unlearn" / "final"
+        if out.suffix != ".gguf":
+            raise WhoharryError(f"--out {out}: a GGUF file is written as .gguf")
+        if out.exists() and not overwrite:
+            raise WhoharryError(f"{out} exists; pass --overwrite to replace it")
+        if out.is_dir():
+            raise WhoharryError(f"--out {out} is a folder; give a .gguf file name")
+        if not (folder / "config.json").is_file():
+            raise WhoharryError(f"no model folder at {folder} (no config.json): finish the run first, or pass --model")
+        origin = None if no_source else source or _gguf_of(folder)
+        if origin is not None and not origin.is_file():
+            raise WhoharryError(f"--source {origin}: no such file")
+        done = exporting.export_gguf(folder, out, gguf_type, origin)  # type: ignore[arg-type]
+        record = {"file": str(out), "model": str(folder), "type": done.gguf_type, "route": done.route,
+                  "source": str(origin) if origin else None, "tensors": done.tensors, "bytes": done.bytes,
+                  "fallback_f16": done.fallback_f16}
+        if check:
+            record["check"] = exporting.check_logits(folder, out, exporting.CHECK_TEXT)
+        artifacts.write_json(out.with_name(out.name + ".json"), record)
+        made = f"from {origin}" if origin else "built"
+        line = f"GGUF {done.gguf_type}: {out} ({done.bytes / 2**20:.1f} MiB, metadata {made})"
+        if check:
+            line += (f"; read back: top-1 agreement {record['check']['top1_agreement']:.3f}, "
+                     f"largest logit difference {record['check']['max_abs_logit_diff']:.3f}")
+        typer.echo(line)
+
+    guard(body)
+
+
+def _gguf_of(folder: Path) -> Path | None:
+    """The GGUF file the model of a run's stage folder (`RUN/STAGE/final`) came from, from that stage's
+    config.yaml; None when there is none or the model was not a GGUF."""
+    from whoharry.config import load_config
+    from whoharry.core import models
+
+    stage_config = folder.parent / "config.yaml"
+    if not stage_config.is_file():
+        return None
+    return models.gguf_file(load_config(stage_config).model)
 
 
 anchors_app = typer.Typer(

@@ -13,6 +13,8 @@ Writer = Literal["base", "reinforced", "both"]  # which model writes the generat
 # what a run makes from a target that is not the demo's: auto (where the files still point at the demo's),
 # always, never
 TargetFiles = Literal["auto", "always", "never"]
+# the tensor types `whoharry export` writes a GGUF file in (llama.cpp's names)
+GGUFType = Literal["f32", "f16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1"]
 MatchOrder = Literal["longest", "dictionary"]  # which key wins an overlap: the longest, or the first listed
 # The parts of the evaluation, in the order they run; `eval.parts` picks some of them.
 EvalPart = Literal["probes", "completions", "sampling", "knowmem", "robustness", "verbatim", "membership", "utility",

