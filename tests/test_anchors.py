@@ -43,7 +43,7 @@ def test_regex_characters_in_keys_are_literal():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("Harry: Jon\nHarry: Sam\n", "duplicate anchor key 'Harry' at line 2"),
+        ("Harry: Jon\nHarry: Sam\n", r"a.yaml: duplicate anchor key 'Harry' at line 2"),
         ("Harry: ''\n", "empty translation"),
         ("Harry: []\n", "needs a generic term"),
         ("'': Jon\n", "key is empty"),

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whoharry.evaluation import completions, figures, intervals, membership, probes, suite
+from whoharry.config.choices import GGUF_TYPES
+from whoharry.evaluation import completions, figures, intervals, membership, probes, quantization, suite
 from whoharry.evaluation.figures import FIGURES, GAP_FIGURES, lookup
 from whoharry.stages import evaluate
 
@@ -132,6 +133,11 @@ def synthetic_model(seed: int, scale: float) -> dict:
         [(r["nll"], r["tokens"]) for r in samples["general_text"]])
     samples["relearning"] = [{"step": step, "p_answer": [float(rng.uniform(0, scale)) for _ in range(12)]}
                              for step in (0, 5, 10)]
+    for gguf_type in GGUF_TYPES:  # the quantization part: a mean P(answer) per rounded probe set
+        for probe_set in quantization.PROBE_SETS:
+            key = quantization.figure_key(gguf_type, probe_set)
+            samples[key.removesuffix("_p_answer")] = probe_records(rng, 12, scale, control=False)
+            summary[key] = float(np.mean([r["p_answer"] for r in samples[key.removesuffix("_p_answer")]]))
     return {"summary": summary, "samples": samples}
 
 
@@ -155,6 +161,7 @@ def test_every_written_summary_key_has_a_figure_and_every_figure_is_written(resu
     written = set(literal)
     for name in PROBE_SET_NAMES:
         written |= set(probes.summarize(name, [{"p_answer": 0.5, "rank": 2, "hit": True}]))
+    written |= {quantization.figure_key(t, s) for t in GGUF_TYPES for s in quantization.PROBE_SETS}
     for result in results.values():  # stages/evaluate.py's additions: specific familiarity, PrivLeak
         written |= set(result["summary"])
     unknown = sorted(key for key in written if lookup(key) is None)

@@ -241,6 +241,8 @@ def load_anchors(path: Path) -> Anchors:
         raise WhoharryError(f"anchor dictionary not found: {path}")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader
+    except WhoharryError as exc:  # a key seen twice: name the file
+        raise WhoharryError(f"{path}: {exc}") from None
     except UnicodeDecodeError:
         raise WhoharryError(f"anchor dictionary {path} is not UTF-8") from None
     except yaml.YAMLError as exc:

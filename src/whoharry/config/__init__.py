@@ -36,6 +36,7 @@ from whoharry.config.evaluation import (  # noqa: F401
     LLMJudgeEval,
     MembershipEval,
     ProbesEval,
+    QuantizationEval,
     RelearningEval,
     RobustnessEval,
     SamplingEval,

@@ -18,7 +18,8 @@ GGUFType = Literal["f32", "f16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1"]
 MatchOrder = Literal["longest", "dictionary"]  # which key wins an overlap: the longest, or the first listed
 # The parts of the evaluation, in the order they run; `eval.parts` picks some of them.
 EvalPart = Literal["probes", "completions", "sampling", "knowmem", "robustness", "verbatim", "membership", "utility",
-                   "benchmarks", "relearning"]
+                   "quantization", "benchmarks", "relearning"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
+GGUF_TYPES: tuple[str, ...] = get_args(GGUFType)
 METHODS: tuple[str, ...] = get_args(Method)
 EVAL_PARTS: tuple[str, ...] = get_args(EvalPart)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from whoharry.config.choices import EVAL_PARTS, EvalPart, Precision
+from whoharry.config.choices import EVAL_PARTS, GGUF_TYPES, EvalPart, GGUFType, Precision
 from whoharry.core.settings import require
 
 
@@ -106,6 +106,19 @@ class VerbatimEval:
 
 
 @dataclass
+class QuantizationEval:
+    """`eval.quantization` (Zhang et al. 2025): the model's weights round-tripped through GGUF quantization,
+    as `whoharry export` writes them, and the target and general probes scored again."""
+
+    types: list[GGUFType] = field(default_factory=lambda: ["q8_0", "q4_0"])  # one round trip each
+
+    def check(self, prefix: str) -> None:
+        """Range checks of the section found at `prefix` (`eval.quantization.`)."""
+        require(bool(self.types), f"{prefix}types must name at least one of {', '.join(GGUF_TYPES)}")
+        require(len(set(self.types)) == len(self.types), f"{prefix}types names a type twice")
+
+
+@dataclass
 class MembershipEval:
     """`eval.membership`: membership inference, target passages against held-out text of its domain."""
 
@@ -201,6 +214,7 @@ class EvalConfig:
     verbatim: VerbatimEval = field(default_factory=VerbatimEval)
     membership: MembershipEval = field(default_factory=MembershipEval)
     utility: UtilityEval = field(default_factory=UtilityEval)
+    quantization: QuantizationEval = field(default_factory=QuantizationEval)
     benchmarks: BenchmarksEval = field(default_factory=BenchmarksEval)
     relearning: RelearningEval = field(default_factory=RelearningEval)
 

@@ -37,6 +37,7 @@ PART_INPUTS: dict[str, tuple[str, ...]] = {
     "verbatim": ("verbatim",),
     "membership": ("membership",),
     "utility": ("utility", "block_length"),
+    "quantization": ("quantization", "probes.target", "probes.general"),
     "benchmarks": ("benchmarks.limit",),  # one cached part per task, `benchmark-TASK`: the task is in the name
     "relearning": ("relearning", "probes.target", "block_length"),
 }

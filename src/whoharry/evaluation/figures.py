@@ -25,6 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from whoharry.config.choices import GGUF_TYPES
+from whoharry.evaluation import quantization
+
 # What unlearning should do to a figure: "lower" (forgetting), "keep" (general ability, higher is
 # better), "keep low" (lower is better and should not rise: perplexities, costs), "toward 0.5" (a
 # membership AUC: chance) or "toward 0" (PrivLeak, distances to the gold model).
@@ -87,6 +90,8 @@ WHP_TOKENS = "Eldan & Russinovich 2023, evaluation methodology: token-probabilit
 WHP_COMPLETIONS = "Eldan & Russinovich 2023, evaluation methodology: completion-based familiarity (GPT-4 graded there)"
 WHP_GENERAL = "whoharry: the paper's token-probability probes asked of general knowledge (its general capability)"
 LYNCH_ROBUST = "Lynch et al. 2024: robustness of unlearning to other phrasings and in-context prompts"
+ZHANG_QUANT = ("Zhang et al. 2025, Does your LLM truly unlearn? An embarrassingly simple approach: quantization "
+               "brings unlearned knowledge back")
 LYNCH_RELEARN = "Lynch et al. 2024: relearning, familiarity after fine-tuning on a slice of the target"
 MEMBERSHIP = {
     "loss": "membership inference by the mean token loss (the classic loss attack)",
@@ -178,6 +183,14 @@ FIGURES: tuple[Figure, ...] = (
     Figure("relearn_target_p_answer", "relearning: mean P(answer) after fine-tuning on a target slice", "lower",
            PROBABILITY + ", target probes after the last relearning step", LYNCH_RELEARN,
            Resampling("relearning", "p_answer", "last mean"), "relearned P"),
+    *(Figure(quantization.figure_key(gguf_type, probe_set),
+             f"{what} mean P(answer) after {gguf_type} quantization", direction, PROBABILITY
+             + f", {probe_set} probes on the weights rounded to GGUF {gguf_type} and back", ZHANG_QUANT,
+             Resampling(quantization.figure_key(gguf_type, probe_set).removesuffix("_p_answer"), "p_answer"),
+             f"{short} P {gguf_type}")
+      for gguf_type in GGUF_TYPES
+      for probe_set, what, short, direction in (("target", "target familiarity:", "HP", "lower"),
+                                                ("general", "general knowledge:", "general", "keep"))),
     *(Figure(f"membership_auc_{score}",
              f"membership inference AUC, target vs. held-out: {name}" if score == "loss"
              else f"membership inference AUC: {name}", "toward 0.5",

@@ -12,6 +12,8 @@ model, skips the finished ones. Parts, in order:
     verbatim     continuations of target excerpts (whoharry.evaluation.verbatim)
     membership   target text against held-out text of its domain (whoharry.evaluation.membership)
     utility      perplexity on general text
+    quantization the target and general probes after rounding the weights to GGUF types
+                 (whoharry.evaluation.quantization)
     benchmarks   lm-eval tasks (whoharry.evaluation.benchmarks)
     relearning   familiarity after fine-tuning on a target slice (whoharry.evaluation.relearning); runs last, as it
                  changes the model
@@ -29,7 +31,17 @@ import torch
 from whoharry.config import EvalConfig
 from whoharry.core import models
 from whoharry.core.text import make_blocks, read_text
-from whoharry.evaluation import benchmarks, completions, judges, knowmem, membership, probes, relearning, verbatim
+from whoharry.evaluation import (
+    benchmarks,
+    completions,
+    judges,
+    knowmem,
+    membership,
+    probes,
+    quantization,
+    relearning,
+    verbatim,
+)
 from whoharry.evaluation.context import (  # noqa: F401 - the cache's names, used here and re-exported
     COMMON_FIELDS,
     PART_INPUTS,
@@ -248,6 +260,26 @@ def part_utility(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Conte
             {"general_text": records})
 
 
+def part_quantization(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
+    """The quantization attack (`evaluation.quantization`): for each type, the target and general probes
+    scored on a copy of the model rounded through it (`quant_{type}_{set}_p_answer`)."""
+    summary, samples = {}, {}
+    for gguf_type in ctx.eval.quantization.types:
+        rounded = quantization.round_trip(model, gguf_type)
+        for probe_set in quantization.PROBE_SETS:
+            path: Path | None = getattr(ctx.eval.probes, probe_set)
+            if path is None:
+                continue
+            rows = probes.read_probes(path, ctx.eval.max_samples)
+            records = probes.score_probes(rounded, tokenizer, rows, ctx.eval, f"{name} {gguf_type} {probe_set} probes",
+                                          greedy=False, progress=ctx.progress)
+            key = quantization.figure_key(gguf_type, probe_set)
+            samples[key.removesuffix("_p_answer")] = records
+            summary[key] = _mean(records, "p_answer")
+        del rounded
+    return summary, samples
+
+
 def part_benchmark(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, task: str) -> Part:
     """One lm-eval task's main figure and its ± 1.96 standard-error interval (`evaluation.benchmarks`)."""
     figures, spans = benchmarks.run_tasks(model, tokenizer, [task], ctx.eval.benchmarks.limit, ctx.eval.batch_size)
@@ -278,6 +310,7 @@ def wanted(cfg: EvalConfig, part: str, member_text: str | None) -> bool:
         "verbatim": cfg.verbatim.excerpts > 0 and member_text is not None,
         "membership": cfg.membership.heldout is not None and member_text is not None,
         "utility": cfg.utility.general_text is not None,
+        "quantization": cfg.probes.target is not None or cfg.probes.general is not None,
         "benchmarks": bool(cfg.benchmarks.tasks),
         "relearning": cfg.probes.target is not None and member_text is not None,
     }
@@ -303,7 +336,11 @@ def evaluate_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Con
         if cfg.llm_judge.url:
             add("llm_judge", lambda: part_llm_judge(result["samples"]["completions"], ctx))
     for part, compute in (("sampling", part_sampling), ("knowmem", part_knowmem), ("robustness", part_robustness),
-                          ("verbatim", part_verbatim), ("membership", part_membership), ("utility", part_utility)):
+                          ("verbatim", part_verbatim), ("membership", part_membership), ("utility", part_utility),
+                          ("quantization", part_quantization)):
+        if part == "quantization" and getattr(model, "models_per_token", 1) > 1:
+            log.info("eval: %s is an ensemble; quantization skipped", name)  # no weights of its own to round
+            continue
         if wanted(cfg, part, ctx.member_text):
             add(part, lambda compute=compute: compute(model, tokenizer, ctx, name))
     return result
