@@ -355,3 +355,20 @@ def test_a_heldout_text_too_short_for_membership_inference_fails_before_training
     assert "error: the held-out text" in result.output and "needs at least 4" in result.output
     assert (out / "split" / "manifest.json").is_file() and not (out / "reinforce").exists()
     assert "Traceback" not in result.output
+
+
+def test_a_run_that_fails_on_its_input_leaves_no_folder_and_says_what_is_wrong(project, own_target, tmp_path):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    for target, message in ((folder, "is a folder; give a UTF-8 text file"), (tmp_path / "none.txt", "not found")):
+        out = project / f"failed-{message[:6].replace(' ', '')}"
+        result = runner.invoke(app, ["run", "--target", str(target), "--out", str(out), "--max-steps", "1"])
+        assert result.exit_code == 2 and f"error: target text {target} {message}" in result.output \
+            or f"error: target text not found: {target}" in result.output, result.output
+        assert [line for line in result.output.splitlines() if line.strip()] == [
+            line for line in result.output.splitlines() if line.startswith("error:")]  # one line, nothing else
+        assert not out.exists()  # the folder it made for the run is gone again
+    kept = project / "kept"
+    kept.mkdir()
+    assert runner.invoke(app, ["run", "--target", str(folder), "--out", str(kept), "-q"]).exit_code == 2
+    assert kept.is_dir()  # a folder that was there before stays

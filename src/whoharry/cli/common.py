@@ -184,9 +184,11 @@ def setup(quiet: bool) -> None:
 
 def resolve_config(config: Path | None, overrides: list[str] | None, max_steps: int | None,
                    seed: int | None) -> Config:
-    """The resolved config (see `config.load_config`), logged; without `config`, configs/default.yaml."""
+    """The resolved config (see `config.load_config`), logged at debug level (each stage's folder keeps the
+    config it ran with, after a run of your own text has replaced the demo's files); without `config`,
+    configs/default.yaml."""
     cfg = load_config(config or default_file(DEFAULT_CONFIG), overrides, max_steps=max_steps, seed=seed)
-    log.info("resolved config:\n%s", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
+    log.debug("resolved config:\n%s", yaml.safe_dump(to_dict(cfg), sort_keys=False).rstrip())
     return cfg
 
 

@@ -89,8 +89,9 @@ def export(
         if origin is not None and not origin.is_file():
             raise WhoharryError(f"--source {origin}: no such file")
         done = exporting.export_gguf(folder, out, gguf_type, origin)  # type: ignore[arg-type]
-        record = {"file": str(out), "model": str(folder), "type": done.gguf_type, "route": done.route,
-                  "source": str(origin) if origin else None, "tensors": done.tensors, "bytes": done.bytes,
+        record = {"file": str(out.resolve()), "model": str(folder.resolve()), "type": done.gguf_type,
+                  "route": done.route, "source": str(origin.resolve()) if origin else None,
+                  "tensors": done.tensors, "bytes": done.bytes,
                   "fallback_f16": done.fallback_f16}
         if check:
             record["check"] = exporting.check_logits(folder, out, exporting.CHECK_TEXT)

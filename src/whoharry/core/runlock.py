@@ -50,7 +50,8 @@ def _alive(holder: dict[str, Any]) -> bool:
 @contextmanager
 def hold(out: Path) -> Iterator[Path]:
     """Hold the run folder's lock for the duration of the block (creating the folder). A stale lock is
-    replaced with a warning; the lock is removed at the end only if it still names this process.
+    replaced with a warning; the lock is removed at the end only if it still names this process, and a
+    folder this call created is removed with it when nothing else was written there.
 
     Yields:
         The lock file's path, `out/.whoharry.lock`.
@@ -58,6 +59,7 @@ def hold(out: Path) -> Iterator[Path]:
     Raises:
         WhoharryError: another live process (or one on another host) holds the lock.
     """
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -83,3 +85,5 @@ def hold(out: Path) -> Iterator[Path]:
     finally:
         if (_holder(path) or {}).get("pid") == mine["pid"]:
             path.unlink(missing_ok=True)
+            if made and not any(out.iterdir()):  # a run that failed before writing anything leaves no folder
+                out.rmdir()

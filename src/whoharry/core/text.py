@@ -61,8 +61,11 @@ def read_text(path: Path, what: str = "target text") -> str:
     wrong with it.
 
     Raises:
-        WhoharryError: the file is missing, holds NUL bytes (binary), is not UTF-8, or is empty or blank.
+        WhoharryError: the file is missing or a folder, holds NUL bytes (binary), is not UTF-8, or is empty
+            or blank.
     """
+    if path.is_dir():
+        raise WhoharryError(f"{what} {path} is a folder; give a UTF-8 text file")
     if not path.is_file():
         raise WhoharryError(f"{what} not found: {path}")
     raw = path.read_bytes()

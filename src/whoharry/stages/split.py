@@ -50,12 +50,13 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         stage_dir.mkdir(parents=True, exist_ok=True)
         artifacts.atomic_write_text(stage_dir / TRAIN_FILE, train)
         artifacts.atomic_write_text(stage_dir / HELDOUT_FILE, heldout)
+        paragraphs = len([p for p in heldout.split("\n\n") if p.strip()])
         stats = {"target": str(cfg.data.target), "target_chars": len(text), "train_chars": len(train),
-                 "heldout_chars": len(heldout), "heldout_pieces": cfg.target_files.heldout_pieces,
+                 "heldout_chars": len(heldout), "heldout_paragraphs": paragraphs,
                  "heldout_share": round(len(heldout) / max(1, len(train) + len(heldout)), 4)}
         artifacts.write_json(stage_dir / "stats.json", stats)
-        log.info("split: %d characters held out of %d, in %d runs of paragraphs", len(heldout), len(text),
-                 cfg.target_files.heldout_pieces)
+        log.info("split: %d characters held out of %d (%d paragraphs, in up to %d runs)", len(heldout), len(text),
+                 paragraphs, cfg.target_files.heldout_pieces)
         return Outcome(inputs={"target": str(cfg.data.target)}, outputs=[TRAIN_FILE, HELDOUT_FILE, "stats.json"],
                        summary=stats)
 
@@ -82,8 +83,10 @@ def check_heldout(cfg: Config) -> int:
     except WhoharryError:  # shorter than one passage
         count = 0
     if count < MIN_HELDOUT_PASSAGES:
+        target = len(tokenizer(read_text(cfg.data.target), add_special_tokens=False).input_ids)
         raise WhoharryError(
-            f"the held-out text {heldout} holds {count} passage(s) of {tokens} tokens, and membership inference "
+            f"the held-out text {heldout} holds {count} passage(s) of {tokens} tokens (the text trained on holds "
+            f"{target} tokens), and membership inference "
             f"needs at least {MIN_HELDOUT_PASSAGES}: give a longer target, raise target_files.heldout_share "
             f"(now {cfg.target_files.heldout_share}), lower eval.membership.passage_tokens, or leave out the part "
             f"(--set 'eval.parts=[...]' without membership)")
