@@ -79,15 +79,19 @@ def stage_seconds(folder: Path) -> dict[str, float]:
             for manifest in sorted(folder.glob("*/manifest.json"))}
 
 
-def general_figures(folder: Path) -> dict[str, dict]:
-    """The run's general figures (unlearned/base, from its report) against the default run's targets."""
+def report_ratios(folder: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """The unlearned model's figures in the run's report, and each one's ratio to the base's."""
+    summary = json.loads((folder / "eval" / "report.json").read_text())["summary"]
+    base, unlearned = summary["base"], summary["unlearned"]
+    return unlearned, {key: unlearned[key] / base[key] if base.get(key) else float("nan")
+                       for key in unlearned if key in base and isinstance(unlearned[key], float)}
+
+
+def general_figures(unlearned: dict[str, float], ratios: dict[str, float]) -> dict[str, dict]:
+    """The run's general figures (`report_ratios`) against the default run's targets."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from bench_quality import verdicts
 
-    report = json.loads((folder / "eval" / "report.json").read_text())
-    base, unlearned = report["summary"]["base"], report["summary"]["unlearned"]
-    ratios = {key: unlearned[key] / base[key] if base.get(key) else float("nan")
-              for key in unlearned if key in base and isinstance(unlearned[key], float)}
     return {key: verdict for key, verdict in verdicts(unlearned, ratios).items() if key in GENERAL}
 
 
@@ -108,12 +112,6 @@ def familiarity(cfg, folder: Path, probe_file: Path) -> dict[str, float]:
         result[name] = sum(r["p_answer"] for r in records) / len(records)
         del model
     return result
-
-
-def _ratio(folder: Path, key: str) -> float:
-    summary = json.loads((folder / "eval" / "report.json").read_text())["summary"]
-    base = summary["base"].get(key)
-    return summary["unlearned"][key] / base if base else float("nan")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -156,9 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
         made = familiarity(cfg, folder, generated)
         pairs += [(made[m], hand[m]) for m in hand]
         manifest = json.loads((folder / "eval" / "manifest.json").read_text())
+        unlearned, ratios = report_ratios(folder)
         result["runs"][name] = {**info, "base_parts_read": manifest["inputs"].get("base_parts_read"),
-                                "general": general_figures(folder),
-                                "target_ratio_in_report": _ratio(folder, "target_p_answer"),
+                                "general": general_figures(unlearned, ratios),
+                                "target_ratio_in_report": ratios.get("target_p_answer", float("nan")),
                                 "hand_written_probes": hand, "generated_probes": made,
                                 "hand_written_ratio": hand["unlearned"] / hand["base"],
                                 "generated_ratio": made["unlearned"] / made["base"],

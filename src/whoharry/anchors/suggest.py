@@ -97,8 +97,6 @@ def write_suggestions(path: Path, suggestion: Suggestion, source: str) -> None:
     write_dictionary(path, {c.term: suggestion.translations[c.term] for c in suggestion.chosen}, header, notes)
 
 
-
-
 def passages(text: str, size: int) -> list[str]:
     """The text in pieces of about `size` characters, cut at paragraph (else line) ends."""
     pieces, start = [], 0

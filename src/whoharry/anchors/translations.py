@@ -265,10 +265,15 @@ def _compose(candidate: Candidate, result: dict[str, list[str]], text: str, term
     from whoharry.anchors.candidates import english_frequency
 
     words = candidate.term.split()
-    if not any(word in result for word in words):
-        kind = "place" if kind_of(candidate, text, terms) == "place" else "surname"
-        return fallback(kind, candidate.term, alternatives, set())
     place = kind_of(candidate, text, terms) == "place"
+    if not any(word in result for word in words):
+        return fallback("place" if place else "surname", candidate.term, alternatives, set())
+    # the ordinary names an untranslated rare word of the name takes, found once for every alternative
+    named = {index: fallback("place" if place else "first" if index + 1 < len(words) else "surname", word,
+                             alternatives, set())
+             for index, word in enumerate(words)
+             if word not in result and word[:1].isupper() and word.isalpha() and word not in TITLES
+             and word not in CONNECTORS and english_frequency(word) < RARE_WORD}
     options = []
     for choice in range(alternatives):
         parts = []
@@ -281,10 +286,8 @@ def _compose(candidate: Candidate, result: dict[str, list[str]], text: str, term
                     option = " ".join(piece if piece in CONNECTORS else piece[:1].upper() + piece[1:]
                                       for piece in option.split())
                 parts.append(option)
-            elif (word[:1].isupper() and word.isalpha() and word not in TITLES and word not in CONNECTORS
-                  and english_frequency(word) < RARE_WORD):
-                kind = "place" if place else "first" if index + 1 < len(words) else "surname"
-                parts.append(fallback(kind, word, alternatives, set())[choice % alternatives])
+            elif index in named:
+                parts.append(named[index][choice % alternatives])
             else:
                 parts.append(word)
         options.append(" ".join(parts))

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from whoharry.config.choices import GGUFType
+from whoharry.core import artifacts
 from whoharry.errors import WhoharryError
 
 log = logging.getLogger(__name__)
@@ -187,23 +188,16 @@ def _built_metadata(folder: Path, config: Any) -> list[tuple[str, Any, list[Any]
     ]
     special = _special_ids(folder, vocab, config)
     out += [(f"tokenizer.ggml.{name}_token_id", index, [V.UINT32]) for name, index in special.items()]
-    settings = _read_json(folder / "tokenizer_config.json")
+    settings = artifacts.read_json_object(folder / "tokenizer_config.json") or {}
     if isinstance(settings.get("chat_template"), str):
         out.append(("tokenizer.chat_template", settings["chat_template"], [V.STRING]))
     return out
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _special_ids(folder: Path, vocab: dict[str, int], config: Any) -> dict[str, int]:
     """bos, eos, unknown and padding ids: from the tokenizer's settings, else from config.json."""
-    settings = {**_read_json(folder / "special_tokens_map.json"), **_read_json(folder / "tokenizer_config.json")}
+    settings = {**(artifacts.read_json_object(folder / "special_tokens_map.json") or {}),
+                **(artifacts.read_json_object(folder / "tokenizer_config.json") or {})}
     ids = {}
     for name, key in (("bos", "bos_token"), ("eos", "eos_token"), ("unknown", "unk_token"), ("padding", "pad_token")):
         token = settings.get(key)
@@ -226,8 +220,6 @@ def export_gguf(folder: Path, out: Path, gguf_type: GGUFType, source: Path | Non
     import gguf
     import torch
     from transformers import AutoModelForCausalLM
-
-    from whoharry.core import artifacts
 
     if gguf_type not in TYPES:
         raise WhoharryError(f"export: unknown type {gguf_type!r}; choose one of {', '.join(TYPES)}")

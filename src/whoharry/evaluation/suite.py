@@ -319,7 +319,7 @@ def wanted(cfg: EvalConfig, part: str, member_text: str | None) -> bool:
 
 def evaluate_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str, model_id: str,
                    judge_model: CausalLM | None = None, *, reference: bool = False) -> dict[str, Any]:
-    """Every asked-for part except benchmarks and relearning (see `finish_model`), for one model;
+    """Every asked-for part except quantization, benchmarks and relearning (see `finish_model`), for one model;
     `judge_model` (default: the model itself) scores the fluency of its completions; the `reference` model
     (the base) is judged like with like on its completions of the translated prompts (`part_completions`)."""
     cfg, result = ctx.eval, {"summary": {}, "samples": {}}
@@ -336,11 +336,7 @@ def evaluate_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Con
         if cfg.llm_judge.url:
             add("llm_judge", lambda: part_llm_judge(result["samples"]["completions"], ctx))
     for part, compute in (("sampling", part_sampling), ("knowmem", part_knowmem), ("robustness", part_robustness),
-                          ("verbatim", part_verbatim), ("membership", part_membership), ("utility", part_utility),
-                          ("quantization", part_quantization)):
-        if part == "quantization" and getattr(model, "models_per_token", 1) > 1:
-            log.info("eval: %s is an ensemble; quantization skipped", name)  # no weights of its own to round
-            continue
+                          ("verbatim", part_verbatim), ("membership", part_membership), ("utility", part_utility)):
         if wanted(cfg, part, ctx.member_text):
             add(part, lambda compute=compute: compute(model, tokenizer, ctx, name))
     return result
@@ -348,12 +344,17 @@ def evaluate_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Con
 
 def finish_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str, model_id: str,
                  result: dict[str, Any]) -> None:
-    """The benchmarks, then relearning, which fine-tunes the model in place (so it comes last). Neither
-    applies to a two-model ensemble: it has no weights of its own to fine-tune or hand to lm-eval."""
+    """Quantization, the benchmarks, then relearning, which fine-tunes the model in place (so it comes last).
+    None applies to a two-model ensemble: it has no weights of its own to round, fine-tune or hand to lm-eval."""
     cfg = ctx.eval
     if getattr(model, "models_per_token", 1) > 1:
-        log.info("eval: %s is an ensemble; benchmarks and relearning skipped", name)
+        log.info("eval: %s is an ensemble; quantization, benchmarks and relearning skipped", name)
         return
+    if wanted(cfg, "quantization", ctx.member_text):
+        summary, samples = ctx.cached(name, model_id, "quantization",
+                                      lambda: part_quantization(model, tokenizer, ctx, name))
+        result["summary"].update(summary)
+        result["samples"].update(samples)
     if wanted(cfg, "benchmarks", ctx.member_text):
         for task in cfg.benchmarks.tasks:
             summary, samples = ctx.cached(name, model_id, f"benchmark-{task}",

@@ -38,14 +38,15 @@ def uses_gain(cfg: Config) -> bool:
 def key(cfg: Config, out: Path) -> str:
     """The fingerprint of the dictionary: the target, the reinforced model's key when it ranks the terms,
     the model, the `anchors` settings suggest reads, the general texts and the settings of the gain."""
-    settings = {k: v for k, v in to_dict(cfg.anchors).items() if not k.startswith("llm_") and k != "batch_size"}
+    target = artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing"
     if cfg.anchors.llm_url:  # the endpoint's dictionary depends on it, its prompt and the passages alone
-        return fingerprint({"target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
+        return fingerprint({"target": target,
                             "llm": [cfg.anchors.llm_url, cfg.anchors.llm_model, cfg.anchors.llm_passage_chars],
                             "prompt": artifacts.file_hash(cfg.anchors.llm_prompt)
                             if cfg.anchors.llm_prompt.is_file() else "missing", "target_name": cfg.eval.target_name})
+    settings = {k: v for k, v in to_dict(cfg.anchors).items() if not k.startswith("llm_") and k != "batch_size"}
     return fingerprint({
-        "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
+        "target": target,
         "reinforced": reinforce.key(cfg, out) if uses_gain(cfg) else None,
         "model": model_key(cfg.model, reading=True), "anchors": settings,
         "general": [artifacts.file_hash(p) for p in general_texts(cfg) if p.is_file()],

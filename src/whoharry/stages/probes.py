@@ -52,6 +52,15 @@ def key(cfg: Config, out: Path) -> str:
     })
 
 
+def qa_template(cfg: Config) -> str:
+    """The prompt template that asks the endpoint for question/answer pairs (`target_files.qa_prompt`).
+
+    Raises:
+        WhoharryError: it is missing or lacks the `{passage}` placeholder.
+    """
+    return http.read_template(cfg.target_files.qa_prompt, ("passage",), "question prompt template")
+
+
 def kinds(cfg: Config) -> tuple[str, ...]:
     """The kinds of file the stage makes: probes and completion prompts, and question/answer pairs when an
     endpoint writes them (`target_files.llm_url`)."""
@@ -137,7 +146,7 @@ def _write_qa(cfg: Config, out: Path, texts: dict[str, str], progress: bool) -> 
     from whoharry.errors import WhoharryError
 
     settings = cfg.target_files
-    template = http.read_template(settings.qa_prompt, ("passage",), "question prompt template")
+    template = qa_template(cfg)
     client = http.ChatClient(settings.llm_url or "", settings.llm_model, settings.llm_key_env, timeout=120.0)
     pieces = {source: passages(text, settings.qa_passage_chars) for source, text in texts.items()}
     saved = artifacts.ResumeLog(out / NAME / REPLIES_FILE, fingerprint({  # what the replies depend on

@@ -83,13 +83,13 @@ def plan(cfg: Config, explicit: set[str] | frozenset[str] = frozenset()) -> Plan
     # the probes are cut from the split's texts too, and the target then trains on the split's training part
     out.split = replaced(HELDOUT_KEYS) or out.probes
     for part, keys in DROPPED_PARTS.items():
-        if part in cfg.eval.parts and replaced(keys):  # no generated file to take the demo's place
+        if part not in cfg.eval.parts or not replaced(keys):
+            continue
+        if part == "knowmem" and cfg.target_files.llm_url:  # the endpoint writes the questions, beside the probes
+            out.probes = out.split = True
+        else:  # no generated file to take the demo's place
             out.dropped_parts.append(part)
-    out.replaced -= {key for keys in DROPPED_PARTS.values() for key in keys}
-    if "knowmem" in out.dropped_parts and cfg.target_files.llm_url:  # the endpoint writes the questions
-        out.dropped_parts.remove("knowmem")
-        out.replaced.update(DROPPED_PARTS["knowmem"])
-        out.probes = out.split = True
+            out.replaced -= set(keys)
     return out
 
 
@@ -101,11 +101,12 @@ def check_templates(cfg: Config, made: Plan) -> None:
         WhoharryError: a template missing or without its `{passage}` placeholder.
     """
     from whoharry.core.http import read_template
+    from whoharry.stages import probes
 
     if made.dictionary and cfg.anchors.llm_url:
         read_template(cfg.anchors.llm_prompt, ("passage",))
     if made.probes and cfg.target_files.llm_url and "eval.knowmem.qa" in made.replaced:
-        read_template(cfg.target_files.qa_prompt, ("passage",), "question prompt template")
+        probes.qa_template(cfg)
 
 
 def _mismatches(cfg: Config, keys: list[str]) -> list[str]:
