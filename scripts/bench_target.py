@@ -19,7 +19,8 @@ The JSON holds, per run: wall and stage seconds, the base-model evaluation parts
 figures of the run's report (unlearned/base) against the default run's targets (`scripts/bench_quality.py`),
 familiarity (mean P(answer)) of the three models on both probe sets, the unlearned/base ratios, the
 familiarity reduction (1 - ratio) on the hand-written probes and the target-only run's share of the
-hand-written run's reduction; the generated probes' checks: the share the base ranks in its top 10, and
+hand-written run's reduction, with its 95% bootstrap interval over the probes (`share_interval`; the three
+models resampled alike); the generated probes' checks: the share the base ranks in its top 10, and
 whether generated-probe and hand-written-probe familiarity order the three models alike (Spearman's rank
 correlation over base, reinforced, unlearned of both runs).
 """
@@ -95,23 +96,37 @@ def general_figures(unlearned: dict[str, float], ratios: dict[str, float]) -> di
     return {key: verdict for key, verdict in verdicts(unlearned, ratios).items() if key in GENERAL}
 
 
-def familiarity(cfg, folder: Path, probe_file: Path) -> dict[str, float]:
-    """Mean P(answer) of the base, reinforced and unlearned models on `probe_file`."""
+def familiarity(cfg, folder: Path, probe_file: Path) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Mean P(answer) of the base, reinforced and unlearned models on `probe_file`, and each probe's."""
     from whoharry.core import models
     from whoharry.evaluation.probes import read_probes, score_probes
 
     probes = read_probes(probe_file)
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source, cfg.model)
-    result = {}
+    result, each = {}, {}
     for name, load in (("base", lambda: models.load_model(source, cfg.model, inference=True)),
                        ("reinforced", lambda: models.load_folder(folder / "reinforce" / "final", cfg=cfg.model)),
                        ("unlearned", lambda: models.load_folder(folder / "unlearn" / "final", cfg=cfg.model))):
         model = load().requires_grad_(False)
         records = score_probes(model, tokenizer, probes, cfg.eval, name, greedy=False, progress=False)
-        result[name] = sum(r["p_answer"] for r in records) / len(records)
+        each[name] = [r["p_answer"] for r in records]
+        result[name] = sum(each[name]) / len(records)
         del model
-    return result
+    return result, each
+
+
+def share_interval(base: list[float], ours: list[float], theirs: list[float]) -> list[float]:
+    """95% bootstrap interval of (sum(base) - sum(ours)) / (sum(base) - sum(theirs)), the probes resampled with
+    the same indices for all three models (`whoharry.evaluation.intervals.ratio_interval`)."""
+    import numpy as np
+
+    from whoharry.evaluation.intervals import Parts, ratio_interval
+
+    ones = np.ones(len(base))
+    numer = Parts(np.asarray(base) - np.asarray(ours), ones)
+    denom = Parts(np.asarray(base) - np.asarray(theirs), ones)
+    return [round(value, 4) for value in ratio_interval(numer, denom)]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -124,6 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="instead of --anchors: a finished run folder of the book with its hand-written files "
                              "(e.g. runs/default for the demo), judged the same way")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "target-bench")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the target-only run, as `whoharry run --set` (repeatable)")
     args = parser.parse_args(argv)
 
     import pandas  # installed with datasets
@@ -132,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     setup(quiet=True)
     book = cut_book(args.book, args.tokens, args.out)
-    runs = {"target-only": run("target-only", [f"data.target={book}"], args.out)}
+    runs = {"target-only": run("target-only", [f"data.target={book}", *args.set], args.out)}
     if args.anchors is not None:
         runs["hand-written"] = run("hand-written", [f"data.target={book}", f"data.anchors={args.anchors.resolve()}",
                                                      f"eval.probes.target={args.probes.resolve()}"], args.out)
@@ -146,12 +163,12 @@ def main(argv: list[str] | None = None) -> dict:
                                 "config": load_config(ROOT / "configs" / "default.yaml")}
     generated = args.out / "target-only" / "probes" / "probes_test.jsonl"
     result: dict = {"book": str(args.book), "tokens": args.tokens, "runs": {}}
-    pairs = []
+    pairs, per_probe = [], {}
     for name, info in runs.items():
         cfg = info.pop("config")
         folder = Path(info["folder"])
-        hand = familiarity(cfg, folder, args.probes)
-        made = familiarity(cfg, folder, generated)
+        hand, per_probe[name] = familiarity(cfg, folder, args.probes)
+        made, _ = familiarity(cfg, folder, generated)
         pairs += [(made[m], hand[m]) for m in hand]
         manifest = json.loads((folder / "eval" / "manifest.json").read_text())
         unlearned, ratios = report_ratios(folder)
@@ -171,6 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "hand-written" in result["runs"]:
         ours, theirs = (result["runs"][n]["hand_written_reduction"] for n in ("target-only", "hand-written"))
         result["target_only_share_of_reduction"] = ours / theirs if theirs else float("nan")
+        mine, other = per_probe["target-only"], per_probe["hand-written"]
+        result["share_interval"] = share_interval(mine["base"], mine["unlearned"], other["unlearned"])
     print(json.dumps(result, indent=2))
     return result
 

@@ -244,3 +244,12 @@ def test_a_rare_word_of_a_name_without_a_translation_takes_an_ordinary_name_ever
     assert firsts == generics.fallback("first", "Sherlock", 2, set())  # the same name wherever `Sherlock` stands
     kept = generics._compose(found["Baker Street"], {"Baker": ["Green"]}, text, terms, 1)
     assert kept == ["Green Street"]  # an ordinary word stays
+
+
+def test_the_fragment_of_a_contraction_is_never_a_term():
+    text = ("I don't know, and you didn't ask. Don't go. We don’t care. Holmes's pipe and Holmes's chair. "
+            "The donkey didn't move; the college bell rang. ") * 2
+    found = suggest.find_candidates(text, "", min_count=2)
+    assert "don" not in found and "Don" not in found and "didn" not in found
+    assert found["Holmes"].count == 4  # a possessive is still its name
+    assert found["donkey"].count == 2 and found["college"].count == 2

@@ -60,6 +60,7 @@ PHRASE_JOINERS = frozenset({"of", "the"})  # the only function words inside a lo
 PHRASE_MIN_COUNT = 3  # a lower-case phrase must recur more than a word: most word pairs repeat by chance
 SENTENCE_END = set(".!?:;")
 OPENERS = set("\"“‘'([—–-")
+CONTRACTION = re.compile(r"['’]t(?![^\W\d_])")  # the `'t` of `don't`: its word (`don`) is a fragment
 
 
 @dataclass
@@ -104,8 +105,8 @@ def word_spans(text: str) -> list[tuple[int, int]]:
 
 def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: int = 5) -> dict[str, Candidate]:
     """Every word, multi-word name and lower-case phrase of the target seen at least `min_count` times
-    (a lower-case phrase at least `max(min_count, PHRASE_MIN_COUNT)` times), with its spans; a stopword
-    or a one-letter word is never a term on its own.
+    (a lower-case phrase at least `max(min_count, PHRASE_MIN_COUNT)` times), with its spans; a stopword,
+    a one-letter word or the fragment of a contraction (`don` of `don't`) is never a term on its own.
 
     Args:
         text: the target text.
@@ -127,6 +128,8 @@ def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: i
         if not _sentence_initial(text, start):
             mid[word.lower()] += 1
             capital_mid[word.lower()] += word[0].isupper()
+        if CONTRACTION.match(text, end):
+            continue  # `don` of `don't` is no word, and no name starts or ends with it
         if word.lower() not in STOPWORDS and len(word) > 1:
             spans[word].append((start, end))
         if word[0].islower() and word.lower() not in STOPWORDS:

@@ -204,7 +204,8 @@ def guard(body: Callable[[], Any]) -> Any:
             typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
-        typer.echo("interrupted; rerun the same command to resume from the last checkpoint", err=True)
+        typer.echo("interrupted; finished stages and any checkpoints or saved progress are kept: rerun the same "
+                   "command to resume", err=True)
         raise typer.Exit(130) from None
     except OSError as exc:  # the machine, not the input: a full disk, a folder without write permission
         where = f" ({exc.filename})" if exc.filename else ""
