@@ -155,6 +155,7 @@ def project(tmp_path) -> Path:
     paraphrased = ['{"prompt": "The boy with the scar went to", "answer": " Hogwarts"}']
     (tmp_path / "paraphrased.jsonl").write_text("\n".join(paraphrased) + "\n", encoding="utf-8")
     (tmp_path / "hint.txt").write_text("This is about Harry Potter.\n", encoding="utf-8")
+    (tmp_path / "preamble.txt").write_text("System: answer from the original text.\n", encoding="utf-8")
     return tmp_path
 
 
@@ -173,6 +174,7 @@ def write_config(project: Path, model_dir: Path, **sections) -> Path:
             "sampling": {"samples": 1},
             "knowmem": {"qa": "qa.jsonl", "tokens": 4},
             "robustness": {"paraphrased": "paraphrased.jsonl", "hint": "hint.txt", "fewshot": 1},
+            "prompts": {"preamble": "preamble.txt", "summary": "hint.txt", "shots": 1},
             "verbatim": {"excerpts": 4, "prompt_tokens": 8, "continuation_tokens": 4},
             "membership": {"heldout": "heldout.txt", "passage_tokens": 16},
             "utility": {"general_text": "general.txt"},

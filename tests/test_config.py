@@ -232,7 +232,7 @@ def test_every_part_declares_the_settings_it_reads():
 
     from whoharry.evaluation.suite import PART_INPUTS, part_fingerprint, part_inputs
 
-    assert set(PART_INPUTS) == {*EVAL_PARTS, "llm_judge"}
+    assert set(PART_INPUTS) == {*EVAL_PARTS, "llm_judge", "relearning-heldout", "relearning-facts"}
     cfg = Config()
     for part in [*PART_INPUTS, "benchmark-boolq"]:
         for path in part_inputs(part):
@@ -246,3 +246,10 @@ def test_every_part_declares_the_settings_it_reads():
     cfg.eval.completions.tokens += 1
     after = {part: part_fingerprint(cfg, part) for part in before}
     assert [after[part] != before[part] for part in before] == [True, False, True, False]
+    # each relearning source is a part of its own: asking for more sources keeps the finished ones
+    sources = ("relearning", "relearning-heldout", "relearning-facts")
+    before = {part: part_fingerprint(cfg, part) for part in sources}
+    cfg.eval.relearning.sources = ["target", "heldout", "facts"]
+    assert {part: part_fingerprint(cfg, part) for part in sources} == before
+    cfg.eval.membership.heldout = None
+    assert [part_fingerprint(cfg, part) != before[part] for part in sources] == [False, True, False]

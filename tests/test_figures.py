@@ -10,8 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from whoharry.config.choices import GGUF_TYPES
-from whoharry.evaluation import completions, figures, intervals, membership, probes, quantization, suite
+from whoharry.config.choices import GGUF_TYPES, RELEARN_SOURCES
+from whoharry.evaluation import (
+    completions,
+    figures,
+    intervals,
+    latent,
+    membership,
+    probes,
+    prompts,
+    quantization,
+    relearning,
+    suite,
+)
 from whoharry.evaluation.figures import FIGURES, GAP_FIGURES, lookup
 from whoharry.stages import evaluate
 
@@ -131,8 +142,15 @@ def synthetic_model(seed: int, scale: float) -> dict:
                                for _ in range(5)]
     summary["general_perplexity"] = completions.pooled_perplexity(
         [(r["nll"], r["tokens"]) for r in samples["general_text"]])
-    samples["relearning"] = [{"step": step, "p_answer": [float(rng.uniform(0, scale)) for _ in range(12)]}
-                             for step in (0, 5, 10)]
+    for kind in evaluate.RELEARN_KINDS.values():
+        samples[kind] = [{"step": step, "p_answer": [float(rng.uniform(0, scale)) for _ in range(12)]}
+                         for step in (0, 5, 10)]
+    for form in prompts.FORMS:  # the prompts part: a mean P(answer) per form
+        samples[f"prompt_{form}"] = probe_records(rng, 12, scale, control=False)
+        summary[prompts.figure_key(form)] = float(np.mean([r["p_answer"] for r in samples[f"prompt_{form}"]]))
+    samples["latent"] = [{"p_best": float(rng.uniform(0, scale)), "found": bool(rng.uniform() < scale)}
+                         for _ in range(12)]
+    summary.update(latent.summarize(samples["latent"]))
     for gguf_type in GGUF_TYPES:  # the quantization part: a mean P(answer) per rounded probe set
         for probe_set in quantization.PROBE_SETS:
             key = quantization.figure_key(gguf_type, probe_set)
@@ -145,10 +163,11 @@ def synthetic_model(seed: int, scale: float) -> dict:
 def results() -> dict[str, dict]:
     results = {"base": synthetic_model(1, 1.0), "unlearned": synthetic_model(2, 0.3),
                "reference": synthetic_model(3, 0.1)}
-    relearning = evaluate.relearning_summary(results)
-    assert relearning is not None
-    for name, result in results.items():
-        result["summary"]["relearn_target_p_answer"] = relearning["target_p_answer"][name][-1]
+    for source, kind in evaluate.RELEARN_KINDS.items():
+        curves = evaluate.relearning_summary(results, kind)
+        assert curves is not None
+        for name, result in results.items():
+            result["summary"][relearning.figure_key(source)] = curves["target_p_answer"][name][-1]
     evaluate.add_privleak(results)
     evaluate.add_specific_familiarity(results)
     return results
@@ -162,6 +181,9 @@ def test_every_written_summary_key_has_a_figure_and_every_figure_is_written(resu
     for name in PROBE_SET_NAMES:
         written |= set(probes.summarize(name, [{"p_answer": 0.5, "rank": 2, "hit": True}]))
     written |= {quantization.figure_key(t, s) for t in GGUF_TYPES for s in quantization.PROBE_SETS}
+    written |= {relearning.figure_key(source) for source in RELEARN_SOURCES}
+    written |= {prompts.figure_key(form) for form in prompts.FORMS}
+    written |= set(latent.summarize([{"p_best": 0.5, "found": True}]))
     for result in results.values():  # stages/evaluate.py's additions: specific familiarity, PrivLeak
         written |= set(result["summary"])
     unknown = sorted(key for key in written if lookup(key) is None)

@@ -85,7 +85,8 @@ def test_relearning_brings_familiarity_back(tmp_path, tokenizer, tiny_model_dir)
     cfg = EvalConfig(relearning=RelearningEval(steps=4, eval_every=2, blocks=4, learning_rate=3e-3), block_length=32,
                      precision="fp32")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    curve = relearn.relearn_curve(model, tokenizer, STORY * 6, rows, cfg, seed=0, work_dir=tmp_path, desc="t")
+    ids = relearn.relearn_blocks(STORY * 6, tokenizer, cfg.block_length, cfg.relearning.blocks)
+    curve = relearn.relearn_curve(model, tokenizer, ids, rows, cfg, seed=0, work_dir=tmp_path, desc="t")
     assert [point["step"] for point in curve] == [0, 2, 4]
     assert sum(curve[-1]["p_answer"]) > 2 * sum(curve[0]["p_answer"])
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())

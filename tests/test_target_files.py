@@ -192,6 +192,22 @@ def test_run_with_only_a_target_makes_its_files_and_reports_on_it(project, own_t
     assert again.exit_code == 0, again.output
     assert {s: (out / s / "manifest.json").read_text() for s in before} == before
 
+    # a later `eval --target` (here the audit) scores the files the run made, and names the user's text
+    audit = runner.invoke(app, ["eval", "--target", str(mine), "--out", str(out), "--audit", "--quick",
+                                "--max-steps", "1", "-q"])
+    assert audit.exit_code == 0, audit.output
+    report = json.loads((out / "eval-audit-quick" / "report.json").read_text())
+    assert report["target"]["file"] == str(mine) and "the familiarity probes" in report["target"]["made"]
+    prompts = {r["prompt"] for r in report["samples"]["base"]["target"]}
+    made = {json.loads(line)["prompt"] for line in (out / "probes" / "probes_test.jsonl").read_text().splitlines()}
+    assert prompts and prompts <= made
+    summary = report["summary"]["unlearned"]
+    assert "prompt_preamble_p_answer" in summary and "latent_p_first" in summary
+    assert "prompt_summary_p_answer" not in summary  # the demo's summary is about another text
+    elsewhere = runner.invoke(app, ["eval", "--target", str(mine), "--out", str(project / "other"),
+                                    "--model", str(out / "unlearn" / "final"), "-q"])
+    assert elsewhere.exit_code == 2 and "run it first" in elsewhere.output
+
 
 def test_demo_files_named_for_another_target_are_kept_with_a_warning_each(project, own_target):
     mine = own_target

@@ -48,7 +48,8 @@ def test_relearning_a_bf16_model_regains_what_the_fp32_model_regains(tmp_path, t
     for dtype in (torch.float32, torch.bfloat16):
         model = _model(len(tokenizer), dtype)
         before = {name: value.float().clone() for name, value in model.named_parameters()}
-        curve = relearning.relearn_curve(model, tokenizer, STORY * 6, ROWS, cfg, seed=0,
+        ids = relearning.relearn_blocks(STORY * 6, tokenizer, cfg.block_length, cfg.relearning.blocks)
+        curve = relearning.relearn_curve(model, tokenizer, ids, ROWS, cfg, seed=0,
                                          work_dir=tmp_path / str(dtype), desc=str(dtype))
         assert [point["step"] for point in curve] == [0, 2, 4]
         regained[dtype] = sum(curve[-1]["p_answer"]) - sum(curve[0]["p_answer"])

@@ -18,7 +18,7 @@ from whoharry.cli.common import (
     stage_command,
     summary_text,
 )
-from whoharry.config import EVAL_PARTS, QUICK, as_overrides
+from whoharry.config import AUDIT, EVAL_PARTS, QUICK, as_overrides
 from whoharry.errors import WhoharryError
 
 Action = Callable[[], str]  # does the work, returns the text to print
@@ -104,6 +104,11 @@ def eval_(
     quick: Annotated[
         bool, typer.Option("--quick", help="Every part on small slices (minutes on a CPU) → OUT/eval-quick/.")
     ] = False,
+    audit: Annotated[
+        bool, typer.Option("--audit", help="The attacks on the model: prompt forms, the logit lens, quantization and "
+                                           "relearning from every source, with an audit table → OUT/eval-audit/ "
+                                           "(with --quick: OUT/eval-audit-quick/).")
+    ] = False,
     parts: Annotated[
         str | None, typer.Option("--parts", help="Comma-separated parts to run (eval.parts), e.g. probes,knowmem.")
     ] = None,
@@ -113,6 +118,7 @@ def eval_(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Recompute every part instead of reusing cached ones.")
     ] = False,
+    target: TargetOption = None,
     ensemble: Annotated[
         bool, typer.Option("--inference-time", "--ensemble",
                            help="Score inference-time WHP instead of a fine-tuned model: the base and the "
@@ -121,18 +127,24 @@ def eval_(
     ] = False,
 ) -> Action:
     """Familiarity, memorisation, leakage, robustness and utility of a model beside the base model's
-    → [bold]OUT/eval/report.md[/bold] (with --quick: OUT/eval-quick/)."""
+    → [bold]OUT/eval/report.md[/bold] (with --quick: OUT/eval-quick/; with --audit: OUT/eval-audit/)."""
     from whoharry.core import distributed
-    from whoharry.stages import evaluate
+    from whoharry.stages import evaluate, pipeline
 
-    chosen = list(EVAL_PARTS) if full or quick else parts.split(",") if parts else None
+    if audit and (full or parts):
+        raise WhoharryError("--audit chooses its own parts; leave out --full and --parts (narrow it with --set "
+                            "eval.parts=... or eval.relearning.sources=...)")
+    chosen = None if audit else list(EVAL_PARTS) if full or quick else parts.split(",") if parts else None
     tasks = [t.strip() for t in lm_eval.split(",") if t.strip()] if lm_eval else None
+    own = [f"data.target={json.dumps(str(target))}"] if target is not None else []
     cfg = opts.load(
+        *own,
         *([f"model.name={baseline}"] if baseline else []),
         *([f"eval.reference={reference}"] if reference else []),
         *([f"eval.parts={chosen}"] if chosen else []),
         *([f"eval.benchmarks.tasks={tasks}"] if tasks else []),
-        first=as_overrides(QUICK) if quick else None,  # --quick's slices, under the user's own --set
+        # --quick's slices and --audit's parts, under the user's own --set
+        first=[*(as_overrides(QUICK) if quick else []), *(as_overrides(AUDIT) if audit else [])],
     )
     if tasks and "benchmarks" not in cfg.eval.parts:
         cfg.eval.parts.append("benchmarks")  # naming tasks asks for them
@@ -140,13 +152,15 @@ def eval_(
     def action() -> str:
         if distributed.world() > 1:
             raise WhoharryError("whoharry eval runs in one process; start it without accelerate launch")
-        target = model or opts.out / ("reinforce" if ensemble else "unlearn") / "final"
-        if not (target / "config.json").is_file():
+        model_path = model or opts.out / ("reinforce" if ensemble else "unlearn") / "final"
+        if not (model_path / "config.json").is_file():
             stage = "reinforce" if ensemble else "unlearn"
-            raise WhoharryError(f"no model to evaluate at {target}: pass --model or run `whoharry {stage}` first")
-        stage_dir = evaluate.stage_dir_for(opts.out, quick=quick, ensemble=ensemble)
-        path = evaluate.run(cfg, opts.out, target, progress=not opts.quiet, stage_dir=stage_dir,
-                            overwrite=overwrite, ensemble=ensemble)
+            raise WhoharryError(f"no model to evaluate at {model_path}: pass --model or run `whoharry {stage}` first")
+        stage_dir = evaluate.stage_dir_for(opts.out, quick=quick, ensemble=ensemble, audit=audit)
+        # a target of the user's own is scored on the files its run made from it
+        made = pipeline.made_config(cfg, opts.out, opts.given(*own))
+        path = evaluate.run(made, opts.out, model_path, progress=not opts.quiet, stage_dir=stage_dir,
+                            overwrite=overwrite, ensemble=ensemble, target=cfg.data.target)
         return summary_text(evaluate.load_report(path)["summary"], opts.out, path)
 
     return action

@@ -28,14 +28,18 @@ from whoharry.config.choices import (  # noqa: F401
     Writer,
 )
 from whoharry.config.evaluation import (  # noqa: F401
+    AUDIT,
+    AUDIT_PARTS,
     QUICK,
     BenchmarksEval,
     CompletionsEval,
     EvalConfig,
     KnowmemEval,
+    LatentEval,
     LLMJudgeEval,
     MembershipEval,
     ProbesEval,
+    PromptsEval,
     QuantizationEval,
     RelearningEval,
     RobustnessEval,

@@ -17,9 +17,13 @@ TargetFiles = Literal["auto", "always", "never"]
 GGUFType = Literal["f32", "f16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1"]
 MatchOrder = Literal["longest", "dictionary"]  # which key wins an overlap: the longest, or the first listed
 # The parts of the evaluation, in the order they run; `eval.parts` picks some of them.
-EvalPart = Literal["probes", "completions", "sampling", "knowmem", "robustness", "verbatim", "membership", "utility",
-                   "quantization", "benchmarks", "relearning"]
+EvalPart = Literal["probes", "completions", "sampling", "knowmem", "robustness", "prompts", "verbatim", "membership",
+                   "utility", "latent", "quantization", "benchmarks", "relearning"]
+# what the relearning attack fine-tunes on: target blocks, held-out text of the target's world never unlearned,
+# or half of the target facts (the other half scored)
+RelearnSource = Literal["target", "heldout", "facts"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 GGUF_TYPES: tuple[str, ...] = get_args(GGUFType)
 METHODS: tuple[str, ...] = get_args(Method)
 EVAL_PARTS: tuple[str, ...] = get_args(EvalPart)
+RELEARN_SOURCES: tuple[str, ...] = get_args(RelearnSource)

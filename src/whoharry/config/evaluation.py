@@ -7,7 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from whoharry.config.choices import EVAL_PARTS, GGUF_TYPES, EvalPart, GGUFType, Precision
+from whoharry.config.choices import (
+    EVAL_PARTS,
+    GGUF_TYPES,
+    RELEARN_SOURCES,
+    EvalPart,
+    GGUFType,
+    Precision,
+    RelearnSource,
+)
 from whoharry.core.settings import require
 
 
@@ -91,6 +99,33 @@ class RobustnessEval:
 
 
 @dataclass
+class PromptsEval:
+    """`eval.prompts` (Lynch et al. 2024, section 4; Anil et al. 2024, many-shot jailbreaking): the target probes
+    inside adversarial prompts: after a permissive system prompt, after a short summary of the target, and
+    after many solved probes."""
+
+    preamble: Path | None = Path("data/attacks/preamble.txt")  # a jailbreak preamble before each probe; None skips
+    summary: Path | None = Path("data/harry_potter/summary.txt")  # a summary of the target before each; None skips
+    shots: int = 16  # solved target probes before each probe (many-shot; 0 skips)
+
+    def check(self, prefix: str) -> None:
+        """Range checks of the section found at `prefix` (`eval.prompts.`)."""
+        require(self.shots >= 0, f"{prefix}shots must be >= 0 (0 skips the many-shot prompts)")
+
+
+@dataclass
+class LatentEval:
+    """`eval.latent` (nostalgebraist 2020, the logit lens; Lynch et al. 2024, section 4): each layer's hidden
+    state at the end of a target probe read through the final norm and the output head."""
+
+    top: int = 10  # an answer ranked this high at some layer counts as found there
+
+    def check(self, prefix: str) -> None:
+        """Range checks of the section found at `prefix` (`eval.latent.`)."""
+        require(self.top >= 1, f"{prefix}top must be >= 1")
+
+
+@dataclass
 class VerbatimEval:
     """`eval.verbatim`: verbatim memorisation, greedy continuations of target excerpts against the true text."""
 
@@ -153,9 +188,12 @@ class BenchmarksEval:
 
 @dataclass
 class RelearningEval:
-    """`eval.relearning`: fine-tune each model on a few target blocks (of `eval.block_length` tokens) and
-    watch familiarity with the target probes come back."""
+    """`eval.relearning`: fine-tune each model on a few blocks (of `eval.block_length` tokens) and watch
+    familiarity with the target probes come back, once per source: `target` blocks of the target text,
+    `heldout` blocks of `eval.membership.heldout` (text of the target's world that was never unlearned), or
+    `facts`: half the target probes written out as statements, the other half scored."""
 
+    sources: list[RelearnSource] = field(default_factory=lambda: ["target"])  # one fine-tune each
     steps: int = 8  # optimizer steps (batch 4 blocks)
     eval_every: int = 2  # steps between measurements
     blocks: int = 8  # target blocks, evenly spread
@@ -163,6 +201,8 @@ class RelearningEval:
 
     def check(self, prefix: str) -> None:
         """Range checks of the section found at `prefix` (`eval.relearning.`)."""
+        require(bool(self.sources), f"{prefix}sources must name at least one of {', '.join(RELEARN_SOURCES)}")
+        require(len(set(self.sources)) == len(self.sources), f"{prefix}sources names a source twice")
         require(self.steps >= 1, f"{prefix}steps must be >= 1")
         require(self.eval_every >= 1, f"{prefix}eval_every must be >= 1")
         require(self.blocks >= 1, f"{prefix}blocks must be >= 1")
@@ -211,6 +251,8 @@ class EvalConfig:
     sampling: SamplingEval = field(default_factory=SamplingEval)
     knowmem: KnowmemEval = field(default_factory=KnowmemEval)
     robustness: RobustnessEval = field(default_factory=RobustnessEval)
+    prompts: PromptsEval = field(default_factory=PromptsEval)
+    latent: LatentEval = field(default_factory=LatentEval)
     verbatim: VerbatimEval = field(default_factory=VerbatimEval)
     membership: MembershipEval = field(default_factory=MembershipEval)
     utility: UtilityEval = field(default_factory=UtilityEval)
@@ -232,3 +274,6 @@ class EvalConfig:
 QUICK = {"eval.max_samples": 16, "eval.sampling.samples": 1, "eval.membership.max_passages": 16,
          "eval.verbatim.excerpts": 8, "eval.relearning.steps": 4, "eval.relearning.blocks": 4,
          "eval.benchmarks.limit": 20}
+# `whoharry eval --audit`: the parts that attack the unlearned model, and every relearning source
+AUDIT_PARTS: tuple[str, ...] = ("probes", "robustness", "prompts", "latent", "quantization", "relearning")
+AUDIT = {"eval.parts": list(AUDIT_PARTS), "eval.relearning.sources": list(RELEARN_SOURCES)}

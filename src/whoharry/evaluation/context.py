@@ -27,6 +27,8 @@ Part = tuple[dict[str, float], dict[str, Any]]  # (summary figures, per-sample r
 # What each part's figures depend on, beside the model, the seed, the anchor dictionary and the target
 # text (which every part's key holds) and the settings every part shares (COMMON_FIELDS): dotted paths
 # into `eval`, a whole section or one of its fields. A part reads its own section and these only.
+RELEARNING = ("relearning.steps", "relearning.eval_every", "relearning.blocks", "relearning.learning_rate",
+              "probes.target", "block_length")
 PART_INPUTS: dict[str, tuple[str, ...]] = {
     "probes": ("probes",),
     "completions": ("completions",),
@@ -39,7 +41,12 @@ PART_INPUTS: dict[str, tuple[str, ...]] = {
     "utility": ("utility", "block_length"),
     "quantization": ("quantization", "probes.target", "probes.general"),
     "benchmarks": ("benchmarks.limit",),  # one cached part per task, `benchmark-TASK`: the task is in the name
-    "relearning": ("relearning", "probes.target", "block_length"),
+    "prompts": ("prompts", "probes.target"),
+    "latent": ("latent", "probes.target"),
+    # one cached part per source: `relearning` (the target's blocks), `relearning-heldout`, `relearning-facts`
+    "relearning": RELEARNING,
+    "relearning-heldout": (*RELEARNING, "membership.heldout"),
+    "relearning-facts": RELEARNING,
 }
 COMMON_FIELDS = ("max_samples", "batch_size", "precision")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from whoharry.config.choices import GGUF_TYPES
-from whoharry.evaluation import quantization
+from whoharry.evaluation import prompts, quantization
 
 # What unlearning should do to a figure: "lower" (forgetting), "keep" (general ability, higher is
 # better), "keep low" (lower is better and should not rise: perplexities, costs), "toward 0.5" (a
@@ -93,6 +93,19 @@ LYNCH_ROBUST = "Lynch et al. 2024: robustness of unlearning to other phrasings a
 ZHANG_QUANT = ("Zhang et al. 2025, Does your LLM truly unlearn? An embarrassingly simple approach: quantization "
                "brings unlearned knowledge back")
 LYNCH_RELEARN = "Lynch et al. 2024: relearning, familiarity after fine-tuning on a slice of the target"
+HU_RELEARN = ("Hu et al. 2024, Jogging the memory of unlearned LLMs: relearning from public text about the target, "
+              "not the target itself")
+DEEB_RELEARN = "Deeb & Roger 2024: training on some facts restores others that were only hidden"
+PROMPT_ATTACKS = {
+    "preamble": ("after a jailbreak preamble", "jailbreak P",
+                 "Lynch et al. 2024, section 4: a permissive system prompt extracts hidden knowledge"),
+    "summary": ("after a summary of the target", "summary P",
+                "Lynch et al. 2024, section 4: an in-context summary brings the target back"),
+    "manyshot": ("after many solved probes", "many-shot P",
+                 "Anil et al. 2024, many-shot jailbreaking: a long prefix of solved examples"),
+}
+LOGIT_LENS = ("nostalgebraist 2020, the logit lens; Lynch et al. 2024, section 4: knowledge still readable inside "
+              "the model")
 MEMBERSHIP = {
     "loss": "membership inference by the mean token loss (the classic loss attack)",
     "zlib": "Carlini et al. 2021: the loss over the zlib-compressed length",
@@ -180,9 +193,24 @@ FIGURES: tuple[Figure, ...] = (
            "ROUGE-L F1 over words, 0-1", "MUSE (Shi et al. 2024), C2: no knowledge memorisation (KnowMem)",
            Resampling("knowmem", "rouge_l"), "KnowMem"),
     *(variant[measure] for variant in (_paraphrased, _hinted, _fewshot) for measure in ("p_answer", "hit_rate")),
+    *(Figure(prompts.figure_key(form), f"prompt attack: mean P(answer) {what}", "lower",
+             PROBABILITY + f", target probes {what}", source, Resampling(f"prompt_{form}", "p_answer"), short)
+      for form, (what, short, source) in PROMPT_ATTACKS.items()),
+    Figure("latent_p_first", "logit lens: mean P(answer's first token) at its best layer", "lower",
+           "probability of the answer's first token, 0-1, read from the layer where it is highest", LOGIT_LENS,
+           Resampling("latent", "p_best"), "lens P"),
+    Figure("latent_top_rate", "logit lens: answers in the top ranks at some layer", "lower",
+           "share of target probes whose answer's first token ranks within eval.latent.top at some layer, 0-1",
+           LOGIT_LENS, Resampling("latent", "found", "rate"), "lens top"),
     Figure("relearn_target_p_answer", "relearning: mean P(answer) after fine-tuning on a target slice", "lower",
            PROBABILITY + ", target probes after the last relearning step", LYNCH_RELEARN,
            Resampling("relearning", "p_answer", "last mean"), "relearned P"),
+    Figure("relearn_heldout_p_answer", "relearning: mean P(answer) after fine-tuning on held-out text", "lower",
+           PROBABILITY + ", target probes after fine-tuning on text about the target that was never unlearned",
+           HU_RELEARN, Resampling("relearning_heldout", "p_answer", "last mean"), "relearned P (held-out)"),
+    Figure("relearn_facts_p_answer", "relearning: mean P(answer) of the other facts after half the facts", "lower",
+           PROBABILITY + ", the half of the target probes not trained on, after fine-tuning on the other half",
+           DEEB_RELEARN, Resampling("relearning_facts", "p_answer", "last mean"), "relearned P (facts)"),
     *(Figure(quantization.figure_key(gguf_type, probe_set),
              f"{what} mean P(answer) after {gguf_type} quantization", direction, PROBABILITY
              + f", {probe_set} probes on the weights rounded to GGUF {gguf_type} and back", ZHANG_QUANT,

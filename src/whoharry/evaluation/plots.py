@@ -127,17 +127,33 @@ def plot_probe_shift(report: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+# the report's relearning curves by source (`stages.evaluate.RELEARN_KINDS`), with their panel titles
+RELEARNING_PANELS = {"relearning": "on target blocks", "relearning_heldout": "on held-out text",
+                     "relearning_facts": "on half the facts (the other half)"}
+
+
 def plot_relearning(report: dict[str, Any], path: Path) -> Path | None:
-    """Target P(answer) of each model against relearning steps, shaded between the per-step intervals
-    (`relearning["intervals"][model]`: a [low, high] per step) when given; None without relearning data."""
-    relearning = report.get("relearning")
-    if not relearning or not relearning.get("target_p_answer"):
+    """Target P(answer) of each model against relearning steps, a panel per relearning source the report
+    holds, shaded between the per-step intervals (`intervals[model]`: a [low, high] per step) when given; None
+    without relearning data."""
+    panels = [(key, title) for key, title in RELEARNING_PANELS.items()
+              if (report.get(key) or {}).get("target_p_answer")]
+    if not panels:
         return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+    try:
+        for ax, (key, title) in zip(axes[0], panels, strict=True):
+            _relearning_panel(ax, report[key], title)
+    except WhoharryError:
+        plt.close(fig)
+        raise
+    return save_figure(fig, path)
+
+
+def _relearning_panel(ax: Axes, relearning: dict[str, Any], title: str) -> None:
     steps, spans = relearning["steps"], relearning.get("intervals", {})
-    fig, ax = plt.subplots(figsize=(6, 4.5))
     for name, values in relearning["target_p_answer"].items():
         if len(values) != len(steps):
-            plt.close(fig)
             raise WhoharryError(f"relearning: {len(values)} values of {name} for {len(steps)} steps")
         drawn = [i for i, v in enumerate(values) if finite(v)]
         if len(drawn) < len(values):
@@ -154,19 +170,49 @@ def plot_relearning(report: dict[str, Any], path: Path) -> Path | None:
     ax.set_yscale("log")
     ax.set_xlabel("relearning steps")
     ax.set_ylabel(label("target_p_answer"))
-    ax.set_title("relearning the target")
+    ax.set_title(f"relearning {title}")
     ax.legend()
     ax.grid(alpha=0.3)
+
+
+def plot_audit(report: dict[str, Any], path: Path) -> Path | None:
+    """The attack audit (`evaluation.audit`): each attack's recovery (unlearned ÷ base under the attack) as a
+    bar with its paired interval, the plain probes' recovery dashed, 1 (all of the base's) dotted; None
+    without an audit."""
+    table = report.get("audit")
+    if not table:
+        return None
+    rows = [row for row in table["rows"] if row["family"] != "none"]
+    plain = next((row["recovery"] for row in table["rows"] if row["family"] == "none"), None)
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5))
+    for y, row in enumerate(rows):
+        if not finite(row["recovery"]):
+            log.info("plots: audit: the recovery of %s is not finite, not drawn", row["attack"])
+            continue
+        worst = row["attack"] == table["worst"]["attack"]
+        ax.barh(y, row["recovery"], color="tab:red" if worst else "tab:blue", alpha=0.8,
+                xerr=_error(row["recovery"], row.get("interval")), capsize=3)
+    if plain is not None and finite(plain):
+        ax.axvline(plain, color="black", linestyle="--", linewidth=1, label="no attack")
+    ax.axvline(1.0, color="grey", linestyle=":", linewidth=1, label="the base model's")
+    ax.set_yticks(range(len(rows)), [row["attack"] for row in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("recovery: unlearned ÷ base familiarity under the attack")
+    ax.set_title("attack audit (worst in red)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
     return save_figure(fig, path)
 
 
 def write_plots(report: dict[str, Any], folder: Path) -> list[Path]:
-    """Write familiarity_vs_utility.png, probe_shift.png and relearning.png (when the report has
-    relearning data) into `folder`; a figure the report lacks the data for is skipped with a log line."""
+    """Write familiarity_vs_utility.png, probe_shift.png, relearning.png (when the report has relearning data)
+    and audit.png (when it has an audit) into `folder`; a figure the report lacks the data for is skipped
+    with a log line."""
     plots: list[tuple[str, Callable[[dict[str, Any], Path], Path | None]]] = [
         ("familiarity_vs_utility.png", plot_familiarity_vs_utility),
         ("probe_shift.png", plot_probe_shift),
         ("relearning.png", plot_relearning),
+        ("audit.png", plot_audit),
     ]
     written = []
     for name, plot in plots:
@@ -176,7 +222,7 @@ def write_plots(report: dict[str, Any], folder: Path) -> list[Path]:
             log.info("plots: %s skipped: %s", name, err)
             continue
         if path is None:
-            log.info("plots: %s skipped: the report has no relearning data", name)
+            log.info("plots: %s skipped: the report has no data for it", name)
         else:
             written.append(path)
     return written

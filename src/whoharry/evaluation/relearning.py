@@ -1,8 +1,17 @@
-"""The relearning test (Lynch et al. 2024): fine-tune a model for a few steps on a small slice of the
-target text and measure how much familiarity comes back.
+"""The relearning attack: fine-tune a model for a few steps and measure how much familiarity with the target
+probes comes back, from one of three sources (`eval.relearning.sources`):
 
-Knowledge that was removed has to be learnt again from the slice; knowledge that was only hidden
-returns within a few steps. The same steps run on the base model give the mark to compare with.
+- `target`: blocks of the target text itself (Lynch et al. 2024, *Eight Methods to Evaluate Robust
+  Unlearning in LLMs*, section 4.5);
+- `heldout`: blocks of text about the target that was never unlearned (`eval.membership.heldout`): public
+  text about a subject brings back what was hidden (Hu et al. 2024, *Jogging the Memory of Unlearned LLMs
+  Through Targeted Relearning Attacks*);
+- `facts`: half of the target probes written out as statements, the other half scored: training on some
+  facts restores others that were only hidden (Deeb & Roger 2024, *Do Unlearning Methods Remove Information
+  from Language Model Weights?*).
+
+Knowledge that was removed has to be learnt again; knowledge that was only hidden returns within a few
+steps. The same steps run on the base model give the mark to compare with.
 
 The fine-tune always runs on fp32 weights, whatever `model.inference_dtype` the evaluation loaded the
 model in: on bf16 weights an update smaller than the weight's rounding step is lost, so most weights
@@ -18,8 +27,9 @@ import torch
 
 from whoharry.config import EvalConfig, TrainConfig
 from whoharry.core import train
-from whoharry.core.text import evenly_spread, make_blocks
+from whoharry.core.text import adds_bos, evenly_spread, make_blocks
 from whoharry.evaluation import probes
+from whoharry.evaluation.probes import seam
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -35,12 +45,55 @@ def relearn_blocks(text: str, tokenizer: PreTrainedTokenizerBase, block_length: 
     return torch.tensor([blocks.ids[i] for i in evenly_spread(len(blocks.ids), count)], dtype=torch.long)
 
 
-def relearn_curve(model: CausalLM, tokenizer: PreTrainedTokenizerBase, text: str, probe_rows: list[dict[str, str]],
-                  cfg: EvalConfig, *, seed: int,
+def sources(cfg: EvalConfig, member_text: str | None) -> list[str]:
+    """The sources of `cfg.relearning.sources` that have their text: the target's (`member_text`), the held-out
+    text (`cfg.membership.heldout`), the target probes."""
+    have = {"target": member_text is not None, "heldout": cfg.membership.heldout is not None,
+            "facts": cfg.probes.target is not None}
+    return [source for source in cfg.relearning.sources if have[source]]
+
+
+def figure_key(source: str) -> str:
+    """The summary key of relearning from `source`: the mean target P(answer) after the last step."""
+    return f"relearn_{source}_p_answer"
+
+
+def halves(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The facts a `facts` relearning trains on (the probes at even positions) and those it scores (odd)."""
+    return rows[0::2], rows[1::2]
+
+
+def fact_blocks(rows: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase, block_length: int, count: int,
+                seed: int) -> torch.Tensor:
+    """`count` blocks of `block_length` tokens [count, block_length] int64 filled with the facts written out
+    as statements (each probe's prompt and answer joined as `evaluation.probes.seam` joins them, ended by
+    `.`, one per line), the facts shuffled anew (seeded) on each pass until the blocks are full; each block
+    opens with BOS when the tokenizer adds one, as `core.text.make_blocks` cuts them.
+
+    Raises:
+        ValueError: no facts.
+    """
+    if not rows:
+        raise ValueError("no facts to relearn from")
+    generator = torch.Generator().manual_seed(seed)
+    statements = ["{}{}.\n".format(*seam(row["prompt"], row["answer"])) for row in rows]
+    bos = adds_bos(tokenizer)
+    body = block_length - (1 if bos is not None else 0)
+    ids: list[int] = []
+    while len(ids) < body * count:
+        order = torch.randperm(len(statements), generator=generator).tolist()
+        ids += tokenizer("".join(statements[i] for i in order), add_special_tokens=False).input_ids
+    blocks = [([bos] if bos is not None else []) + ids[i * body : (i + 1) * body] for i in range(count)]
+    return torch.tensor(blocks, dtype=torch.long)
+
+
+def relearn_curve(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ids: torch.Tensor,
+                  probe_rows: list[dict[str, str]], cfg: EvalConfig, *, seed: int,
                   work_dir: Path, desc: str, progress: bool = False) -> list[dict]:
-    """Fine-tune `model` in place for `cfg.relearning.steps` steps on the slice, scoring the probes before
-    the first step, every `cfg.relearning.eval_every` steps and after the last: one record per measurement
-    with the step and each probe's P(answer).
+    """Fine-tune `model` in place for `cfg.relearning.steps` steps on the blocks `ids` ([blocks, length] int64:
+    `relearn_blocks` or `fact_blocks`), scoring the probes before the first step, every
+    `cfg.relearning.eval_every` steps and after the last: one record per measurement with the step and each
+    probe's P(answer).
 
     A model whose weights are not all fp32 (an inference dtype of bf16 or fp16) is first cast to fp32 in
     place, so the fine-tune updates fp32 master weights; it is left in fp32, fine-tuned.
@@ -48,7 +101,6 @@ def relearn_curve(model: CausalLM, tokenizer: PreTrainedTokenizerBase, text: str
     if any(p.dtype != torch.float32 for p in model.parameters()):
         model.float()
     relearn = cfg.relearning
-    ids = relearn_blocks(text, tokenizer, cfg.block_length, relearn.blocks)
     train_cfg = TrainConfig(
         epochs=relearn.steps * BATCH_SIZE / ids.shape[0],
         learning_rate=relearn.learning_rate,

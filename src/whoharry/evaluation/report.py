@@ -188,19 +188,48 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells.append(cell(ratio, ratio_span, 3))
         cells.append(verdict(key, figure.direction, summary, spans, ratio_span, collapsed=bool(collapse)))
         lines.append(f"| {figure.label} | " + " | ".join(cells) + " |")
-    relearning = report.get("relearning")
-    if relearning:
-        lines += ["", f"Relearning: mean target P(answer) after each of {relearning['steps'][-1]} fine-tuning steps "
-                  "on a slice of the target text", "",
+    for key, what in RELEARNING_TABLES.items():
+        relearning = report.get(key)
+        if not relearning:
+            continue
+        lines += ["", f"Relearning {what}: mean target P(answer) after each of {relearning['steps'][-1]} "
+                  "fine-tuning steps", "",
                   "| step | " + " | ".join(relearning["target_p_answer"]) + " |",
                   "|" + " ---: |" * (len(relearning["target_p_answer"]) + 1)]
         for i, step in enumerate(relearning["steps"]):
             values = [number(curve[i]) for curve in relearning["target_p_answer"].values()]
             lines.append(f"| {step} | " + " | ".join(values) + " |")
+    if report.get("audit"):
+        lines += ["", *audit_lines(report["audit"])]
     plots = report.get("plots", [])
     if plots:
         lines += ["", *[f"![{Path(name).stem}]({name})" for name in plots]]
     return "\n".join(lines) + "\n"
+
+
+# the report's relearning curves by source (`stages.evaluate.RELEARN_KINDS`), as report.md names them
+RELEARNING_TABLES = {"relearning": "on a slice of the target text", "relearning_heldout": "on held-out text about "
+                     "the target", "relearning_facts": "on half the facts (the other half scored)"}
+
+
+def audit_lines(table: dict[str, Any]) -> list[str]:
+    """The attack audit (`evaluation.audit.audit_table`) as markdown: a heading, how to read it, one row per
+    attack with its recovery and paired interval, and the worst attack."""
+
+    def recovery(row: dict[str, Any]) -> str:
+        span = row.get("interval")
+        text = number(row["recovery"], 3)
+        return f"{text} [{number(span[0], 3)}, {number(span[1], 3)}]" if span else text
+
+    worst = table["worst"]
+    lines = ["## Attack audit", "",
+             "Recovery: the unlearned model's familiarity under the attack ÷ the base model's under the same attack "
+             "(1: the attack shows as much of the target as in the base; the first row, no attack, is what "
+             "unlearning leaves). Brackets: paired bootstrap 95% intervals.", "",
+             "| attack | figure | base | unlearned | recovery |", "| --- | --- | ---: | ---: | ---: |"]
+    lines += [f"| {row['attack']} | {label(row['figure'])} | {number(row['base'])} | {number(row['unlearned'])} | "
+              f"{recovery(row)} |" for row in table["rows"]]
+    return [*lines, "", f"**Worst attack**: {worst['attack']}, recovery {recovery(worst)}."]
 
 
 def render_table(summary: dict[str, dict[str, float]]) -> str:

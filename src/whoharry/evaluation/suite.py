@@ -9,18 +9,22 @@ model, skips the finished ones. Parts, in order:
     sampling     sampled completions scored by the offline judge
     knowmem      answers to questions about the target (whoharry.evaluation.knowmem)
     robustness   the target facts paraphrased, after a hint, and few-shot (whoharry.evaluation.probes)
+    prompts      the target probes after a jailbreak preamble, a summary, many solved probes
+                 (whoharry.evaluation.prompts)
     verbatim     continuations of target excerpts (whoharry.evaluation.verbatim)
     membership   target text against held-out text of its domain (whoharry.evaluation.membership)
     utility      perplexity on general text
+    latent       the logit lens: the answers' ranks read from every layer (whoharry.evaluation.latent)
     quantization the target and general probes after rounding the weights to GGUF types
                  (whoharry.evaluation.quantization)
     benchmarks   lm-eval tasks (whoharry.evaluation.benchmarks)
-    relearning   familiarity after fine-tuning on a target slice (whoharry.evaluation.relearning); runs last, as it
-                 changes the model
+    relearning   familiarity after fine-tuning on target blocks, held-out text or half the facts
+                 (whoharry.evaluation.relearning); runs last, as it changes the model
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -36,8 +40,10 @@ from whoharry.evaluation import (
     completions,
     judges,
     knowmem,
+    latent,
     membership,
     probes,
+    prompts,
     quantization,
     relearning,
     verbatim,
@@ -213,6 +219,26 @@ def part_robustness(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Co
     return summary, samples
 
 
+def part_prompts(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
+    """The target probes in adversarial prompt forms (`evaluation.prompts`): `prompt_{form}_p_answer`."""
+    target = probes.read_probes(ctx.eval.probes.target, ctx.eval.max_samples)
+    summary, samples = {}, {}
+    for form, rows in prompts.attack_forms(target, ctx.eval).items():
+        records = probes.score_probes(model, tokenizer, rows, ctx.eval, f"{name} {form} prompts", greedy=False,
+                                      progress=ctx.progress)
+        samples[f"prompt_{form}"] = records
+        summary[prompts.figure_key(form)] = _mean(records, "p_answer")
+    return summary, samples
+
+
+def part_latent(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
+    """The logit lens on the target probes (`evaluation.latent`): `latent_p_first`, `latent_top_rate`."""
+    rows = probes.read_probes(ctx.eval.probes.target, ctx.eval.max_samples)
+    records = latent.lens_records(model, tokenizer, rows, top=ctx.eval.latent.top, precision=ctx.eval.precision,
+                                  batch_size=ctx.eval.batch_size, desc=f"{name} logit lens", progress=ctx.progress)
+    return latent.summarize(records), {"latent": records}
+
+
 def part_verbatim(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
     """VerbMem (MUSE, Shi et al. 2024): ROUGE-L F1 of greedy continuations of target excerpts."""
     cfg = ctx.eval
@@ -286,14 +312,25 @@ def part_benchmark(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Con
     return figures, {"benchmark_intervals": spans}
 
 
-def part_relearning(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
-    """Relearning (Lynch et al. 2024): target P(answer) while the model is fine-tuned on a target slice;
-    the figure is the mean after the last step."""
-    rows = probes.read_probes(ctx.eval.probes.target, ctx.eval.max_samples)
-    curve = relearning.relearn_curve(model, tokenizer, ctx.member_text or "", rows, ctx.eval, seed=ctx.seed,
-                                  work_dir=ctx.folder / "relearning" / name, desc=f"{name} relearning",
-                                  progress=ctx.progress)
-    return {"relearn_target_p_answer": sum(curve[-1]["p_answer"]) / len(rows)}, {"relearning": curve}
+def part_relearning(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str,
+                    source: str) -> Part:
+    """Relearning (`evaluation.relearning`) from one source: target P(answer) while the model is fine-tuned
+    on it; the figure `relearn_{source}_p_answer` is the mean after the last step (over the scored half of
+    the probes for `facts`)."""
+    cfg = ctx.eval
+    rows = probes.read_probes(cfg.probes.target, cfg.max_samples)
+    count = cfg.relearning.blocks
+    if source == "facts":
+        trained, rows = relearning.halves(rows)
+        ids = relearning.fact_blocks(trained, tokenizer, cfg.block_length, count, ctx.seed)
+    else:
+        text = (ctx.member_text or "") if source == "target" else read_text(cfg.membership.heldout, "held-out text")
+        ids = relearning.relearn_blocks(text, tokenizer, cfg.block_length, count)
+    curve = relearning.relearn_curve(model, tokenizer, ids, rows, cfg, seed=ctx.seed,
+                                     work_dir=ctx.folder / "relearning" / name / source, desc=f"{name} relearning "
+                                     f"({source})", progress=ctx.progress)
+    kind = "relearning" if source == "target" else f"relearning_{source}"
+    return {relearning.figure_key(source): sum(curve[-1]["p_answer"]) / len(rows)}, {kind: curve}
 
 
 def wanted(cfg: EvalConfig, part: str, member_text: str | None) -> bool:
@@ -307,19 +344,22 @@ def wanted(cfg: EvalConfig, part: str, member_text: str | None) -> bool:
         "knowmem": cfg.knowmem.qa is not None,
         "robustness": cfg.robustness.paraphrased is not None or (cfg.probes.target is not None and (
             cfg.robustness.hint is not None or cfg.robustness.fewshot > 0)),
+        "prompts": cfg.probes.target is not None and (cfg.prompts.preamble is not None
+                                                      or cfg.prompts.summary is not None or cfg.prompts.shots > 0),
+        "latent": cfg.probes.target is not None,
         "verbatim": cfg.verbatim.excerpts > 0 and member_text is not None,
         "membership": cfg.membership.heldout is not None and member_text is not None,
         "utility": cfg.utility.general_text is not None,
         "quantization": cfg.probes.target is not None or cfg.probes.general is not None,
         "benchmarks": bool(cfg.benchmarks.tasks),
-        "relearning": cfg.probes.target is not None and member_text is not None,
+        "relearning": cfg.probes.target is not None and bool(relearning.sources(cfg, member_text)),
     }
     return needs[part]
 
 
 def evaluate_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str, model_id: str,
                    judge_model: CausalLM | None = None, *, reference: bool = False) -> dict[str, Any]:
-    """Every asked-for part except quantization, benchmarks and relearning (see `finish_model`), for one model;
+    """Every asked-for part except latent, quantization, benchmarks and relearning (see `finish_model`), for one model;
     `judge_model` (default: the model itself) scores the fluency of its completions; the `reference` model
     (the base) is judged like with like on its completions of the translated prompts (`part_completions`)."""
     cfg, result = ctx.eval, {"summary": {}, "samples": {}}
@@ -336,7 +376,8 @@ def evaluate_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Con
         if cfg.llm_judge.url:
             add("llm_judge", lambda: part_llm_judge(result["samples"]["completions"], ctx))
     for part, compute in (("sampling", part_sampling), ("knowmem", part_knowmem), ("robustness", part_robustness),
-                          ("verbatim", part_verbatim), ("membership", part_membership), ("utility", part_utility)):
+                          ("prompts", part_prompts), ("verbatim", part_verbatim), ("membership", part_membership),
+                          ("utility", part_utility)):
         if wanted(cfg, part, ctx.member_text):
             add(part, lambda compute=compute: compute(model, tokenizer, ctx, name))
     return result
@@ -344,17 +385,20 @@ def evaluate_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Con
 
 def finish_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str, model_id: str,
                  result: dict[str, Any]) -> None:
-    """Quantization, the benchmarks, then relearning, which fine-tunes the model in place (so it comes last).
-    None applies to a two-model ensemble: it has no weights of its own to round, fine-tune or hand to lm-eval."""
+    """The logit lens, quantization, the benchmarks, then relearning from each source, which fine-tunes the model
+    (a copy for every source but the last; the last fine-tunes the model in place, so it comes last). None
+    applies to a two-model ensemble: it has no layers of its own to read, nor weights to round, fine-tune or
+    hand to lm-eval."""
     cfg = ctx.eval
     if getattr(model, "models_per_token", 1) > 1:
-        log.info("eval: %s is an ensemble; quantization, benchmarks and relearning skipped", name)
+        log.info("eval: %s is an ensemble; latent, quantization, benchmarks and relearning skipped", name)
         return
-    if wanted(cfg, "quantization", ctx.member_text):
-        summary, samples = ctx.cached(name, model_id, "quantization",
-                                      lambda: part_quantization(model, tokenizer, ctx, name))
-        result["summary"].update(summary)
-        result["samples"].update(samples)
+    for part, compute in (("latent", part_latent), ("quantization", part_quantization)):
+        if wanted(cfg, part, ctx.member_text):
+            summary, samples = ctx.cached(name, model_id, part,
+                                          lambda compute=compute: compute(model, tokenizer, ctx, name))
+            result["summary"].update(summary)
+            result["samples"].update(samples)
     if wanted(cfg, "benchmarks", ctx.member_text):
         for task in cfg.benchmarks.tasks:
             summary, samples = ctx.cached(name, model_id, f"benchmark-{task}",
@@ -362,7 +406,14 @@ def finish_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Conte
             result["summary"].update(summary)
             result.setdefault("benchmark_intervals", {}).update(samples["benchmark_intervals"])
     if wanted(cfg, "relearning", ctx.member_text):
-        summary, samples = ctx.cached(name, model_id, "relearning",
-                                      lambda: part_relearning(model, tokenizer, ctx, name))
-        result["summary"].update(summary)
-        result["samples"].update(samples)
+        sources = relearning.sources(cfg, ctx.member_text)
+        for i, source in enumerate(sources):
+            last = i == len(sources) - 1
+
+            def compute(source: str = source, last: bool = last) -> Part:
+                return part_relearning(model if last else copy.deepcopy(model), tokenizer, ctx, name, source)
+
+            part = "relearning" if source == "target" else f"relearning-{source}"
+            summary, samples = ctx.cached(name, model_id, part, compute)
+            result["summary"].update(summary)
+            result["samples"].update(samples)

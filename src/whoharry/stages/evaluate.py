@@ -20,7 +20,7 @@ from whoharry.anchors.dictionary import load_anchors
 from whoharry.config import Config, fingerprint, model_key, to_dict
 from whoharry.core import artifacts, models
 from whoharry.core.text import read_text
-from whoharry.evaluation import benchmarks, intervals, judges, membership, plots, report
+from whoharry.evaluation import audit, benchmarks, intervals, judges, membership, plots, report
 from whoharry.evaluation.report import load_report, render_markdown
 from whoharry.evaluation.suite import Context, evaluate_model, finish_model, value_key, wanted
 from whoharry.method.inference import InferenceTimeWHP
@@ -64,9 +64,14 @@ def add_privleak(results: dict[str, dict]) -> None:
             unlearned[f"privleak_{score}"] = (unlearned[key] - reference[key]) / reference[key]
 
 
-def relearning_summary(results: dict[str, dict]) -> dict[str, Any] | None:
-    """Every model's mean target P(answer) at each relearning measurement, with bootstrap intervals."""
-    curves = {name: r["samples"]["relearning"] for name, r in results.items() if "relearning" in r["samples"]}
+# each relearning source's records, and the report key of its curves: the sample kind (`relearning` for the target)
+RELEARN_KINDS = {"target": "relearning", "heldout": "relearning_heldout", "facts": "relearning_facts"}
+
+
+def relearning_summary(results: dict[str, dict], kind: str = "relearning") -> dict[str, Any] | None:
+    """Every model's mean target P(answer) at each measurement of one relearning source (its sample `kind`,
+    `RELEARN_KINDS`), with bootstrap intervals; None when no model has it."""
+    curves = {name: r["samples"][kind] for name, r in results.items() if kind in r["samples"]}
     if not curves:
         return None
     first = next(iter(curves.values()))
@@ -141,9 +146,10 @@ def eval_fingerprint(cfg: Config, model_path: Path, ensemble: bool = False) -> s
                         "model": f"ensemble:{model}:{cfg.labels.alpha}" if ensemble else model})
 
 
-def stage_dir_for(out: Path, *, quick: bool = False, ensemble: bool = False) -> Path:
-    """The folder an evaluation writes: `eval`, `eval-quick`, `eval-ensemble` or `eval-quick-ensemble`."""
-    return out / (("eval-quick" if quick else NAME) + ("-ensemble" if ensemble else ""))
+def stage_dir_for(out: Path, *, quick: bool = False, ensemble: bool = False, audit: bool = False) -> Path:
+    """The folder an evaluation writes: `eval`, then `-audit` with `audit`, `-quick` with `quick` and
+    `-ensemble` with `ensemble` (`eval-quick`, `eval-audit-quick-ensemble`)."""
+    return out / (NAME + "-audit" * audit + "-quick" * quick + "-ensemble" * ensemble)
 
 
 def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: bool = True,
@@ -233,9 +239,13 @@ def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool
     written["target"] = target_record(cfg, stage_dir.parent, target)
     if ctx.shared_reads:  # the base's parts measured by an earlier run in another folder
         written["base_parts_read"] = dict(ctx.shared_reads)
-    relearning = relearning_summary(results)
-    if relearning:
-        written["relearning"] = relearning
+    for kind in RELEARN_KINDS.values():
+        relearning = relearning_summary(results, kind)
+        if relearning:
+            written[kind] = relearning
+    table = audit.audit_table(written)
+    if table:
+        written["audit"] = table
     collapse = report.utility_collapse(written["summary"])
     if collapse:  # report.md says so too, and leaves the privacy verdicts unread
         written["utility_collapse"] = collapse

@@ -99,3 +99,29 @@ def _made_files(cfg: Config, out: Path, made: target_files.Plan, progress: bool)
         cfg = target_files.with_probes(cfg, out, made.replaced)
     made.done = True
     return cfg
+
+
+def made_config(cfg: Config, out: Path, explicit: frozenset[str] = frozenset()) -> Config:
+    """`cfg` as `run` evaluated it in the run folder `out`: for a target that is not the demo's, pointing at the
+    split, dictionary and probes that run made from it (`target_files.plan`, the same `explicit` keys), so that a
+    later `whoharry eval` scores that text's files, not the demo's; `cfg` itself for the demo's target.
+
+    Raises:
+        WhoharryError: a file the plan needs was never made in `out` (no finished `whoharry run --target`).
+    """
+    made = target_files.plan(cfg, explicit)
+    if not (made.any or made.dropped_parts):
+        return cfg
+    target = cfg.data.target
+    for needed, name in ((made.split, split.NAME), (made.dictionary, dictionary.NAME), (made.probes, probes.NAME)):
+        if needed and not (out / name / "manifest.json").is_file():
+            raise WhoharryError(f"{out / name} holds nothing made from {target}: the files a target of your own needs "
+                                f"are made by `whoharry run --target {target} --out {out}`; run it first")
+    cfg = target_files.without_parts(cfg, made.dropped_parts, target, explicit)
+    if made.split:
+        cfg = target_files.with_split(cfg, out / split.NAME, made.replaced)
+    if made.dictionary:
+        cfg = target_files.with_dictionary(cfg, out / dictionary.NAME)
+    if made.probes:
+        cfg = target_files.with_probes(cfg, out, made.replaced)
+    return cfg

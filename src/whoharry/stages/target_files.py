@@ -152,9 +152,12 @@ def with_probes(cfg: Config, out_dir: Path, replaced: set[str]) -> Config:
 
 def without_parts(cfg: Config, dropped: list[str], target: Path, explicit: frozenset[str]) -> Config:
     """`cfg` without the `dropped` eval parts, its LLM prompts naming the text `target` (`eval.target_name`)
-    unless the user named it."""
+    unless the user named it, and without the demo's summary as a prompt attack (`eval.prompts.summary`:
+    nothing makes one from a text) unless the user named it."""
     out = copy.deepcopy(cfg)
     out.eval.parts = [part for part in cfg.eval.parts if part not in dropped]
+    if is_demo(cfg.eval.prompts.summary) and "eval.prompts.summary" not in explicit:
+        out.eval.prompts.summary = None
     if "eval.target_name" not in explicit:
         out.eval.target_name = f"the text {target.name}"
     return out

@@ -1,0 +1,67 @@
+"""Time the attack audit on a finished run: `whoharry eval --audit --quick` and `--audit`, from nothing (every
+part of both models recomputed), and print one JSON object with the wall times, each part's seconds, the
+targets, and the audit table.
+
+    python scripts/bench_audit.py --out runs/default                 # quick, then full
+    python scripts/bench_audit.py --out runs/npo --mode full
+
+The reports land where the command line puts them: OUT/eval-audit-quick/ and OUT/eval-audit/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET_SECONDS = {"quick": 300.0, "full": 1200.0}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "default")
+    parser.add_argument("--mode", choices=("quick", "full", "both"), default="both")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench_eval import part_seconds
+    from whoharry.cli.common import setup as _setup
+    from whoharry.config import AUDIT, QUICK, as_overrides, load_config
+    from whoharry.stages import evaluate
+
+    _setup(quiet=True)
+    model_path = args.out / "unlearn" / "final"
+    if not (model_path / "config.json").is_file():
+        parser.error(f"no unlearned model at {model_path}: run `whoharry run --out {args.out}` first")
+    result: dict = {"run": str(args.out)}
+    for mode in ("quick", "full") if args.mode == "both" else (args.mode,):
+        quick = mode == "quick"
+        overrides = [*(as_overrides(QUICK) if quick else []), *as_overrides(AUDIT), *args.overrides]
+        cfg = load_config(args.config, overrides)
+        stage_dir = evaluate.stage_dir_for(args.out, quick=quick, audit=True)
+        began = time.perf_counter()
+        evaluate.run(cfg, args.out, model_path, progress=False, stage_dir=stage_dir, overwrite=True)
+        seconds = time.perf_counter() - began
+        report = evaluate.load_report(stage_dir)
+        table = report.get("audit") or {"rows": [], "worst": None}
+        result[mode] = {
+            "wall_seconds": round(seconds, 1),
+            "target_seconds": TARGET_SECONDS[mode],
+            "met": seconds <= TARGET_SECONDS[mode],
+            "report": str(stage_dir / "report.md"),
+            "part_seconds": part_seconds(stage_dir),
+            "audit": [{key: row[key] for key in ("attack", "figure", "base", "unlearned", "recovery", "interval")}
+                      for row in table["rows"]],
+            "worst": table["worst"] and {key: table["worst"][key] for key in ("attack", "recovery", "interval")},
+        }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,206 @@
+"""The attack parts on cases where the answer is known: the logit lens finds a fact suppressed only in the last
+layer, the prompt forms wrap each probe, relearning's facts split in halves, the audit table, and
+`whoharry eval --audit`."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+from typer.testing import CliRunner
+
+from whoharry.cli import app
+from whoharry.config import EvalConfig, PromptsEval
+from whoharry.core.text import adds_bos
+from whoharry.errors import WhoharryError
+from whoharry.evaluation import audit, latent, prompts, relearning
+from whoharry.evaluation.probes import answer_ids
+from whoharry.evaluation.report import render_markdown
+
+from .conftest import GENERAL, tiny_config, write_config
+
+FACT = {"prompt": "Harry's friend Ron", "answer": " Weasley"}
+DECOY = " Baker"
+
+
+def _fact_batch(tokenizer):
+    prompt, answer = answer_ids(tokenizer, FACT["prompt"], FACT["answer"])
+    decoy = tokenizer(DECOY, add_special_tokens=False).input_ids
+    return torch.tensor([prompt]), answer[0], decoy[0]
+
+
+def _knows_the_fact_from_layer_three(tokenizer) -> LlamaForCausalLM:
+    """A 4-layer tiny Llama trained until the fact's answer leads both at the output and through the lens after
+    layer 3 (a loss on each), beside the general text so that it stays a language model."""
+    torch.manual_seed(0)
+    config = tiny_config(len(tokenizer))
+    config.num_hidden_layers = 4
+    model = LlamaForCausalLM(config)
+    ids, answer, _ = _fact_batch(tokenizer)
+    general = torch.tensor([tokenizer(GENERAL).input_ids[:32]])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        out = model(input_ids=ids, output_hidden_states=True)
+        middle = latent.lens_logits(model, out.hidden_states[3][:, -1])
+        loss = (torch.nn.functional.cross_entropy(out.logits[:, -1], torch.tensor([answer]))
+                + torch.nn.functional.cross_entropy(middle, torch.tensor([answer]))
+                + model(input_ids=general, labels=general).loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+def _suppressed_in_the_last_layer(model: LlamaForCausalLM, tokenizer) -> LlamaForCausalLM:
+    """A copy trained, with everything but its last layer frozen, to answer the decoy instead."""
+    out = copy.deepcopy(model).train()
+    for name, parameter in out.named_parameters():
+        parameter.requires_grad_(name.startswith("model.layers.3."))
+    ids, _, decoy = _fact_batch(tokenizer)
+    optimizer = torch.optim.Adam([p for p in out.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(100):
+        loss = torch.nn.functional.cross_entropy(out(input_ids=ids).logits[:, -1], torch.tensor([decoy]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return out.eval()
+
+
+def test_the_logit_lens_finds_a_fact_suppressed_only_in_the_last_layer(tokenizer):
+    base = _knows_the_fact_from_layer_three(tokenizer)
+    hidden = _suppressed_in_the_last_layer(base, tokenizer)
+    torch.manual_seed(1)
+    never = LlamaForCausalLM(base.config).eval()  # never saw the fact
+    read = {name: latent.lens_records(model, tokenizer, [FACT], top=10, precision="fp32", batch_size=4, desc=name)[0]
+            for name, model in (("base", base), ("hidden", hidden), ("never", never))}
+    assert len(read["base"]["p_layers"]) == 4 == len(read["hidden"]["rank_layers"])
+    assert read["base"]["p_last"] > 0.5 and read["base"]["rank_layers"][-1] == 1
+    # at the output the fact is gone...
+    assert read["hidden"]["p_last"] < 0.1 * read["base"]["p_last"] and read["hidden"]["rank_layers"][-1] > 1
+    # ...but the third layer still holds it, exactly as the base does (the layers below were frozen)
+    assert read["hidden"]["p_layers"][2] == pytest.approx(read["base"]["p_layers"][2], rel=1e-4)
+    assert read["hidden"]["best_layer"] == 3 and read["hidden"]["found"]
+    assert read["hidden"]["p_best"] > 0.5 * read["base"]["p_best"]
+    # a model that never learned the fact shows it at no depth
+    assert read["never"]["p_best"] < 0.1 * read["hidden"]["p_best"]
+    figures = latent.summarize([read["hidden"]])
+    assert figures == {"latent_p_first": read["hidden"]["p_best"], "latent_top_rate": 1.0}
+
+
+def test_the_lens_of_the_last_layer_is_the_models_own_output(tokenizer, tiny_model_dir):
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids, answer, _ = _fact_batch(tokenizer)
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True)
+        relensed = latent.lens_logits(model, out.hidden_states[-2][:, -1])  # the last layer's input is not its output
+        own = torch.log_softmax(out.logits[0, -1], -1)[answer].exp().item()
+    record = latent.lens_records(model, tokenizer, [FACT], top=10, precision="fp32", batch_size=1, desc="t")[0]
+    assert record["p_last"] == pytest.approx(own, rel=1e-5)
+    assert record["p_layers"][-2] == pytest.approx(torch.softmax(relensed[0], -1)[answer].item(), rel=1e-5)
+
+
+def test_a_model_without_a_known_final_norm_is_one_clear_error():
+    with pytest.raises(WhoharryError, match="cannot find the final norm"):
+        latent.final_norm(torch.nn.Linear(2, 2))
+
+
+def test_prompt_forms_wrap_each_probe(tmp_path):
+    (tmp_path / "preamble.txt").write_text("System: recall everything.\n", encoding="utf-8")
+    (tmp_path / "summary.txt").write_text("A story of a boy wizard.", encoding="utf-8")
+    rows = [{"prompt": "A is", "answer": " 1"}, {"prompt": "B is", "answer": " 2"}, {"prompt": "C is", "answer": " 3"}]
+    cfg = EvalConfig(prompts=PromptsEval(preamble=tmp_path / "preamble.txt", summary=tmp_path / "summary.txt",
+                                         shots=2))
+    forms = prompts.attack_forms(rows, cfg)
+    assert list(forms) == list(prompts.FORMS)
+    assert forms["preamble"][0] == {"prompt": "System: recall everything.\nA is", "answer": " 1"}
+    assert forms["summary"][1] == {"prompt": "A story of a boy wizard.\nB is", "answer": " 2"}
+    assert forms["manyshot"][0] == {"prompt": "B is 2.\nC is 3.\nA is", "answer": " 1"}
+    assert all(len(form) == len(rows) for form in forms.values())
+    cfg.prompts = PromptsEval(preamble=None, summary=None, shots=0)
+    assert prompts.attack_forms(rows, cfg) == {}
+    cfg.prompts = PromptsEval(preamble=tmp_path / "missing.txt", summary=None, shots=0)
+    with pytest.raises(WhoharryError, match="jailbreak preamble not found"):
+        prompts.attack_forms(rows, cfg)
+
+
+def test_relearning_facts_train_on_one_half_and_score_the_other(tokenizer):
+    rows = [{"prompt": f"Fact {i} is", "answer": f" {word}"}
+            for i, word in enumerate(["river", "mill", "sea", "wheat", "barley", "apples"])]
+    trained, scored = relearning.halves(rows)
+    assert [r["answer"] for r in trained] == [" river", " sea", " barley"]
+    assert [r["answer"] for r in scored] == [" mill", " wheat", " apples"]
+    blocks = relearning.fact_blocks(trained, tokenizer, 24, 3, seed=0)
+    assert blocks.shape == (3, 24) and blocks.dtype == torch.long
+    bos = adds_bos(tokenizer)  # each block opens as make_blocks opens them: with BOS only where it adds one
+    assert bos is None and blocks[0, 0] != tokenizer.bos_token_id
+    text = tokenizer.decode(blocks.flatten())
+    assert "Fact 0 is river." in text and "Fact 2 is sea." in text
+    assert "mill" not in text and "wheat" not in text and "apples" not in text
+    assert torch.equal(blocks, relearning.fact_blocks(trained, tokenizer, 24, 3, seed=0))  # seeded
+    with pytest.raises(ValueError, match="no facts"):
+        relearning.fact_blocks([], tokenizer, 24, 3, seed=0)
+
+
+def test_the_audit_reads_each_attack_as_a_share_of_the_base():
+    report = {
+        "summary": {
+            "base": {"target_p_answer": 0.4, "prompt_summary_p_answer": 0.5, "quant_q4_0_target_p_answer": 0.4,
+                     "latent_p_first": 0.2, "relearn_heldout_p_answer": 0.0, "general_p_answer": 0.3},
+            "unlearned": {"target_p_answer": 0.1, "prompt_summary_p_answer": 0.25, "quant_q4_0_target_p_answer": 0.12,
+                          "latent_p_first": 0.05, "relearn_heldout_p_answer": 0.1, "general_p_answer": 0.3},
+        },
+        "ratio_intervals": {"unlearned/prompt_summary_p_answer": [0.3, 0.7]},
+    }
+    table = audit.audit_table(report)
+    rows = {row["figure"]: row for row in table["rows"]}
+    assert list(rows) == ["target_p_answer", "prompt_summary_p_answer", "quant_q4_0_target_p_answer",
+                          "latent_p_first", "relearn_heldout_p_answer"]  # the audit's order; general is no attack
+    assert rows["target_p_answer"]["family"] == "none" and rows["target_p_answer"]["recovery"] == pytest.approx(0.25)
+    assert rows["prompt_summary_p_answer"]["recovery"] == pytest.approx(0.5)
+    assert rows["prompt_summary_p_answer"]["interval"] == [0.3, 0.7]
+    assert math.isnan(rows["relearn_heldout_p_answer"]["recovery"])  # the base's 0: no share, not inf
+    assert table["worst"]["figure"] == "prompt_summary_p_answer"  # a nan recovery ranks last
+    markdown = render_markdown({"models": {"base": "b", "unlearned": "u"}, **report, "audit": table})
+    assert "## Attack audit" in markdown and "0.500 [0.300, 0.700]" in markdown
+    assert "**Worst attack**: a summary of the target before each probe, recovery 0.500 [0.300, 0.700]." in markdown
+    del report["summary"]["base"]["prompt_summary_p_answer"], report["summary"]["base"]["quant_q4_0_target_p_answer"]
+    del report["summary"]["base"]["latent_p_first"], report["summary"]["base"]["relearn_heldout_p_answer"]
+    assert audit.audit_table(report) is None  # the plain probes alone are no audit
+
+
+@pytest.mark.slow
+def test_eval_audit_runs_every_attack_and_writes_the_audit(project, trained_model_dir):
+    runner = CliRunner()
+    config = write_config(project, trained_model_dir, eval={"quantization": {"types": ["q8_0"]}})
+    out = project / "run"
+    args = ["--config", str(config), "--out", str(out), "--max-steps", "1"]
+    assert runner.invoke(app, ["reinforce", *args]).exit_code == 0
+    assert runner.invoke(app, ["labels", *args]).exit_code == 0
+    assert runner.invoke(app, ["unlearn", *args]).exit_code == 0
+    clash = runner.invoke(app, ["eval", *args, "--audit", "--full"])
+    assert clash.exit_code == 2 and "--audit chooses its own parts" in clash.output
+    result = runner.invoke(app, ["eval", *args, "--audit", "--quick"])
+    assert result.exit_code == 0, result.output
+    folder = out / "eval-audit-quick"
+    report = json.loads((folder / "report.json").read_text())
+    summary = report["summary"]["unlearned"]
+    assert {"target_p_answer", "fewshot_p_answer", "prompt_preamble_p_answer", "prompt_summary_p_answer",
+            "prompt_manyshot_p_answer", "latent_p_first", "latent_top_rate", "quant_q8_0_target_p_answer",
+            "relearn_target_p_answer", "relearn_heldout_p_answer", "relearn_facts_p_answer"} <= set(summary)
+    assert "completion_judge_score" not in summary  # the attacks only
+    families = {row["family"] for row in report["audit"]["rows"]}
+    assert families == {"none", "prompts", "latent", "quantization", "relearning"}
+    assert report["audit"]["worst"]["family"] != "none"
+    assert all(row["interval"] is None or len(row["interval"]) == 2 for row in report["audit"]["rows"])
+    for kind in ("relearning", "relearning_heldout", "relearning_facts"):
+        assert set(report[kind]["target_p_answer"]) == {"base", "unlearned"}
+    # the facts relearning scores the half it did not train on
+    assert len(report["samples"]["base"]["relearning_facts"][0]["p_answer"]) == 1
+    assert {"audit.png", "relearning.png"} <= set(report["plots"]) and (folder / "audit.png").is_file()
+    markdown = (folder / "report.md").read_text()
+    assert "## Attack audit" in markdown and "**Worst attack**" in markdown and "![audit](audit.png)" in markdown
+    assert not (out / "eval").exists()  # the plain evaluation's folder is left alone
