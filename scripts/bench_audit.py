@@ -25,14 +25,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "default")
     parser.add_argument("--mode", choices=("quick", "full", "both"), default="both")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="a setting, as `whoharry eval --set` (repeatable); data.target=FILE for a run of a "
+                             "text of one's own")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT / "scripts"))
     from bench_eval import part_seconds
     from whoharry.cli.common import setup as _setup
     from whoharry.config import AUDIT, QUICK, as_overrides, load_config
-    from whoharry.stages import evaluate
+    from whoharry.core.settings import keys_given
+    from whoharry.stages import evaluate, pipeline
 
     _setup(quiet=True)
     model_path = args.out / "unlearn" / "final"
@@ -43,9 +46,13 @@ def main(argv: list[str] | None = None) -> dict:
         quick = mode == "quick"
         overrides = [*(as_overrides(QUICK) if quick else []), *as_overrides(AUDIT), *args.overrides]
         cfg = load_config(args.config, overrides)
+        # a run of one's own text is scored on the files it made (as `whoharry eval --target`)
+        shipped = args.config.resolve() == (ROOT / "configs" / "default.yaml").resolve()  # names nothing of its own
+        made = pipeline.made_config(cfg, args.out, keys_given(None if shipped else args.config, overrides))
         stage_dir = evaluate.stage_dir_for(args.out, quick=quick, audit=True)
         began = time.perf_counter()
-        evaluate.run(cfg, args.out, model_path, progress=False, stage_dir=stage_dir, overwrite=True)
+        evaluate.run(made, args.out, model_path, progress=False, stage_dir=stage_dir, overwrite=True,
+                     target=cfg.data.target)
         seconds = time.perf_counter() - began
         report = evaluate.load_report(stage_dir)
         table = report.get("audit") or {"rows": [], "worst": None}

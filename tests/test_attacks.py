@@ -183,6 +183,8 @@ def test_eval_audit_runs_every_attack_and_writes_the_audit(project, trained_mode
     assert runner.invoke(app, ["unlearn", *args]).exit_code == 0
     clash = runner.invoke(app, ["eval", *args, "--audit", "--full"])
     assert clash.exit_code == 2 and "--audit chooses its own parts" in clash.output
+    pair = runner.invoke(app, ["eval", *args, "--audit", "--inference-time"])
+    assert pair.exit_code == 2 and "leave out --inference-time" in pair.output
     result = runner.invoke(app, ["eval", *args, "--audit", "--quick"])
     assert result.exit_code == 0, result.output
     folder = out / "eval-audit-quick"
@@ -204,3 +206,39 @@ def test_eval_audit_runs_every_attack_and_writes_the_audit(project, trained_mode
     markdown = (folder / "report.md").read_text()
     assert "## Attack audit" in markdown and "**Worst attack**" in markdown and "![audit](audit.png)" in markdown
     assert not (out / "eval").exists()  # the plain evaluation's folder is left alone
+
+
+def test_a_folder_holding_only_an_audit_is_a_run(tmp_path):
+    from whoharry.stages.pipeline import check_out_dir
+
+    for name in ("eval-audit", "eval-audit-quick", "eval-audit-ensemble", "eval-audit-quick-ensemble"):
+        folder = tmp_path / name / "run"
+        (folder / name).mkdir(parents=True)
+        check_out_dir(folder)  # no error
+    (tmp_path / "other" / "notes").mkdir(parents=True)
+    with pytest.raises(WhoharryError, match="not a whoharry run"):
+        check_out_dir(tmp_path / "other")
+
+
+def test_relearning_on_facts_needs_a_half_to_train_on_and_a_half_to_score(tmp_path):
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    one.write_text(json.dumps(FACT) + "\n", encoding="utf-8")
+    two.write_text(json.dumps(FACT) + "\n" + json.dumps({"prompt": "Harry Potter went to", "answer": " Hogwarts"})
+                   + "\n", encoding="utf-8")
+    cfg = EvalConfig()
+    cfg.relearning.sources = ["target", "heldout", "facts"]
+    cfg.probes.target = one
+    assert relearning.sources(cfg, "text") == ["target", "heldout"]
+    cfg.probes.target = two
+    assert relearning.sources(cfg, None) == ["heldout", "facts"]
+    cfg.max_samples = 1  # --set eval.max_samples=1 leaves one probe: no halves
+    assert relearning.sources(cfg, None) == ["heldout"]
+
+
+def test_a_layer_whose_probability_is_not_a_number_has_no_rank_and_no_best():
+    probe = {"prompt": "p", "answer": " a"}
+    record = latent._record(probe, [0.2, float("nan"), 0.1], [3, 1, 40], top=2)
+    assert math.isnan(record["rank_layers"][1]) and not record["found"]  # not found through the nan layer
+    assert math.isnan(record["p_best"]) and record["best_layer"] == 1
+    clean = latent._record(probe, [0.2, 0.5, 0.5], [3, 2, 2], top=2)
+    assert clean["p_best"] == 0.5 and clean["best_layer"] == 2 and clean["found"]  # the earliest of equals

@@ -204,6 +204,10 @@ def test_run_with_only_a_target_makes_its_files_and_reports_on_it(project, own_t
     summary = report["summary"]["unlearned"]
     assert "prompt_preamble_p_answer" in summary and "latent_p_first" in summary
     assert "prompt_summary_p_answer" not in summary  # the demo's summary is about another text
+    other = mine.with_name("other.txt")
+    other.write_text(book().replace("the", "a"), encoding="utf-8")
+    stale = runner.invoke(app, ["eval", "--target", str(other), "--out", str(out), "-q"])
+    assert stale.exit_code == 2 and "of another text or other settings" in stale.output
     elsewhere = runner.invoke(app, ["eval", "--target", str(mine), "--out", str(project / "other"),
                                     "--model", str(out / "unlearn" / "final"), "-q"])
     assert elsewhere.exit_code == 2 and "run it first" in elsewhere.output
@@ -388,3 +392,25 @@ def test_a_run_that_fails_on_its_input_leaves_no_folder_and_says_what_is_wrong(p
     kept.mkdir()
     assert runner.invoke(app, ["run", "--target", str(folder), "--out", str(kept), "-q"]).exit_code == 2
     assert kept.is_dir()  # a folder that was there before stays
+
+
+def test_the_demo_summary_is_left_out_for_another_target_or_named_in_a_warning(tmp_path, monkeypatch):
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    monkeypatch.setattr(target_files, "DEMO_DIR", demo)
+    (demo / "summary.txt").write_text("x")
+    cfg = Config()
+    cfg.eval.prompts.summary = demo / "summary.txt"
+    cfg.data.target = demo / "target.txt"
+    assert target_files.plan(cfg).cleared == []  # the demo's own target keeps its summary
+    cfg.data.target = tmp_path / "mine.txt"
+    for mode in ("auto", "always"):
+        cfg.target_files.make = mode
+        made = target_files.plan(cfg)
+        assert made.cleared == ["eval.prompts.summary"] and not made.warnings
+        assert target_files.without_parts(cfg, made, cfg.data.target, frozenset()).eval.prompts.summary is None
+    named = target_files.plan(cfg, frozenset({"eval.prompts.summary"}))  # named by the user: kept, with a warning
+    assert named.cleared == [] and any("eval.prompts.summary" in warning for warning in named.warnings)
+    cfg.target_files.make = "never"
+    kept = target_files.plan(cfg)
+    assert kept.cleared == [] and any("eval.prompts.summary" in warning for warning in kept.warnings)

@@ -118,7 +118,11 @@ def eval_(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Recompute every part instead of reusing cached ones.")
     ] = False,
-    target: TargetOption = None,
+    target: Annotated[
+        Path | None,
+        typer.Option("--target", help="After `whoharry run --target FILE`: score the files that run made from FILE "
+                                      "in OUT (its split, dictionary and probes), and name FILE in the report."),
+    ] = None,
     ensemble: Annotated[
         bool, typer.Option("--inference-time", "--ensemble",
                            help="Score inference-time WHP instead of a fine-tuned model: the base and the "
@@ -134,6 +138,9 @@ def eval_(
     if audit and (full or parts):
         raise WhoharryError("--audit chooses its own parts; leave out --full and --parts (narrow it with --set "
                             "eval.parts=... or eval.relearning.sources=...)")
+    if audit and ensemble:
+        raise WhoharryError("--audit attacks a model's own weights and layers (quantization, the logit lens, "
+                            "relearning), which an inference-time pair does not have; leave out --inference-time")
     chosen = None if audit else list(EVAL_PARTS) if full or quick else parts.split(",") if parts else None
     tasks = [t.strip() for t in lm_eval.split(",") if t.strip()] if lm_eval else None
     own = [f"data.target={json.dumps(str(target))}"] if target is not None else []

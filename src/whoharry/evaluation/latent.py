@@ -17,6 +17,7 @@ in these models, so the last layer is read from the logits themselves.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -66,9 +67,9 @@ def lens_logits(model: PreTrainedModel, hidden: torch.Tensor) -> torch.Tensor:
 def lens_records(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, probes: list[dict[str, str]], *,
                  top: int, precision: str, batch_size: int, desc: str, progress: bool = False) -> list[dict]:
     """Per probe: `p_layers` and `rank_layers`, the answer's first-token probability (0-1) and rank (1: the
-    likeliest) after each layer (the last one from the model's own logits); `p_best`, their highest;
-    `best_layer`, where (1-based); `found`, whether the rank is within `top` at some layer; `p_last`, the
-    last layer's probability."""
+    likeliest) after each layer (the last one from the model's own logits); `p_best`, their highest (nan when
+    a layer's is nan); `best_layer`, where (1-based); `found`, whether the rank is within `top` at some layer;
+    `p_last`, the last layer's probability."""
     device = next(model.parameters()).device
     model.eval()
     records: list[dict] = []
@@ -87,14 +88,22 @@ def lens_records(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pro
         layers.append(out.logits[rows, ends].float())
         picked, ranks = token_log_probs(torch.stack(layers, dim=1), firsts.unsqueeze(1).expand(-1, len(layers)),
                                         ranks=True)
-        for probe, logp, rank in zip(batch, picked.exp().tolist(), ranks.tolist(), strict=True):
-            best = max(range(len(logp)), key=lambda layer: (logp[layer], -layer))
-            records.append({"prompt": probe["prompt"], "answer": probe["answer"], "p_layers": logp,
-                            "rank_layers": rank, "p_best": logp[best], "best_layer": best + 1,
-                            "found": min(rank) <= top, "p_last": logp[-1]})
+        for probe, p_layers, rank_layers in zip(batch, picked.exp().tolist(), ranks.tolist(), strict=True):
+            records.append(_record(probe, p_layers, rank_layers, top))
         bar.update(len(batch))
     bar.close()
     return records
+
+
+def _record(probe: dict[str, str], p_layers: list[float], rank_layers: list[int], top: int) -> dict:
+    """One probe's record; a layer whose probability is not a number (overflowing logits) has no rank (nan,
+    not the 1 that no comparison with nan beats), and makes the best layer's probability nan too."""
+    ranks = [rank if math.isfinite(p) else float("nan") for p, rank in zip(p_layers, rank_layers, strict=True)]
+    finite = [layer for layer, p in enumerate(p_layers) if math.isfinite(p)]
+    best = max(finite, key=lambda layer: (p_layers[layer], -layer)) if finite else len(p_layers) - 1
+    return {"prompt": probe["prompt"], "answer": probe["answer"], "p_layers": p_layers, "rank_layers": ranks,
+            "p_best": p_layers[best] if len(finite) == len(p_layers) else float("nan"), "best_layer": best + 1,
+            "found": any(rank <= top for rank in ranks if math.isfinite(rank)), "p_last": p_layers[-1]}
 
 
 def summarize(records: list[dict]) -> dict[str, float]:

@@ -47,9 +47,9 @@ def relearn_blocks(text: str, tokenizer: PreTrainedTokenizerBase, block_length: 
 
 def sources(cfg: EvalConfig, member_text: str | None) -> list[str]:
     """The sources of `cfg.relearning.sources` that have their text: the target's (`member_text`), the held-out
-    text (`cfg.membership.heldout`), the target probes."""
+    text (`cfg.membership.heldout`), at least two target probes (one half to train on, one to score)."""
     have = {"target": member_text is not None, "heldout": cfg.membership.heldout is not None,
-            "facts": cfg.probes.target is not None}
+            "facts": cfg.probes.target is not None and len(probes.read_probes(cfg.probes.target, cfg.max_samples)) > 1}
     return [source for source in cfg.relearning.sources if have[source]]
 
 

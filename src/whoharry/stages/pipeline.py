@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from whoharry.config import Config
-from whoharry.core import distributed
+from whoharry.core import artifacts, distributed
 from whoharry.core.runlock import LOCK
 from whoharry.errors import WhoharryError
 from whoharry.stages import augment, dictionary, evaluate, labels, probes, reinforce, split, target_files, unlearn
@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 # What a run folder holds: the stages' folders (and the lock); anything else means it is not a run.
 RUN_ENTRIES = (split.NAME, reinforce.NAME, dictionary.NAME, augment.NAME, labels.NAME, unlearn.NAME, probes.NAME,
-               evaluate.NAME, "eval-quick", "eval-reinforced", "eval-ensemble", "eval-quick-ensemble", LOCK)
+               "eval-reinforced", LOCK,
+               *{evaluate.stage_dir_for(Path(), quick=q, ensemble=e, audit=a).name
+                 for q in (False, True) for e in (False, True) for a in (False, True)})
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
     target_files.check_templates(cfg, made)
     for warning in made.warnings if distributed.is_main() else []:
         log.warning("%s", warning)
-    if made.any or made.dropped_parts:  # before the dictionary and the questions, whose LLM prompts name it
-        cfg = target_files.without_parts(cfg, made.dropped_parts, cfg.data.target, explicit)
+    if made.any or made.dropped_parts or made.cleared:  # before the dictionary and questions, whose prompts name it
+        cfg = target_files.without_parts(cfg, made, cfg.data.target, explicit)
     target = cfg.data.target
     if made.split:
         cfg = target_files.with_split(cfg, split.run(cfg, out, progress=progress), made.replaced)
@@ -110,14 +112,18 @@ def made_config(cfg: Config, out: Path, explicit: frozenset[str] = frozenset()) 
         WhoharryError: a file the plan needs was never made in `out` (no finished `whoharry run --target`).
     """
     made = target_files.plan(cfg, explicit)
-    if not (made.any or made.dropped_parts):
+    if not (made.any or made.dropped_parts or made.cleared):
         return cfg
     target = cfg.data.target
     for needed, name in ((made.split, split.NAME), (made.dictionary, dictionary.NAME), (made.probes, probes.NAME)):
-        if needed and not (out / name / "manifest.json").is_file():
-            raise WhoharryError(f"{out / name} holds nothing made from {target}: the files a target of your own needs "
-                                f"are made by `whoharry run --target {target} --out {out}`; run it first")
-    cfg = target_files.without_parts(cfg, made.dropped_parts, target, explicit)
+        manifest = artifacts.read_manifest(out / name) if needed else None
+        stale = name == split.NAME and manifest is not None and manifest.get("fingerprint") != split.key(cfg)
+        if needed and (manifest is None or manifest.get("status") != "complete" or stale):
+            raise WhoharryError(f"{out / name} holds nothing made from {target}"
+                                f"{' (its split is of another text or other settings)' if stale else ''}: the files "
+                                f"a target of your own needs are made by `whoharry run --target {target} --out "
+                                f"{out}`; run it first")
+    cfg = target_files.without_parts(cfg, made, target, explicit)
     if made.split:
         cfg = target_files.with_split(cfg, out / split.NAME, made.replaced)
     if made.dictionary:

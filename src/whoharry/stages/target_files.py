@@ -30,6 +30,7 @@ DEMO_DIR = Path(__file__).resolve().parents[3] / "data" / "harry_potter"
 DICTIONARY_KEYS = ("data.anchors",)
 PROBE_KEYS = ("eval.probes.target", "eval.completions.prompts")
 HELDOUT_KEYS = ("eval.membership.heldout",)
+CLEARED_KEYS = ("eval.prompts.summary",)  # demo files nothing is made in place of: left out for another target
 DROPPED_PARTS = {"knowmem": ("eval.knowmem.qa",), "robustness": ("eval.robustness.paraphrased", "eval.robustness.hint")}
 
 
@@ -47,6 +48,7 @@ class Plan:
     probes: bool = False
     replaced: set[str] = field(default_factory=set)  # the dotted settings that take the made files
     dropped_parts: list[str] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)  # dotted settings set to None: a demo file nothing replaces
     warnings: list[str] = field(default_factory=list)
     done: bool = False  # the dictionary and probes are made (set by the pipeline)
 
@@ -62,6 +64,10 @@ def plan(cfg: Config, explicit: set[str] | frozenset[str] = frozenset()) -> Plan
     for another target gives a warning."""
     out = Plan()
     mode = cfg.target_files.make
+    if not is_demo(cfg.data.target):  # nothing is made from a text in the demo summary's place
+        out.warnings += _mismatches(cfg, [key for key in CLEARED_KEYS if key in explicit or mode == "never"])
+        out.cleared = [key for key in CLEARED_KEYS if key not in explicit and mode != "never"
+                       and is_demo(attrgetter(key)(cfg))]
     if mode == "never" or (mode == "auto" and is_demo(cfg.data.target)):
         if mode == "never" and not is_demo(cfg.data.target):
             out.warnings += _mismatches(cfg, [*DICTIONARY_KEYS, *PROBE_KEYS, *HELDOUT_KEYS])
@@ -150,14 +156,15 @@ def with_probes(cfg: Config, out_dir: Path, replaced: set[str]) -> Config:
     return out
 
 
-def without_parts(cfg: Config, dropped: list[str], target: Path, explicit: frozenset[str]) -> Config:
-    """`cfg` without the `dropped` eval parts, its LLM prompts naming the text `target` (`eval.target_name`)
-    unless the user named it, and without the demo's summary as a prompt attack (`eval.prompts.summary`:
-    nothing makes one from a text) unless the user named it."""
+def without_parts(cfg: Config, made: Plan, target: Path, explicit: frozenset[str]) -> Config:
+    """`cfg` without the eval parts `made` drops and the settings it clears (the demo's summary as a prompt
+    attack: nothing makes one from a text), its LLM prompts naming the text `target` (`eval.target_name`)
+    unless the user named it."""
     out = copy.deepcopy(cfg)
-    out.eval.parts = [part for part in cfg.eval.parts if part not in dropped]
-    if is_demo(cfg.eval.prompts.summary) and "eval.prompts.summary" not in explicit:
-        out.eval.prompts.summary = None
+    out.eval.parts = [part for part in cfg.eval.parts if part not in made.dropped_parts]
+    for key in made.cleared:
+        section, _, name = key.rpartition(".")
+        setattr(attrgetter(section)(out), name, None)
     if "eval.target_name" not in explicit:
         out.eval.target_name = f"the text {target.name}"
     return out
