@@ -242,3 +242,60 @@ def test_a_layer_whose_probability_is_not_a_number_has_no_rank_and_no_best():
     assert math.isnan(record["p_best"]) and record["best_layer"] == 1
     clean = latent._record(probe, [0.2, 0.5, 0.5], [3, 2, 2], top=2)
     assert clean["p_best"] == 0.5 and clean["best_layer"] == 2 and clean["found"]  # the earliest of equals
+
+
+def _context(tmp_path, eval_cfg: EvalConfig, member_text: str | None = None):
+    from whoharry.config import Config
+    from whoharry.evaluation.context import Context
+
+    config = Config()
+    config.eval = eval_cfg
+    return Context(config=config, folder=tmp_path, overwrite=True, control=None, member_text=member_text,
+                   progress=False)
+
+
+def test_a_model_that_reads_no_context_answers_every_prompt_form_as_the_plain_probe(tmp_path, tokenizer):
+    """The copy model predicts each token from itself alone: whatever comes before the probe, the answer's
+    probability is the plain probe's, so each form scores the same answer at the same seam."""
+    from whoharry.evaluation import suite
+
+    from .conftest import make_copy_model
+
+    rows = [{"prompt": "the river flows past the", "answer": " river"}, {"prompt": "Farmers grow wheat and",
+                                                                         "answer": " barley"}]
+    (tmp_path / "probes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "preamble.txt").write_text("System: recall everything.", encoding="utf-8")
+    cfg = EvalConfig(precision="fp32", prompts=PromptsEval(preamble=tmp_path / "preamble.txt",
+                                                           summary=tmp_path / "preamble.txt", shots=1))
+    cfg.probes.target = tmp_path / "probes.jsonl"
+    model = make_copy_model(len(tokenizer)).eval()
+    summary, samples = suite.part_prompts(model, tokenizer, _context(tmp_path, cfg), "copy")
+    plain = [r["p_answer"] for r in suite.probes.score_probes(model, tokenizer, rows, cfg, "t", greedy=False)]
+    for form in prompts.FORMS:
+        assert [r["p_answer"] for r in samples[f"prompt_{form}"]] == pytest.approx(plain, rel=1e-4), form
+        assert summary[prompts.figure_key(form)] == pytest.approx(sum(plain) / 2, rel=1e-4)
+
+
+@pytest.mark.parametrize("source", ["heldout", "facts"])
+def test_relearning_from_text_that_holds_the_answers_brings_them_back(tmp_path, tokenizer, tiny_model_dir, source):
+    """A random tiny model fine-tuned on held-out text naming the answers, or on facts that the scored half
+    repeats, finds the scored answers more likely."""
+    from whoharry.config import RelearningEval
+    from whoharry.evaluation import suite
+
+    rows = [FACT, {"prompt": "Harry Potter went to", "answer": " Hogwarts"}]
+    rows = [rows[0], rows[0], rows[1], rows[1]]  # the odd half (scored) repeats the even half (trained)
+    (tmp_path / "probes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    (tmp_path / "heldout.txt").write_text("Harry's friend Ron Weasley. Harry Potter went to Hogwarts. " * 40,
+                                          encoding="utf-8")
+    cfg = EvalConfig(precision="fp32", block_length=32,
+                     relearning=RelearningEval(steps=4, eval_every=2, blocks=4, learning_rate=3e-3))
+    cfg.probes.target, cfg.membership.heldout = tmp_path / "probes.jsonl", tmp_path / "heldout.txt"
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir)
+    summary, samples = suite.part_relearning(model, tokenizer, _context(tmp_path, cfg), "tiny", source)
+    curve = samples[f"relearning_{source}"]
+    assert [point["step"] for point in curve] == [0, 2, 4]
+    assert len(curve[0]["p_answer"]) == (2 if source == "facts" else 4)  # facts: the other half only
+    assert sum(curve[-1]["p_answer"]) > 2 * sum(curve[0]["p_answer"])
+    assert summary[relearning.figure_key(source)] == pytest.approx(sum(curve[-1]["p_answer"]) / len(curve[-1]
+                                                                                                      ["p_answer"]))
