@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from whoharry.cli import app
 from whoharry.config import EvalConfig, PromptsEval
-from whoharry.core.text import adds_bos
+from whoharry.core.text import adds_bos, evenly_spread
 from whoharry.errors import WhoharryError
 from whoharry.evaluation import audit, latent, prompts, relearning
 from whoharry.evaluation.probes import answer_ids
@@ -299,3 +299,25 @@ def test_relearning_from_text_that_holds_the_answers_brings_them_back(tmp_path, 
     assert sum(curve[-1]["p_answer"]) > 2 * sum(curve[0]["p_answer"])
     assert summary[relearning.figure_key(source)] == pytest.approx(sum(curve[-1]["p_answer"]) / len(curve[-1]
                                                                                                       ["p_answer"]))
+
+
+def test_report_md_shows_completions_before_and_after_with_target_terms_marked():
+    from whoharry.evaluation.report import completion_pairs, marked
+
+    def records(texts: list[str], terms: list[list[str]]) -> list[dict]:
+        return [{"prompt": f"prompt {i}", "completion": text, "terms_named": named, "references_named": []}
+                for i, (text, named) in enumerate(zip(texts, terms, strict=True))]
+
+    base = records([f" Hogwarts {i}|x\nnext" for i in range(20)], [["Hogwarts"]] * 20)
+    after = records([f" a school {i}" for i in range(20)], [[]] * 20)
+    report = {"models": {"base": "b", "unlearned": "u"}, "summary": {"base": {}, "unlearned": {}},
+              "samples": {"base": {"completions": base}, "unlearned": {"completions": after}}}
+    pairs = completion_pairs(report)
+    assert [p["prompt"] for p in pairs] == [f"prompt {i}" for i in evenly_spread(20, 12)] and len(pairs) == 12
+    assert marked(" Hogwarts 3|x\nnext", ["Hogwarts"]) == "**Hogwarts** 3|x / next"
+    markdown = render_markdown(report)
+    assert "## Completions before and after" in markdown
+    assert "| prompt 0 | **Hogwarts** 0\\|x / next | a school 0 |" in markdown  # a pipe in a cell escaped
+    assert len(completion_pairs(report, 3)) == 3
+    del report["samples"]["unlearned"]
+    assert completion_pairs(report) == [] and "Completions before" not in render_markdown(report)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -58,6 +59,21 @@ def test_run_end_to_end_writes_the_layout_and_exact_labels(project, copy_model_d
     result = runner.invoke(app, ["run", "--config", str(config), "--out", str(out), "--max-steps", "2", "-q"])
     assert result.exit_code == 0, (result.output, result.exception)
     assert "base vs. unlearned" in result.output and str(out.resolve()) in result.output.replace("\n", "")
+    # the run's resolved config is written, not printed; its path and three completions end the output
+    assert "resolved config: " + str((out / "config.yaml").resolve()) in result.output.replace("\n", "")
+    assert yaml.safe_load((out / "config.yaml").read_text())["model"]["name"] == str(copy_model_dir)
+    assert "before and after" in result.output and result.output.count("    unlearned: ") == 2  # both prompts
+    assert "eval:\n" not in result.output
+    # the unlearned folder carries its card (with the evaluation just run) and the run's provenance
+    final = out / "unlearn" / "final"
+    card_text = (final / "README.md").read_text()
+    assert card_text.startswith("---\n") and "library_name: transformers" in card_text
+    assert "## What was unlearned" in card_text and "`target.txt`" in card_text and "Method**: `whp`" in card_text
+    assert "| target familiarity: mean P(answer) |" in card_text and "Robustness not measured" in card_text
+    assert "arXiv:2310.02238" in card_text
+    assert yaml.safe_load((final / "whoharry_config.yaml").read_text()) == yaml.safe_load(
+        (out / "unlearn" / "config.yaml").read_text())
+    assert json.loads((final / "whoharry_manifest.json").read_text())["stage"] == "unlearn"
 
     model_dir_files = {f"final/{name}" for name in MODEL_FILES}
     assert files(out / "reinforce") >= STAGE_FILES | model_dir_files

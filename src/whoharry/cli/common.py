@@ -227,10 +227,19 @@ def method_override(method: str | None) -> list[str]:
 
 
 def summary_text(summary: dict[str, dict[str, float]], out: Path, eval_dir: Path) -> str:
-    """The base vs. unlearned table, then where the run folder and the report are."""
-    from whoharry.evaluation.report import render_table
+    """The base vs. unlearned table, three completions by both models (target terms between asterisks), then
+    where the run folder, its resolved config and the report are."""
+    from whoharry.core import artifacts
+    from whoharry.evaluation.report import completion_pairs, marked, render_table
 
-    return (f"{render_table(summary)}\nrun folder: {out.resolve()}\n"
+    report = artifacts.read_json_object(eval_dir / "report.json") or {}
+    shown = ""
+    pairs = completion_pairs(report, 3)
+    if pairs:
+        shown = "\nbefore and after (report.md shows more):\n" + "".join(
+            f"  {p['prompt']}\n    base:      {marked(p['base'], p['base_terms'], '*')}\n"
+            f"    unlearned: {marked(p['unlearned'], p['unlearned_terms'], '*')}\n" for p in pairs)
+    config = out / "config.yaml"
+    where = f"\nresolved config: {config.resolve()}" if config.is_file() else ""
+    return (f"{render_table(summary)}{shown}\nrun folder: {out.resolve()}{where}\n"
             f"report: {eval_dir.resolve() / 'report.md'}")
-
-

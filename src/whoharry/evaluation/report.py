@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -201,10 +202,59 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {step} | " + " | ".join(values) + " |")
     if report.get("audit"):
         lines += ["", *audit_lines(report["audit"])]
+    shown = completion_lines(report)
+    if shown:
+        lines += ["", *shown]
     plots = report.get("plots", [])
     if plots:
         lines += ["", *[f"![{Path(name).stem}]({name})" for name in plots]]
     return "\n".join(lines) + "\n"
+
+
+SHOWN_COMPLETIONS = 12  # prompts report.md shows completed by both models
+
+
+def completion_pairs(report: dict[str, Any], count: int = SHOWN_COMPLETIONS) -> list[dict[str, Any]]:
+    """`count` of the target completion prompts, evenly spread (`core.text.evenly_spread`), each with the base
+    and the unlearned model's greedy completion and the target terms each names (the offline judge's
+    `terms_named` and `references_named`); empty when the report has no completions of both models."""
+    from whoharry.core.text import evenly_spread
+
+    samples = report.get("samples", {})
+    base = samples.get("base", {}).get("completions") or []
+    other = samples.get("unlearned", {}).get("completions") or []
+    if not base or len(base) != len(other):
+        return []
+
+    def terms(record: dict[str, Any]) -> list[str]:
+        return sorted({*record.get("terms_named", []), *record.get("references_named", [])}, key=len, reverse=True)
+
+    return [{"prompt": base[i]["prompt"], "base": base[i]["completion"], "base_terms": terms(base[i]),
+             "unlearned": other[i]["completion"], "unlearned_terms": terms(other[i])}
+            for i in evenly_spread(len(base), count)]
+
+
+def marked(text: str, terms: list[str], mark: str = "**") -> str:
+    """A completion on one line (line breaks as ` / `), each occurrence of a target term between `mark`s."""
+    line = " / ".join(part.strip() for part in text.strip().splitlines() if part.strip())
+    if terms:
+        pattern = re.compile("|".join(re.escape(term) for term in terms))
+        line = pattern.sub(lambda match: f"{mark}{match.group(0)}{mark}", line)
+    return line
+
+
+def completion_lines(report: dict[str, Any]) -> list[str]:
+    """The before/after completions (`completion_pairs`) as a markdown table, target terms in bold."""
+    pairs = completion_pairs(report)
+    if not pairs:
+        return []
+    cell = lambda text: text.replace("|", "\\|")  # noqa: E731
+    lines = ["## Completions before and after", "",
+             f"Greedy completions of {len(pairs)} target prompts, evenly spread over the file; target terms "
+             "(the anchor dictionary's keys and the prompt's reference terms) in bold.", "",
+             "| prompt | base | unlearned |", "| --- | --- | --- |"]
+    return lines + [f"| {cell(p['prompt'])} | {cell(marked(p['base'], p['base_terms']))} | "
+                    f"{cell(marked(p['unlearned'], p['unlearned_terms']))} |" for p in pairs]
 
 
 # the report's relearning curves by source (`stages.evaluate.RELEARN_KINDS`), as report.md names them

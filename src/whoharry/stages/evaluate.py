@@ -20,7 +20,7 @@ from whoharry.anchors.dictionary import load_anchors
 from whoharry.config import Config, fingerprint, model_key, to_dict
 from whoharry.core import artifacts, models
 from whoharry.core.text import read_text
-from whoharry.evaluation import audit, benchmarks, intervals, judges, membership, plots, report
+from whoharry.evaluation import audit, benchmarks, card, intervals, judges, membership, plots, report
 from whoharry.evaluation.report import load_report, render_markdown
 from whoharry.evaluation.suite import Context, evaluate_model, finish_model, value_key, wanted
 from whoharry.method.inference import InferenceTimeWHP
@@ -181,8 +181,11 @@ def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: boo
                                   else {})},
                        outputs=["report.json", "report.md", *written["plots"]], summary=written["summary"])
 
-    return run_stage(NAME, cfg, stage_dir, eval_fingerprint(cfg, model_path, ensemble), body,
+    done = run_stage(NAME, cfg, stage_dir, eval_fingerprint(cfg, model_path, ensemble), body,
                      overwrite=overwrite, collective=False)
+    if not ensemble and model_path.resolve() == (out / "unlearn" / "final").resolve() and model_path.is_dir():
+        card.write_card(model_path, cfg, out)  # the card's evaluation table and limits, as now measured
+    return done
 
 
 def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool, ensemble: bool,

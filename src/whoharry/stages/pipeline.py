@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from whoharry.config import Config
+from whoharry.config import Config, to_dict
 from whoharry.core import artifacts, distributed
 from whoharry.core.runlock import LOCK
 from whoharry.errors import WhoharryError
@@ -23,10 +23,11 @@ if TYPE_CHECKING:
 
 # What a run folder holds: the stages' folders (and the lock); anything else means it is not a run.
 RUN_ENTRIES = (split.NAME, reinforce.NAME, dictionary.NAME, augment.NAME, labels.NAME, unlearn.NAME, probes.NAME,
-               "eval-reinforced", LOCK,
+               "eval-reinforced", LOCK, "config.yaml",
                *{evaluate.stage_dir_for(Path(), quick=q, ensemble=e, audit=a).name
                  for q in (False, True) for e in (False, True) for a in (False, True)})
 
+CONFIG_FILE = "config.yaml"  # the run's resolved config, beside its stages' folders
 log = logging.getLogger(__name__)
 
 
@@ -84,6 +85,9 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
         if stage is not reinforce and not made.done:
             cfg = _made_files(cfg, out, made, progress)
         stage.run(cfg, out, progress=progress)
+        if distributed.is_main() and not (out / CONFIG_FILE).is_file():  # once a stage stands on its input
+            artifacts.write_yaml(out / CONFIG_FILE, to_dict(cfg))  # the run's settings, resolved
+            log.debug("resolved config: %s", out / CONFIG_FILE)
     if not distributed.is_main():
         return {}
     eval_dir = evaluate.run(cfg, out, progress=progress, target=target)

@@ -20,6 +20,7 @@ from whoharry.config import Config, Precision, fingerprint, model_key, to_dict
 from whoharry.core import artifacts, distributed, models, train
 from whoharry.core.text import make_blocks, read_text
 from whoharry.errors import WhoharryError
+from whoharry.evaluation import card
 from whoharry.method.objectives import Objective, block_log_probs
 from whoharry.stages import labels
 from whoharry.stages.common import Outcome, require, run_stage
@@ -143,7 +144,10 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
                      **train.summary(result)},
         )
 
-    return run_stage(NAME, cfg, stage_dir, stage_key, body)
+    done = run_stage(NAME, cfg, stage_dir, stage_key, body)
+    if distributed.is_main():  # the card, and the provenance a copy of final/ keeps
+        card.write_card(done / "final", cfg, out)
+    return done
 
 
 @torch.no_grad()
