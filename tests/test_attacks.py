@@ -321,3 +321,31 @@ def test_report_md_shows_completions_before_and_after_with_target_terms_marked()
     assert len(completion_pairs(report, 3)) == 3
     del report["samples"]["unlearned"]
     assert completion_pairs(report) == [] and "Completions before" not in render_markdown(report)
+
+
+def test_the_long_loops_show_a_progress_bar_only_when_asked(capsys, tokenizer, tiny_model_dir):
+    from whoharry.evaluation import membership, verbatim
+    from whoharry.evaluation.suite import block_losses
+    from whoharry.experiments.divergence import mean_kl
+    from whoharry.stages.unlearn import reference_log_probs
+
+    from .conftest import STORY
+
+    model = LlamaForCausalLM.from_pretrained(tiny_model_dir).eval()
+    text = STORY * 6
+    ids = relearning.relearn_blocks(text, tokenizer, 16, 4)
+    loops = {
+        "membership passages": lambda shown: membership.passage_scores(
+            model, tokenizer, text, 16, "fp32", 4, desc="membership passages", progress=shown),
+        "general text": lambda shown: block_losses(model, tokenizer, text, 16, "fp32", desc="general text",
+                                                   progress=shown),
+        "verbatim": lambda shown: verbatim.verbatim_records(model, tokenizer, text, 8, 4, 4, "fp32", 2,
+                                                            desc="verbatim", progress=shown),
+        "KL": lambda shown: mean_kl(model, model, ids.tolist(), "fp32", 2, desc="KL", progress=shown),
+        "NPO reference": lambda shown: reference_log_probs(model, ids, 2, "fp32", progress=shown),
+    }
+    for desc, loop in loops.items():
+        loop(False)
+        assert desc not in capsys.readouterr().err
+        loop(True)
+        assert desc in capsys.readouterr().err, desc

@@ -202,7 +202,7 @@ def test_llm_judge_scores_join_the_greedy_completions(tmp_path, tokenizer, monke
     path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
     seen = {}
 
-    def fake_judge(cfg, target, items):
+    def fake_judge(cfg, target, items, progress=False):
         seen.update(url=cfg.base_url, key_env=cfg.api_key_env, target=target, items=items)
         return [{"llm_score": 3, "llm_reason": "names it"}, {"llm_score": 0, "llm_reason": ""}]
 

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from whoharry.anchors import candidates, check, translations
@@ -114,17 +115,20 @@ def passages(text: str, size: int) -> list[str]:
 
 
 def ask_llm(text: str, cfg: AnchorsConfig, target_name: str, *, timeout: float = 120.0,
-            max_retries: int = 3) -> tuple[dict[str, list[str]], dict[str, int]]:
+            max_retries: int = 3, progress: bool = False) -> tuple[dict[str, list[str]], dict[str, int]]:
     """The paper's route: each passage sent to an OpenAI-compatible chat endpoint with the prompt
     template; the answers' `translations = {...}` dictionaries read safely and merged. A value that opens
     with a function word loses it (`the castle` -> `castle`), one with nothing else is dropped, and so is
-    a key left without values: the labels stage would suppress that word after the translation."""
+    a key left without values: the labels stage would suppress that word after the translation. A progress
+    bar counts the passages with `progress`."""
     if not cfg.llm_url:
         raise WhoharryError("anchors.llm_url is empty: set it to an OpenAI-compatible API root to ask an LLM")
     template = read_template(cfg.llm_prompt, ("passage",))
     client = ChatClient(cfg.llm_url, cfg.llm_model, cfg.llm_key_env, timeout, max_retries)
     answers, counts = [], {"passages": 0, "parsed": 0, "salvaged": 0, "unreadable": 0}
-    for index, passage in enumerate(passages(text, cfg.llm_passage_chars)):
+    chunks = passages(text, cfg.llm_passage_chars)
+    for index, passage in enumerate(tqdm(chunks, desc="anchors: LLM dictionary", unit="passage", leave=False,
+                                         disable=not progress)):
         values = {"target": target_name, "passage": passage}
         content = fill_template(template, values)
         entries, how = parse_answer(client.ask(content, f"passage {index}"))
@@ -152,7 +156,7 @@ def _without_function_words(entries: dict[str, list[str]]) -> dict[str, list[str
     return kept
 
 
-def suggest_with_llm(cfg: Config, out: Path) -> int:
+def suggest_with_llm(cfg: Config, out: Path, progress: bool = False) -> int:
     """The LLM route of `whoharry anchors suggest`: `ask_llm` on `cfg.data.target`, the terms ordered by
     their occurrences in the text, written to `out` with the answers' counts in the header. Returns the
     number of terms written.
@@ -162,7 +166,7 @@ def suggest_with_llm(cfg: Config, out: Path) -> int:
             that hold no entries.
     """
     target = read_text(cfg.data.target)
-    entries, counts = ask_llm(target, cfg.anchors, cfg.eval.target_name)
+    entries, counts = ask_llm(target, cfg.anchors, cfg.eval.target_name, progress=progress)
     if not entries:
         raise WhoharryError("the LLM's answers held no dictionary entries")
     found = check.check(parse_anchors(entries), target).occurrences

@@ -67,6 +67,7 @@ def export(
     check: Annotated[bool, typer.Option(
         "--check/--no-check", help="Read the file back and compare its logits with the folder's.")] = True,
     overwrite: OverwriteOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Write a model folder (the unlearned model by default) as a GGUF file for llama.cpp → [bold]OUT[/bold] and
     OUT.json (what was written, and the read-back check)."""
@@ -88,7 +89,7 @@ def export(
         origin = None if no_source else source or _gguf_of(folder)
         if origin is not None and not origin.is_file():
             raise WhoharryError(f"--source {origin}: no such file")
-        done = exporting.export_gguf(folder, out, gguf_type, origin)  # type: ignore[arg-type]
+        done = exporting.export_gguf(folder, out, gguf_type, origin, progress=not quiet)  # type: ignore[arg-type]
         record = {"file": str(out.resolve()), "model": str(folder.resolve()), "type": done.gguf_type,
                   "route": done.route, "source": str(origin.resolve()) if origin else None,
                   "tensors": done.tensors, "bytes": done.bytes,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from whoharry.config.choices import GGUFType
 from whoharry.core import artifacts
@@ -209,9 +210,10 @@ def _special_ids(folder: Path, vocab: dict[str, int], config: Any) -> dict[str, 
     return ids
 
 
-def export_gguf(folder: Path, out: Path, gguf_type: GGUFType, source: Path | None = None) -> Exported:
+def export_gguf(folder: Path, out: Path, gguf_type: GGUFType, source: Path | None = None, *,
+                progress: bool = False) -> Exported:
     """Write the save_pretrained model `folder` as the GGUF file `out` in `gguf_type` (see the module's
-    routes), atomically.
+    routes), atomically; `progress` shows a bar over the tensors as they are converted and written.
 
     Raises:
         WhoharryError: an unknown type, a folder that is not a model, a source GGUF of another model, an
@@ -247,12 +249,13 @@ def export_gguf(folder: Path, out: Path, gguf_type: GGUFType, source: Path | Non
             writer.add_key_value(key, value, types[0], sub_type=types[1] if len(types) > 1 else None)
         writer.add_file_type(int(gguf.LlamaFileType[TYPES[gguf_type][1]]))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        for name, array in arrays.items():
+        for name, array in tqdm(arrays.items(), desc=f"export: {gguf_type}", unit="tensor", leave=False,
+                                disable=not progress):
             data, qtype = encode(array, gguf_type, name, fallback)
             writer.add_tensor(name, data, raw_dtype=qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
-        writer.write_tensors_to_file(progress=False)
+        writer.write_tensors_to_file(progress=progress)
         writer.close()
     if fallback:
         log.warning("export: %d weight(s) written in F16, their rows not splitting into %s blocks: %s",

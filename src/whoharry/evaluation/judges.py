@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from whoharry.core.http import ChatClient, fill_template, read_template
 from whoharry.errors import WhoharryError
 from whoharry.evaluation.completions import mentions, named_references
@@ -89,9 +91,11 @@ def parse_reply(content: str, index: int) -> dict[str, Any]:
     return {"llm_score": int(match.group()), "llm_reason": next((line for line in lines if line), "")}
 
 
-def judge_completions(cfg: LLMJudgeConfig, target: str, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def judge_completions(cfg: LLMJudgeConfig, target: str, items: list[dict[str, Any]],
+                      progress: bool = False) -> list[dict[str, Any]]:
     """Grade each `{"prompt", "completion", "references"}` item on the 0-3 scale through the endpoint (one
-    request per item, at most 64 reply tokens); one `{"llm_score", "llm_reason"}` per item, in order.
+    request per item, at most 64 reply tokens, a progress bar with `progress`); one `{"llm_score",
+    "llm_reason"}` per item, in order.
 
     Raises:
         WhoharryError: as `read_rubric`, `core.http.ChatClient.ask` and `parse_reply` raise it.
@@ -99,7 +103,7 @@ def judge_completions(cfg: LLMJudgeConfig, target: str, items: list[dict[str, An
     rubric = read_rubric(cfg.rubric)
     client = ChatClient(cfg.base_url, cfg.model, cfg.api_key_env, cfg.timeout, cfg.max_retries, max_tokens=64)
     results = []
-    for index, item in enumerate(items):
+    for index, item in enumerate(tqdm(items, desc="LLM judge", unit="completion", leave=False, disable=not progress)):
         content = fill_rubric(rubric, target, item["prompt"], item["completion"], list(item["references"]))
         results.append(parse_reply(client.ask(content, f"item {index}"), index))
         log.debug("llm judge item %d: %s", index, results[-1])

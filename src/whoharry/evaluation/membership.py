@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from whoharry.core import models
 from whoharry.core.text import evenly_spread, make_blocks
@@ -46,9 +47,11 @@ K_FRACTION = 0.2
 
 @torch.no_grad()
 def passage_scores(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTokenizerBase, text: str,
-                   passage_tokens: int, precision: str, max_passages: int | None = None) -> list[dict[str, float]]:
+                   passage_tokens: int, precision: str, max_passages: int | None = None, *, desc: str = "passages",
+                   progress: bool = False) -> list[dict[str, float]]:
     """The four scores of each passage of `passage_tokens` tokens (`core.text.make_blocks`; at most
-    `max_passages`, evenly spread, when given), computed in float32 one passage at a time.
+    `max_passages`, evenly spread, when given), computed in float32 one passage at a time (a progress bar
+    named `desc` with `progress`).
 
     Returns:
         Per passage, `score_tokens`'s dict.
@@ -61,7 +64,7 @@ def passage_scores(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrai
     blocks = make_blocks(text, tokenizer, passage_tokens)
     chosen = evenly_spread(len(blocks.ids), max_passages or len(blocks.ids))
     records = []
-    for b in chosen:
+    for b in tqdm(chosen, desc=desc, unit="passage", leave=False, disable=not progress):
         ids = torch.tensor([blocks.ids[b]], device=device)
         with models.autocast(precision, device):
             logits = model(input_ids=ids).logits[0, :-1].float()

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from tqdm.auto import tqdm
 
 from whoharry.config import EvalConfig
 from whoharry.core import models
@@ -187,7 +188,7 @@ def part_llm_judge(records: list[dict], ctx: Context) -> Part:
                for row in completions.read_completion_prompts(cfg.completions.prompts)}
     items = [{"prompt": r["prompt"], "completion": r["completion"], "references": prompts.get(r["prompt"], [])}
              for r in records]
-    scored = judges.judge_completions(judge_cfg, cfg.target_name, items)
+    scored = judges.judge_completions(judge_cfg, cfg.target_name, items, progress=ctx.progress)
     merged = [{"prompt": r["prompt"], "completion": r["completion"], **s} for r, s in zip(records, scored, strict=True)]
     return {"completion_llm_score": _mean(merged, "llm_score")}, {"completions_llm": merged}
 
@@ -244,7 +245,7 @@ def part_verbatim(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Cont
     cfg = ctx.eval
     records = verbatim.verbatim_records(model, tokenizer, ctx.member_text or "", cfg.verbatim.prompt_tokens,
                                         cfg.verbatim.continuation_tokens, cfg.verbatim.excerpts, cfg.precision,
-                                        cfg.batch_size)
+                                        cfg.batch_size, desc=f"{name} verbatim", progress=ctx.progress)
     return {"verbmem_rouge_l": _mean(records, "rouge_l")}, {"verbatim": records}
 
 
@@ -253,8 +254,10 @@ def part_membership(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Co
     cfg = ctx.eval
     heldout = read_text(cfg.membership.heldout, "held-out target-domain text")
     args = (cfg.membership.passage_tokens, cfg.precision)
-    members = membership.passage_scores(model, tokenizer, ctx.member_text or "", *args, cfg.membership.max_passages)
-    others = membership.passage_scores(model, tokenizer, heldout, *args)
+    members = membership.passage_scores(model, tokenizer, ctx.member_text or "", *args, cfg.membership.max_passages,
+                                        desc=f"{name} target passages", progress=ctx.progress)
+    others = membership.passage_scores(model, tokenizer, heldout, *args, desc=f"{name} held-out passages",
+                                       progress=ctx.progress)
     records = [{"member": True, **r} for r in members] + [{"member": False, **r} for r in others]
     summary = {f"membership_auc_{score}": membership.auc([r[score] for r in records if r["member"]],
                                                          [r[score] for r in records if not r["member"]])
@@ -264,12 +267,13 @@ def part_membership(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Co
 
 @torch.no_grad()
 def block_losses(model: CausalLM, tokenizer: PreTrainedTokenizerBase, text: str, block_length: int,
-                 precision: str) -> list[dict]:
+                 precision: str, *, desc: str = "blocks", progress: bool = False) -> list[dict]:
     """Each consecutive block of the text (`core.text.make_blocks`, the tail dropped): its summed next-token
     cross-entropy `nll` (nats) and the tokens it predicts (`tokens`, block length - 1)."""
     device = next(model.parameters()).device
     records = []
-    for ids in make_blocks(text, tokenizer, block_length).ids:
+    for ids in tqdm(make_blocks(text, tokenizer, block_length).ids, desc=desc, unit="block", leave=False,
+                    disable=not progress):
         batch = torch.tensor([ids], device=device)
         with models.autocast(precision, device):
             logits = model(input_ids=batch).logits
@@ -281,7 +285,8 @@ def block_losses(model: CausalLM, tokenizer: PreTrainedTokenizerBase, text: str,
 def part_utility(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
     """Utility: the pooled perplexity of the general text (exp of total nll over total tokens)."""
     text = read_text(ctx.eval.utility.general_text, "general text")
-    records = block_losses(model, tokenizer, text, ctx.eval.block_length, ctx.eval.precision)
+    records = block_losses(model, tokenizer, text, ctx.eval.block_length, ctx.eval.precision,
+                           desc=f"{name} general text", progress=ctx.progress)
     return ({"general_perplexity": completions.pooled_perplexity([(r["nll"], r["tokens"]) for r in records])},
             {"general_text": records})
 

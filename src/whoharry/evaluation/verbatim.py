@@ -19,6 +19,8 @@ import re
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from tqdm.auto import tqdm
+
 from whoharry.anchors.dictionary import script_classes
 from whoharry.core.text import evenly_spread, make_blocks
 from whoharry.evaluation import completions
@@ -68,9 +70,9 @@ def rouge_l_f1(candidate: list[str], reference: list[str]) -> float:
 
 def verbatim_records(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTokenizerBase, text: str,
                      prompt_tokens: int, continuation_tokens: int, excerpts: int, precision: str,
-                     batch_size: int) -> list[dict[str, Any]]:
+                     batch_size: int, *, desc: str = "verbatim", progress: bool = False) -> list[dict[str, Any]]:
     """Greedy continuations of `excerpts` evenly spread excerpts of the text, each scored against the
-    text's own next `continuation_tokens` tokens.
+    text's own next `continuation_tokens` tokens (a progress bar named `desc` with `progress`).
 
     The text is cut into blocks of `prompt_tokens + continuation_tokens` tokens (`core.text.make_blocks`);
     each chosen block's first part is the prompt (a BOS included when the tokenizer adds one), its last
@@ -87,11 +89,14 @@ def verbatim_records(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTr
     prompts = [blocks.ids[b][:-continuation_tokens] for b in chosen]
     truths = [tokenizer.decode(blocks.ids[b][-continuation_tokens:]) for b in chosen]
     records = []
+    bar = tqdm(total=len(prompts), desc=desc, unit="excerpt", leave=False, disable=not progress)
     for start in range(0, len(prompts), batch_size):
         batch = prompts[start : start + batch_size]
         generated = completions.generate(model, tokenizer, batch, continuation_tokens, precision)
+        bar.update(len(batch))
         for ids, truth in zip(generated, truths[start : start + batch_size], strict=True):
             text_out = tokenizer.decode(ids, skip_special_tokens=True)
             records.append({"continuation": text_out, "truth": truth,
                             "rouge_l": rouge_l_f1(words(text_out), words(truth))})
+    bar.close()
     return records

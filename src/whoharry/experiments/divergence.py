@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
+from tqdm.auto import tqdm
 
 from whoharry.core import models
 from whoharry.core.text import evenly_spread, make_blocks
@@ -45,16 +46,17 @@ def kl_terms(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tens
 
 @torch.no_grad()
 def mean_kl(model: PreTrainedModel | InferenceTimeWHP, reference: PreTrainedModel, ids: list[list[int]],
-            precision: str, batch_size: int = 8) -> float:
+            precision: str, batch_size: int = 8, *, desc: str = "KL", progress: bool = False) -> float:
     """KL(p_reference || p_model) of the next-token distributions, in nats per predicted token, averaged
-    over every predicted position of the passages (all of one length); computed in float32.
+    over every predicted position of the passages (all of one length); computed in float32 (a progress bar
+    named `desc` with `progress`).
 
     Returns:
         The mean KL divergence (nats); nan without passages.
     """
     device = next(model.parameters()).device
     total, tokens = 0.0, 0
-    for start in range(0, len(ids), batch_size):
+    for start in tqdm(range(0, len(ids), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
         batch = torch.tensor(ids[start : start + batch_size], device=device)
         with models.autocast(precision, device):
             theirs = reference(input_ids=batch).logits[:, :-1].float()

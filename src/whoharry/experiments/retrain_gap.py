@@ -318,8 +318,9 @@ def measure_seed(exp: ExperimentConfig, cfg: Config, trained: dict[str, Path], m
         result = suite.evaluate_model(model, tokenizer, ctx, name, model_id)
         summary = dict(result["summary"])
         kl_key = fingerprint({"model": model_id, "gold": gold_id, "passages": kl_sets, "precision": cfg.eval.precision})
-        summary.update(_cached(folder / "eval" / "kl" / f"{name}.json", kl_key, lambda m=model: {
-            f"kl_{set_name}": divergence.mean_kl(m, gold, ids, cfg.eval.precision, cfg.eval.batch_size)
+        summary.update(_cached(folder / "eval" / "kl" / f"{name}.json", kl_key, lambda m=model, name=name: {
+            f"kl_{set_name}": divergence.mean_kl(m, gold, ids, cfg.eval.precision, cfg.eval.batch_size,
+                                                 desc=f"{name} KL on {set_name}", progress=ctx.progress)
             for set_name, ids in kl_sets.items()}))
         summary["models_per_token"] = getattr(model, "models_per_token", 1)
         figures[name] = summary

@@ -69,7 +69,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
             return None
         stage_dir.mkdir(parents=True, exist_ok=True)
         if cfg.anchors.llm_url:
-            terms = suggest.suggest_with_llm(cfg, stage_dir / DICTIONARY_FILE)
+            terms = suggest.suggest_with_llm(cfg, stage_dir / DICTIONARY_FILE, progress=progress)
             log.info("dictionary: %d terms from %s", terms, cfg.anchors.llm_model)
             return Outcome(inputs={"target": str(cfg.data.target), "llm": cfg.anchors.llm_url},
                            outputs=[DICTIONARY_FILE], summary={"terms": terms, "used_gain": False, "llm": True})

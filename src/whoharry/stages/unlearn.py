@@ -14,6 +14,7 @@ import logging
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from whoharry.config import Config, Precision, fingerprint, model_key, to_dict
@@ -123,7 +124,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
         elif method != "whp":
             reference = None
             if method == "npo":
-                reference = reference_log_probs(model, input_ids, cfg.unlearn.batch_size, cfg.unlearn.precision)
+                reference = reference_log_probs(model, input_ids, cfg.unlearn.batch_size, cfg.unlearn.precision,
+                                                progress and distributed.is_main())
             objective = Objective(kind=method, beta=cfg.forget.npo_beta, reference=reference,
                                   retain_ids=retain_ids, retain_weight=cfg.forget.retain_weight)
         result = train.train(
@@ -152,7 +154,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
 
 @torch.no_grad()
 def reference_log_probs(model: PreTrainedModel, input_ids: torch.Tensor, batch_size: int,
-                        precision: Precision) -> torch.Tensor:
+                        precision: Precision, progress: bool = False) -> torch.Tensor:
     """NPO's reference (Zhang et al. 2024): each block's summed log-probability of its tokens after the
     first, under the model before any update. The model is moved to this process's device and left in
     training mode.
@@ -160,7 +162,7 @@ def reference_log_probs(model: PreTrainedModel, input_ids: torch.Tensor, batch_s
     Args:
         model: the base model, before training.
         input_ids: [blocks, length] int token ids.
-        batch_size: blocks per forward pass; precision: the autocast setting.
+        batch_size: blocks per forward pass; precision: the autocast setting; progress: show a bar.
 
     Returns:
         [blocks] float32 on the CPU, in nats.
@@ -168,7 +170,8 @@ def reference_log_probs(model: PreTrainedModel, input_ids: torch.Tensor, batch_s
     device = distributed.device()
     model.to(device).eval()
     sums = []
-    for start in range(0, input_ids.shape[0], batch_size):
+    for start in tqdm(range(0, input_ids.shape[0], batch_size), desc="unlearn: NPO reference", unit="batch",
+                      leave=False, disable=not progress):
         ids = input_ids[start : start + batch_size].long().to(device)
         with models.autocast(precision, device):
             logits = model(input_ids=ids).logits
