@@ -13,11 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET_SECONDS = {"quick": 300.0, "full": 1200.0}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,16 +29,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT / "scripts"))
-    from bench_eval import part_seconds
+    from bench_eval import timed, unlearned_model
     from whoharry.cli.common import setup as _setup
     from whoharry.config import AUDIT, QUICK, as_overrides, load_config
     from whoharry.core.settings import keys_given
     from whoharry.stages import evaluate, pipeline
 
     _setup(quiet=True)
-    model_path = args.out / "unlearn" / "final"
-    if not (model_path / "config.json").is_file():
-        parser.error(f"no unlearned model at {model_path}: run `whoharry run --out {args.out}` first")
+    model_path = unlearned_model(parser, args.out)
     result: dict = {"run": str(args.out)}
     for mode in ("quick", "full") if args.mode == "both" else (args.mode,):
         quick = mode == "quick"
@@ -50,22 +46,12 @@ def main(argv: list[str] | None = None) -> dict:
         shipped = args.config.resolve() == (ROOT / "configs" / "default.yaml").resolve()  # names nothing of its own
         made = pipeline.made_config(cfg, args.out, keys_given(None if shipped else args.config, overrides))
         stage_dir = evaluate.stage_dir_for(args.out, quick=quick, audit=True)
-        began = time.perf_counter()
-        evaluate.run(made, args.out, model_path, progress=False, stage_dir=stage_dir, overwrite=True,
-                     target=cfg.data.target)
-        seconds = time.perf_counter() - began
-        report = evaluate.load_report(stage_dir)
-        table = report.get("audit") or {"rows": [], "worst": None}
-        result[mode] = {
-            "wall_seconds": round(seconds, 1),
-            "target_seconds": TARGET_SECONDS[mode],
-            "met": seconds <= TARGET_SECONDS[mode],
-            "report": str(stage_dir / "report.md"),
-            "part_seconds": part_seconds(stage_dir),
-            "audit": [{key: row[key] for key in ("attack", "figure", "base", "unlearned", "recovery", "interval")}
-                      for row in table["rows"]],
-            "worst": table["worst"] and {key: table["worst"][key] for key in ("attack", "recovery", "interval")},
-        }
+        result[mode] = timed(made, args.out, model_path, stage_dir, mode, target=cfg.data.target)
+        table = evaluate.load_report(stage_dir).get("audit") or {"rows": [], "worst": None}
+        result[mode]["audit"] = [{key: row[key] for key in ("attack", "figure", "base", "unlearned", "recovery",
+                                                            "interval")} for row in table["rows"]]
+        result[mode]["worst"] = table["worst"] and {key: table["worst"][key] for key in ("attack", "recovery",
+                                                                                          "interval")}
     print(json.dumps(result, indent=2))
     return result
 

@@ -11,19 +11,12 @@ import numpy as np
 import pytest
 
 from whoharry.config.choices import GGUF_TYPES, RELEARN_SOURCES
-from whoharry.evaluation import (
-    completions,
-    figures,
-    intervals,
-    latent,
-    membership,
-    probes,
-    prompts,
-    quantization,
-    relearning,
-    suite,
-)
+from whoharry.evaluation import completions, figures, intervals, membership, probes, quantization, suite
 from whoharry.evaluation.figures import FIGURES, GAP_FIGURES, lookup
+from whoharry.evaluation.latent import summarize as latent_figures
+from whoharry.evaluation.prompts import FORMS as PROMPT_FORMS
+from whoharry.evaluation.prompts import figure_key as prompt_key
+from whoharry.evaluation.relearning import figure_key as relearn_key
 from whoharry.stages import evaluate
 
 SOURCE = Path(suite.__file__)
@@ -145,12 +138,12 @@ def synthetic_model(seed: int, scale: float) -> dict:
     for kind in evaluate.RELEARN_KINDS.values():
         samples[kind] = [{"step": step, "p_answer": [float(rng.uniform(0, scale)) for _ in range(12)]}
                          for step in (0, 5, 10)]
-    for form in prompts.FORMS:  # the prompts part: a mean P(answer) per form
+    for form in PROMPT_FORMS:  # the prompts part: a mean P(answer) per form
         samples[f"prompt_{form}"] = probe_records(rng, 12, scale, control=False)
-        summary[prompts.figure_key(form)] = float(np.mean([r["p_answer"] for r in samples[f"prompt_{form}"]]))
+        summary[prompt_key(form)] = float(np.mean([r["p_answer"] for r in samples[f"prompt_{form}"]]))
     samples["latent"] = [{"p_best": float(rng.uniform(0, scale)), "found": bool(rng.uniform() < scale)}
                          for _ in range(12)]
-    summary.update(latent.summarize(samples["latent"]))
+    summary.update(latent_figures(samples["latent"]))
     for gguf_type in GGUF_TYPES:  # the quantization part: a mean P(answer) per rounded probe set
         for probe_set in quantization.PROBE_SETS:
             key = quantization.figure_key(gguf_type, probe_set)
@@ -167,7 +160,7 @@ def results() -> dict[str, dict]:
         curves = evaluate.relearning_summary(results, kind)
         assert curves is not None
         for name, result in results.items():
-            result["summary"][relearning.figure_key(source)] = curves["target_p_answer"][name][-1]
+            result["summary"][relearn_key(source)] = curves["target_p_answer"][name][-1]
     evaluate.add_privleak(results)
     evaluate.add_specific_familiarity(results)
     return results
@@ -181,9 +174,9 @@ def test_every_written_summary_key_has_a_figure_and_every_figure_is_written(resu
     for name in PROBE_SET_NAMES:
         written |= set(probes.summarize(name, [{"p_answer": 0.5, "rank": 2, "hit": True}]))
     written |= {quantization.figure_key(t, s) for t in GGUF_TYPES for s in quantization.PROBE_SETS}
-    written |= {relearning.figure_key(source) for source in RELEARN_SOURCES}
-    written |= {prompts.figure_key(form) for form in prompts.FORMS}
-    written |= set(latent.summarize([{"p_best": 0.5, "found": True}]))
+    written |= {relearn_key(source) for source in RELEARN_SOURCES}
+    written |= {prompt_key(form) for form in PROMPT_FORMS}
+    written |= set(latent_figures([{"p_best": 0.5, "found": True}]))
     for result in results.values():  # stages/evaluate.py's additions: specific familiarity, PrivLeak
         written |= set(result["summary"])
     unknown = sorted(key for key in written if lookup(key) is None)
