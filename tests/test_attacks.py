@@ -166,7 +166,11 @@ def test_the_audit_reads_each_attack_as_a_share_of_the_base():
     assert table["worst"]["figure"] == "prompt_summary_p_answer"  # a nan recovery ranks last
     markdown = render_markdown({"models": {"base": "b", "unlearned": "u"}, **report, "audit": table})
     assert "## Attack audit" in markdown and "0.500 [0.300, 0.700]" in markdown
-    assert "**Worst attack**: a summary of the target before each probe, recovery 0.500 [0.300, 0.700]." in markdown
+    assert ("**Worst attack** (of the attacks, not the first row): a summary of the target before each probe, "
+            "recovery 0.500 [0.300, 0.700].") in markdown
+    # where the base itself loses familiarity under an attack, the table says a recovery may come from that
+    assert "falls under relearning on held-out text about the target:" in markdown
+    assert "the logit lens" not in markdown.split("falls under")[1].split(":")[0]  # another measure
     del report["summary"]["base"]["prompt_summary_p_answer"], report["summary"]["base"]["quant_q4_0_target_p_answer"]
     del report["summary"]["base"]["latent_p_first"], report["summary"]["base"]["relearn_heldout_p_answer"]
     assert audit.audit_table(report) is None  # the plain probes alone are no audit
@@ -185,6 +189,8 @@ def test_eval_audit_runs_every_attack_and_writes_the_audit(project, trained_mode
     assert clash.exit_code == 2 and "--audit chooses its own parts" in clash.output
     pair = runner.invoke(app, ["eval", *args, "--audit", "--inference-time"])
     assert pair.exit_code == 2 and "leave out --inference-time" in pair.output
+    missing = runner.invoke(app, ["eval", *args, "--target", str(project / "no-such-book.txt")])
+    assert missing.exit_code == 2 and "no such file" in missing.output
     result = runner.invoke(app, ["eval", *args, "--audit", "--quick"])
     assert result.exit_code == 0, result.output
     folder = out / "eval-audit-quick"
@@ -349,3 +355,22 @@ def test_the_long_loops_show_a_progress_bar_only_when_asked(capsys, tokenizer, t
         assert desc not in capsys.readouterr().err
         loop(True)
         assert desc in capsys.readouterr().err, desc
+
+
+def test_the_card_takes_the_method_from_the_unlearn_stage_not_the_evaluating_command(tmp_path):
+    import yaml
+
+    from whoharry.config import Config, to_dict
+    from whoharry.evaluation.card import write_card
+
+    run = tmp_path / "run"
+    final = run / "unlearn" / "final"
+    final.mkdir(parents=True)
+    trained = Config()
+    trained.forget.method = "npo"
+    (run / "unlearn" / "config.yaml").write_text(yaml.safe_dump(to_dict(trained)), encoding="utf-8")
+    (run / "unlearn" / "manifest.json").write_text(json.dumps({"stage": "unlearn"}), encoding="utf-8")
+    card = write_card(final, Config(), run).read_text()  # the evaluating command's config says whp
+    assert "**Method**: `npo`" in card and "unlearning-npo" in card and "Generic labels" not in card
+    assert "Not evaluated yet" in card and "Robustness not measured" in card
+    assert json.loads((final / "whoharry_manifest.json").read_text()) == {"stage": "unlearn"}

@@ -105,9 +105,10 @@ def eval_(
         bool, typer.Option("--quick", help="Every part on small slices (minutes on a CPU) → OUT/eval-quick/.")
     ] = False,
     audit: Annotated[
-        bool, typer.Option("--audit", help="The attacks on the model: prompt forms, the logit lens, quantization and "
-                                           "relearning from every source, with an audit table → OUT/eval-audit/ "
-                                           "(with --quick: OUT/eval-audit-quick/).")
+        bool, typer.Option("--audit", help="The attacks on the model: other phrasings, adversarial prompts, the logit "
+                                           "lens, quantization and relearning from every source, with an audit "
+                                           "table → OUT/eval-audit/ (with --quick: OUT/eval-audit-quick/). Not with "
+                                           "--full, --parts or --inference-time.")
     ] = False,
     parts: Annotated[
         str | None, typer.Option("--parts", help="Comma-separated parts to run (eval.parts), e.g. probes,knowmem.")
@@ -140,7 +141,10 @@ def eval_(
                             "eval.parts=... or eval.relearning.sources=...)")
     if audit and ensemble:
         raise WhoharryError("--audit attacks a model's own weights and layers (quantization, the logit lens, "
-                            "relearning), which an inference-time pair does not have; leave out --inference-time")
+                            "relearning), which an inference-time pair does not have; leave out "
+                            "--inference-time (--ensemble)")
+    if target is not None and not target.is_file():
+        raise WhoharryError(f"--target {target}: no such file")
     chosen = None if audit else list(EVAL_PARTS) if full or quick else parts.split(",") if parts else None
     tasks = [t.strip() for t in lm_eval.split(",") if t.strip()] if lm_eval else None
     own = [f"data.target={json.dumps(str(target))}"] if target is not None else []

@@ -122,7 +122,9 @@ def write_card(final: Path, cfg: Config, run_dir: Path) -> Path:
 
     Args:
         final: the unlearned model's save_pretrained folder (`run_dir/unlearn/final`).
-        cfg: the run's resolved config (of the unlearn stage or the evaluation).
+        cfg: the resolved config of the command writing the card; the method and its settings are read from
+            the unlearn stage's own `config.yaml` beside `final/` when it is there (a later `whoharry eval`
+            need not repeat `--method` or the training settings).
         run_dir: the run folder, read for the labels' statistics and the evaluation and audit reports.
 
     Returns:
@@ -130,6 +132,10 @@ def write_card(final: Path, cfg: Config, run_dir: Path) -> Path:
     """
     from huggingface_hub import ModelCard, ModelCardData
 
+    from whoharry.config import load_config
+
+    own = final.parent / "config.yaml"
+    cfg = load_config(own) if own.is_file() else cfg
     base = _base_model(cfg.model.name)
     data = ModelCardData(base_model=base, library_name="transformers",
                          tags=["whoharry", "unlearning", "who-is-harry-potter", f"unlearning-{cfg.forget.method}"])

@@ -199,7 +199,7 @@ FIGURES: tuple[Figure, ...] = (
     Figure("latent_p_first", "logit lens: mean P(answer's first token) at its best layer", "lower",
            "probability of the answer's first token, 0-1, read from the layer where it is highest", LOGIT_LENS,
            Resampling("latent", "p_best"), "lens P"),
-    Figure("latent_top_rate", "logit lens: answers in the top ranks at some layer", "lower",
+    Figure("latent_top_rate", "logit lens: answers within the top eval.latent.top ranks at some layer", "lower",
            "share of target probes whose answer's first token ranks within eval.latent.top at some layer, 0-1",
            LOGIT_LENS, Resampling("latent", "found", "rate"), "lens top"),
     Figure("relearn_target_p_answer", "relearning: mean P(answer) after fine-tuning on a target slice", "lower",

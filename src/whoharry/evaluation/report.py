@@ -193,8 +193,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         relearning = report.get(key)
         if not relearning:
             continue
-        lines += ["", f"Relearning {what}: mean target P(answer) after each of {relearning['steps'][-1]} "
-                  "fine-tuning steps", "",
+        lines += ["", f"Relearning {what}: mean target P(answer) over {relearning['steps'][-1]} fine-tuning "
+                  f"steps, measured at steps {', '.join(map(str, relearning['steps']))}", "",
                   "| step | " + " | ".join(relearning["target_p_answer"]) + " |",
                   "|" + " ---: |" * (len(relearning["target_p_answer"]) + 1)]
         for i, step in enumerate(relearning["steps"]):
@@ -262,6 +262,10 @@ RELEARNING_TABLES = {"relearning": "on a slice of the target text", "relearning_
                      "the target", "relearning_facts": "on half the facts (the other half scored)"}
 
 
+# audit rows whose figure is not the plain probes' measure (the other half of the facts; the first token alone)
+NOT_PLAIN = ("relearn_facts_p_answer", "latent_p_first")
+
+
 def audit_lines(table: dict[str, Any]) -> list[str]:
     """The attack audit (`evaluation.audit.audit_table`) as markdown: a heading, how to read it, one row per
     attack with its recovery and paired interval, and the worst attack."""
@@ -279,7 +283,15 @@ def audit_lines(table: dict[str, Any]) -> list[str]:
              "| attack | figure | base | unlearned | recovery |", "| --- | --- | ---: | ---: | ---: |"]
     lines += [f"| {row['attack']} | {label(row['figure'])} | {number(row['base'])} | {number(row['unlearned'])} | "
               f"{recovery(row)} |" for row in table["rows"]]
-    return [*lines, "", f"**Worst attack**: {worst['attack']}, recovery {recovery(worst)}."]
+    plain = next((row for row in table["rows"] if row["family"] == "none"), None)
+    fallen = [row["attack"] for row in table["rows"] if plain and row["family"] != "none"
+              and row["figure"] not in NOT_PLAIN and row["base"] < plain["base"]]
+    if fallen:  # a ratio can rise because the base fell: say so where it happens
+        lines += ["", "The base model's own familiarity falls under " + "; ".join(fallen) + ": there a recovery "
+                  "above the first row's can come from the base losing, not the unlearned model gaining "
+                  "(compare the unlearned column with the first row's)."]
+    return [*lines, "", f"**Worst attack** (of the attacks, not the first row): {worst['attack']}, recovery "
+                        f"{recovery(worst)}."]
 
 
 def render_table(summary: dict[str, dict[str, float]]) -> str:

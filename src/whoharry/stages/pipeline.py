@@ -85,11 +85,10 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
         if stage is not reinforce and not made.done:
             cfg = _made_files(cfg, out, made, progress)
         stage.run(cfg, out, progress=progress)
-        if distributed.is_main() and not (out / CONFIG_FILE).is_file():  # once a stage stands on its input
-            artifacts.write_yaml(out / CONFIG_FILE, to_dict(cfg))  # the run's settings, resolved
-            log.debug("resolved config: %s", out / CONFIG_FILE)
     if not distributed.is_main():
         return {}
+    artifacts.write_yaml(out / CONFIG_FILE, to_dict(cfg))  # the settings this run trained and evaluates with
+    log.debug("resolved config: %s", out / CONFIG_FILE)
     eval_dir = evaluate.run(cfg, out, progress=progress, target=target)
     return evaluate.load_report(eval_dir)["summary"]
 
