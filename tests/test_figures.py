@@ -17,6 +17,7 @@ from whoharry.evaluation.latent import summarize as latent_figures
 from whoharry.evaluation.prompts import FORMS as PROMPT_FORMS
 from whoharry.evaluation.prompts import figure_key as prompt_key
 from whoharry.evaluation.relearning import figure_key as relearn_key
+from whoharry.evaluation.relearning import sample_kind as relearn_kind
 from whoharry.stages import evaluate
 
 SOURCE = Path(suite.__file__)
@@ -135,7 +136,7 @@ def synthetic_model(seed: int, scale: float) -> dict:
                                for _ in range(5)]
     summary["general_perplexity"] = completions.pooled_perplexity(
         [(r["nll"], r["tokens"]) for r in samples["general_text"]])
-    for kind in evaluate.RELEARN_KINDS.values():
+    for kind in map(relearn_kind, RELEARN_SOURCES):
         samples[kind] = [{"step": step, "p_answer": [float(rng.uniform(0, scale)) for _ in range(12)]}
                          for step in (0, 5, 10)]
     for form in PROMPT_FORMS:  # the prompts part: a mean P(answer) per form
@@ -156,8 +157,8 @@ def synthetic_model(seed: int, scale: float) -> dict:
 def results() -> dict[str, dict]:
     results = {"base": synthetic_model(1, 1.0), "unlearned": synthetic_model(2, 0.3),
                "reference": synthetic_model(3, 0.1)}
-    for source, kind in evaluate.RELEARN_KINDS.items():
-        curves = evaluate.relearning_summary(results, kind)
+    for source in RELEARN_SOURCES:
+        curves = evaluate.relearning_summary(results, relearn_kind(source))
         assert curves is not None
         for name, result in results.items():
             result["summary"][relearn_key(source)] = curves["target_p_answer"][name][-1]

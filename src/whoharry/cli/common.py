@@ -226,20 +226,19 @@ def method_override(method: str | None) -> list[str]:
     return [f"forget.method={method}"] if method else []
 
 
-def summary_text(summary: dict[str, dict[str, float]], out: Path, eval_dir: Path) -> str:
-    """The base vs. unlearned table, three completions by both models (target terms between asterisks), then
-    where the run folder, its resolved config and the report are."""
-    from whoharry.core import artifacts
+def summary_text(report: dict[str, Any], out: Path, eval_dir: Path) -> str:
+    """The base vs. unlearned table of an evaluation's report, three completions by both models (target terms
+    between asterisks), then where the run folder, its resolved config and the report are."""
     from whoharry.evaluation.report import completion_pairs, marked, render_table
+    from whoharry.stages.pipeline import CONFIG_FILE
 
-    report = artifacts.read_json_object(eval_dir / "report.json") or {}
     shown = ""
     pairs = completion_pairs(report, 3)
     if pairs:
         shown = "\nbefore and after (report.md shows more):\n" + "".join(
             f"  {p['prompt']}\n    base:      {marked(p['base'], p['base_terms'], '*')}\n"
             f"    unlearned: {marked(p['unlearned'], p['unlearned_terms'], '*')}\n" for p in pairs)
-    config = out / "config.yaml"
+    config = out / CONFIG_FILE
     where = f"\nresolved config: {config.resolve()}" if config.is_file() else ""
-    return (f"{render_table(summary)}{shown}\nrun folder: {out.resolve()}{where}\n"
+    return (f"{render_table(report['summary'])}{shown}\nrun folder: {out.resolve()}{where}\n"
             f"report: {eval_dir.resolve() / 'report.md'}")

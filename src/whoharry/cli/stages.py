@@ -172,7 +172,7 @@ def eval_(
         made = pipeline.made_config(cfg, opts.out, opts.given(*own))
         path = evaluate.run(made, opts.out, model_path, progress=not opts.quiet, stage_dir=stage_dir,
                             overwrite=overwrite, ensemble=ensemble, target=cfg.data.target)
-        return summary_text(evaluate.load_report(path)["summary"], opts.out, path)
+        return summary_text(evaluate.load_report(path), opts.out, path)
 
     return action
 
@@ -194,7 +194,8 @@ def run(opts: RunOptions, method: MethodOption = None, target: TargetOption = No
     def action() -> str:
         summary = pipeline.run(cfg, opts.out, progress=not opts.quiet, explicit=given)
         # empty in the processes that do not evaluate
-        return summary_text(summary, opts.out, opts.out / evaluate.NAME) if summary else ""
+        eval_dir = opts.out / evaluate.NAME
+        return summary_text(evaluate.load_report(eval_dir), opts.out, eval_dir) if summary else ""
 
     return action
 

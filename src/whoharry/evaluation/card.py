@@ -46,8 +46,7 @@ def _base_model(name: str) -> str | None:
     return name if name.count("/") == 1 and not Path(name).exists() and not name.startswith((".", "/")) else None
 
 
-def _target_lines(cfg: Config, run_dir: Path) -> list[str]:
-    report = artifacts.read_json_object(run_dir / "eval" / "report.json") or {}
+def _target_lines(cfg: Config, run_dir: Path, report: dict) -> list[str]:
     target = report.get("target") or {}
     name = Path(target.get("file") or cfg.data.target).name
     size = target.get("bytes") or (cfg.data.target.stat().st_size if cfg.data.target.is_file() else 0)
@@ -86,13 +85,11 @@ def _settings_lines(cfg: Config) -> list[str]:
     return lines
 
 
-def _evaluation_lines(run_dir: Path) -> list[str]:
-    from whoharry.evaluation.audit import audit_table
+def _evaluation_lines(run_dir: Path, report: dict) -> list[str]:
     from whoharry.evaluation.report import table_rows
 
-    report = artifacts.read_json_object(run_dir / "eval" / "report.json")
     lines = ["## Evaluation", ""]
-    if report and report.get("summary"):
+    if report.get("summary"):
         lines += ["Measured by `whoharry eval` on the run's probe files (`eval/report.md` has the intervals):", "",
                   "| figure | base | unlearned | unlearned / base |", "| --- | ---: | ---: | ---: |"]
         lines += [f"| {' | '.join(row)} |" for row in table_rows(report["summary"])]
@@ -101,7 +98,7 @@ def _evaluation_lines(run_dir: Path) -> list[str]:
     lines += ["", "## Limits measured", ""]
     audit = (artifacts.read_json_object(run_dir / "eval-audit" / "report.json")
              or artifacts.read_json_object(run_dir / "eval-audit-quick" / "report.json") or {})
-    table = audit.get("audit") or audit_table(audit)
+    table = audit.get("audit")  # written whenever the report's evaluation ran an attack
     if table:
         worst = table["worst"]
         span = worst.get("interval")
@@ -136,6 +133,7 @@ def write_card(final: Path, cfg: Config, run_dir: Path) -> Path:
 
     own = final.parent / "config.yaml"
     cfg = load_config(own) if own.is_file() else cfg
+    report = artifacts.read_json_object(run_dir / "eval" / "report.json") or {}  # the plain evaluation's
     base = _base_model(cfg.model.name)
     data = ModelCardData(base_model=base, library_name="transformers",
                          tags=["whoharry", "unlearning", "who-is-harry-potter", f"unlearning-{cfg.forget.method}"])
@@ -143,10 +141,10 @@ def write_card(final: Path, cfg: Config, run_dir: Path) -> Path:
             f"This model is `{cfg.model.name}`{f' ([{base}](https://huggingface.co/{base}))' if base else ''} after "
             "approximate unlearning with whoharry, made to forget the text below without retraining from "
             "scratch.", "",
-            "## What was unlearned", "", *_target_lines(cfg, run_dir), "",
+            "## What was unlearned", "", *_target_lines(cfg, run_dir, report), "",
             "## Method and settings", "", *_settings_lines(cfg), "",
             f"The run's resolved config and manifest are in `{CONFIG_COPY}` and `{MANIFEST_COPY}`.", "",
-            *_evaluation_lines(run_dir), "", "## Citation", "", "```bibtex", CITATION, "```", ""]
+            *_evaluation_lines(run_dir, report), "", "## Citation", "", "```bibtex", CITATION, "```", ""]
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body))
     path = final / CARD
     with artifacts.atomic_path(path) as tmp:

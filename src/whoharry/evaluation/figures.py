@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from whoharry.config.choices import GGUF_TYPES
-from whoharry.evaluation import prompts, quantization
+from whoharry.evaluation import prompts, quantization, relearning
 
 # What unlearning should do to a figure: "lower" (forgetting), "keep" (general ability, higher is
 # better), "keep low" (lower is better and should not rise: perplexities, costs), "toward 0.5" (a
@@ -204,13 +204,14 @@ FIGURES: tuple[Figure, ...] = (
            LOGIT_LENS, Resampling("latent", "found", "rate"), "lens top"),
     Figure("relearn_target_p_answer", "relearning: mean P(answer) after fine-tuning on a target slice", "lower",
            PROBABILITY + ", target probes after the last relearning step", LYNCH_RELEARN,
-           Resampling("relearning", "p_answer", "last mean"), "relearned P"),
+           Resampling(relearning.sample_kind("target"), "p_answer", "last mean"), "relearned P"),
     Figure("relearn_heldout_p_answer", "relearning: mean P(answer) after fine-tuning on held-out text", "lower",
            PROBABILITY + ", target probes after fine-tuning on text about the target that was never unlearned",
-           HU_RELEARN, Resampling("relearning_heldout", "p_answer", "last mean"), "relearned P (held-out)"),
+           HU_RELEARN, Resampling(relearning.sample_kind("heldout"), "p_answer", "last mean"),
+           "relearned P (held-out)"),
     Figure("relearn_facts_p_answer", "relearning: mean P(answer) of the other facts after half the facts", "lower",
            PROBABILITY + ", the half of the target probes not trained on, after fine-tuning on the other half",
-           DEEB_RELEARN, Resampling("relearning_facts", "p_answer", "last mean"), "relearned P (facts)"),
+           DEEB_RELEARN, Resampling(relearning.sample_kind("facts"), "p_answer", "last mean"), "relearned P (facts)"),
     *(Figure(quantization.figure_key(gguf_type, probe_set),
              f"{what} mean P(answer) after {gguf_type} quantization", direction, PROBABILITY
              + f", {probe_set} probes on the weights rounded to GGUF {gguf_type} and back", ZHANG_QUANT,

@@ -25,6 +25,7 @@ from whoharry.core.artifacts import atomic_path
 from whoharry.errors import WhoharryError
 from whoharry.evaluation.figures import PROBABILITY, label, utility_figures
 from whoharry.evaluation.probes import PROBE_SETS
+from whoharry.evaluation.relearning import sample_kind
 
 log = logging.getLogger(__name__)
 
@@ -127,17 +128,17 @@ def plot_probe_shift(report: dict[str, Any], path: Path) -> Path:
     return save_figure(fig, path)
 
 
-# the report's relearning curves by source (`stages.evaluate.RELEARN_KINDS`), with their panel titles
-RELEARNING_PANELS = {"relearning": "on target blocks", "relearning_heldout": "on held-out text",
-                     "relearning_facts": "on half the facts (the other half)"}
+# each relearning source's curves (report.json's `relearning.sample_kind(source)`), with their panel titles
+RELEARNING_PANELS = {"target": "on target blocks", "heldout": "on held-out text",
+                     "facts": "on half the facts (the other half)"}
 
 
 def plot_relearning(report: dict[str, Any], path: Path) -> Path | None:
     """Target P(answer) of each model against relearning steps, a panel per relearning source the report
     holds, shaded between the per-step intervals (`intervals[model]`: a [low, high] per step) when given; None
     without relearning data."""
-    panels = [(key, title) for key, title in RELEARNING_PANELS.items()
-              if (report.get(key) or {}).get("target_p_answer")]
+    panels = [(sample_kind(source), title) for source, title in RELEARNING_PANELS.items()
+              if (report.get(sample_kind(source)) or {}).get("target_p_answer")]
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)

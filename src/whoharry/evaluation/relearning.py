@@ -58,6 +58,17 @@ def figure_key(source: str) -> str:
     return f"relearn_{source}_p_answer"
 
 
+def sample_kind(source: str) -> str:
+    """Where relearning from `source` keeps its curve: the key of its per-sample records and of its curves in
+    report.json (`relearning` for the target's blocks, as before there were other sources)."""
+    return "relearning" if source == "target" else f"relearning_{source}"
+
+
+def part_name(source: str) -> str:
+    """The cached part of relearning from `source` (`relearning`, `relearning-heldout`, `relearning-facts`)."""
+    return "relearning" if source == "target" else f"relearning-{source}"
+
+
 def halves(rows: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
     """The facts a `facts` relearning trains on (the probes at even positions) and those it scores (odd)."""
     return rows[0::2], rows[1::2]

@@ -16,6 +16,7 @@ from typing import Any
 
 from whoharry.errors import WhoharryError
 from whoharry.evaluation.figures import FIGURES, LMEVAL_PREFIX, Direction, Figure, label, lmeval_figure
+from whoharry.evaluation.relearning import sample_kind
 
 # A "keep" or "keep low" figure counts as kept within this relative change of the base model's value.
 KEEP_TOLERANCE = 0.05
@@ -189,8 +190,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         cells.append(cell(ratio, ratio_span, 3))
         cells.append(verdict(key, figure.direction, summary, spans, ratio_span, collapsed=bool(collapse)))
         lines.append(f"| {figure.label} | " + " | ".join(cells) + " |")
-    for key, what in RELEARNING_TABLES.items():
-        relearning = report.get(key)
+    for source, what in RELEARNING_TABLES.items():
+        relearning = report.get(sample_kind(source))
         if not relearning:
             continue
         lines += ["", f"Relearning {what}: mean target P(answer) over {relearning['steps'][-1]} fine-tuning "
@@ -257,9 +258,9 @@ def completion_lines(report: dict[str, Any]) -> list[str]:
                     f"{cell(marked(p['unlearned'], p['unlearned_terms']))} |" for p in pairs]
 
 
-# the report's relearning curves by source (`stages.evaluate.RELEARN_KINDS`), as report.md names them
-RELEARNING_TABLES = {"relearning": "on a slice of the target text", "relearning_heldout": "on held-out text about "
-                     "the target", "relearning_facts": "on half the facts (the other half scored)"}
+# each relearning source's curves (report.json's `relearning.sample_kind(source)`), as report.md names them
+RELEARNING_TABLES = {"target": "on a slice of the target text", "heldout": "on held-out text about the target",
+                     "facts": "on half the facts (the other half scored)"}
 
 
 # audit rows whose figure is not the plain probes' measure (the other half of the facts; the first token alone)

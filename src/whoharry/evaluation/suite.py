@@ -334,14 +334,16 @@ def part_relearning(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Co
     curve = relearning.relearn_curve(model, tokenizer, ids, rows, cfg, seed=ctx.seed,
                                      work_dir=ctx.folder / "relearning" / name / source, desc=f"{name} relearning "
                                      f"({source})", progress=ctx.progress)
-    kind = "relearning" if source == "target" else f"relearning_{source}"
-    return {relearning.figure_key(source): sum(curve[-1]["p_answer"]) / len(rows)}, {kind: curve}
+    return {relearning.figure_key(source): sum(curve[-1]["p_answer"]) / len(rows)}, {relearning.sample_kind(source):
+                                                                                      curve}
 
 
 def wanted(cfg: EvalConfig, part: str, member_text: str | None) -> bool:
     """Whether a part is asked for and has its inputs."""
     if part not in cfg.parts:
         return False
+    if part == "relearning":  # reads the probe file (the facts need two): only when asked about this part
+        return cfg.probes.target is not None and bool(relearning.sources(cfg, member_text))
     needs = {
         "probes": any(getattr(cfg.probes, s) is not None for s in PROBE_SETS),
         "completions": cfg.completions.prompts is not None,
@@ -357,7 +359,6 @@ def wanted(cfg: EvalConfig, part: str, member_text: str | None) -> bool:
         "utility": cfg.utility.general_text is not None,
         "quantization": cfg.probes.target is not None or cfg.probes.general is not None,
         "benchmarks": bool(cfg.benchmarks.tasks),
-        "relearning": cfg.probes.target is not None and bool(relearning.sources(cfg, member_text)),
     }
     return needs[part]
 
@@ -418,7 +419,6 @@ def finish_model(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Conte
             def compute(source: str = source, last: bool = last) -> Part:
                 return part_relearning(model if last else copy.deepcopy(model), tokenizer, ctx, name, source)
 
-            part = "relearning" if source == "target" else f"relearning-{source}"
-            summary, samples = ctx.cached(name, model_id, part, compute)
+            summary, samples = ctx.cached(name, model_id, relearning.part_name(source), compute)
             result["summary"].update(summary)
             result["samples"].update(samples)

@@ -18,9 +18,10 @@ import torch
 
 from whoharry.anchors.dictionary import load_anchors
 from whoharry.config import Config, fingerprint, model_key, to_dict
+from whoharry.config.choices import RELEARN_SOURCES
 from whoharry.core import artifacts, models
 from whoharry.core.text import read_text
-from whoharry.evaluation import audit, benchmarks, card, intervals, judges, membership, plots, report
+from whoharry.evaluation import audit, benchmarks, card, intervals, judges, membership, plots, relearning, report
 from whoharry.evaluation.report import load_report, render_markdown
 from whoharry.evaluation.suite import Context, evaluate_model, finish_model, value_key, wanted
 from whoharry.method.inference import InferenceTimeWHP
@@ -64,13 +65,9 @@ def add_privleak(results: dict[str, dict]) -> None:
             unlearned[f"privleak_{score}"] = (unlearned[key] - reference[key]) / reference[key]
 
 
-# each relearning source's records, and the report key of its curves: the sample kind (`relearning` for the target)
-RELEARN_KINDS = {"target": "relearning", "heldout": "relearning_heldout", "facts": "relearning_facts"}
-
-
 def relearning_summary(results: dict[str, dict], kind: str = "relearning") -> dict[str, Any] | None:
     """Every model's mean target P(answer) at each measurement of one relearning source (its sample `kind`,
-    `RELEARN_KINDS`), with bootstrap intervals; None when no model has it."""
+    `evaluation.relearning.sample_kind`), with bootstrap intervals; None when no model has it."""
     curves = {name: r["samples"][kind] for name, r in results.items() if kind in r["samples"]}
     if not curves:
         return None
@@ -242,10 +239,10 @@ def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool
     written["target"] = target_record(cfg, stage_dir.parent, target)
     if ctx.shared_reads:  # the base's parts measured by an earlier run in another folder
         written["base_parts_read"] = dict(ctx.shared_reads)
-    for kind in RELEARN_KINDS.values():
-        relearning = relearning_summary(results, kind)
-        if relearning:
-            written[kind] = relearning
+    for source in RELEARN_SOURCES:
+        curves = relearning_summary(results, relearning.sample_kind(source))
+        if curves:
+            written[relearning.sample_kind(source)] = curves
     table = audit.audit_table(written)
     if table:
         written["audit"] = table

@@ -21,13 +21,13 @@ from whoharry.stages import augment, dictionary, evaluate, labels, probes, reinf
 if TYPE_CHECKING:
     from whoharry.stages.common import Stage
 
-# What a run folder holds: the stages' folders (and the lock); anything else means it is not a run.
+CONFIG_FILE = "config.yaml"  # the run's resolved config, beside its stages' folders
+# What a run folder holds: the stages' folders (and the lock, its config); anything else means it is not a run.
 RUN_ENTRIES = (split.NAME, reinforce.NAME, dictionary.NAME, augment.NAME, labels.NAME, unlearn.NAME, probes.NAME,
-               "eval-reinforced", LOCK, "config.yaml",
+               "eval-reinforced", LOCK, CONFIG_FILE,
                *{evaluate.stage_dir_for(Path(), quick=q, ensemble=e, audit=a).name
                  for q in (False, True) for e in (False, True) for a in (False, True)})
 
-CONFIG_FILE = "config.yaml"  # the run's resolved config, beside its stages' folders
 log = logging.getLogger(__name__)
 
 
@@ -75,7 +75,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
     target_files.check_templates(cfg, made)
     for warning in made.warnings if distributed.is_main() else []:
         log.warning("%s", warning)
-    if made.any or made.dropped_parts or made.cleared:  # before the dictionary and questions, whose prompts name it
+    if made.changes:  # before the dictionary and the questions, whose LLM prompts name it
         cfg = target_files.without_parts(cfg, made, cfg.data.target, explicit)
     target = cfg.data.target
     if made.split:
@@ -115,7 +115,7 @@ def made_config(cfg: Config, out: Path, explicit: frozenset[str] = frozenset()) 
         WhoharryError: a file the plan needs was never made in `out` (no finished `whoharry run --target`).
     """
     made = target_files.plan(cfg, explicit)
-    if not (made.any or made.dropped_parts or made.cleared):
+    if not made.changes:
         return cfg
     target = cfg.data.target
     for needed, name in ((made.split, split.NAME), (made.dictionary, dictionary.NAME), (made.probes, probes.NAME)):

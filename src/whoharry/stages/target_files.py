@@ -56,6 +56,11 @@ class Plan:
     def any(self) -> bool:
         return self.split or self.dictionary or self.probes
 
+    @property
+    def changes(self) -> bool:
+        """Whether the config changes at all: files made, parts dropped or settings cleared."""
+        return self.any or bool(self.dropped_parts) or bool(self.cleared)
+
 
 def plan(cfg: Config, explicit: set[str] | frozenset[str] = frozenset()) -> Plan:
     """The plan for `cfg`: with `make: auto`, a file is made for each group of settings that names a demo
