@@ -78,7 +78,10 @@ def test_run_end_to_end_writes_the_layout_and_exact_labels(project, copy_model_d
     model_dir_files = {f"final/{name}" for name in MODEL_FILES}
     assert files(out / "reinforce") >= STAGE_FILES | model_dir_files
     assert files(out / "unlearn") >= STAGE_FILES | model_dir_files
-    assert files(out / "labels") == STAGE_FILES | {"labels.safetensors", "stats.json"}
+    label_files = files(out / "labels")
+    label_tensors = {"labels.safetensors", "stats.json"}
+    assert {f for f in label_files if not f.startswith("dataset/")} == STAGE_FILES | label_tensors
+    assert {"dataset/state.json", "dataset/dataset_info.json"} <= label_files
     eval_files = files(out / "eval")
     assert eval_files >= STAGE_FILES | {"report.json", "report.md", "familiarity_vs_utility.png", "probe_shift.png"}
     assert {f"parts/{m}/{p}.json" for m in ("base", "unlearned") for p in ("probes", "completions")} <= eval_files

@@ -380,7 +380,7 @@ def test_a_heldout_text_too_short_for_membership_inference_fails_before_training
 def test_a_run_that_fails_on_its_input_leaves_no_folder_and_says_what_is_wrong(project, own_target, tmp_path):
     folder = tmp_path / "a-folder"
     folder.mkdir()
-    for target, message in ((folder, "is a folder; give a UTF-8 text file"), (tmp_path / "none.txt", "not found")):
+    for target, message in ((folder, "is a folder but not a saved dataset"), (tmp_path / "none.txt", "not found")):
         out = project / f"failed-{message[:6].replace(' ', '')}"
         result = runner.invoke(app, ["run", "--target", str(target), "--out", str(out), "--max-steps", "1"])
         assert result.exit_code == 2 and f"error: target text {target} {message}" in result.output \

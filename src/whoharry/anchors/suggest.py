@@ -14,8 +14,9 @@ from whoharry.anchors import candidates, check, translations
 from whoharry.anchors.dictionary import parse_anchors, strip_function_words, write_dictionary
 from whoharry.anchors.paper_import import composite_keys, merge, parse_answer
 from whoharry.config import AnchorsConfig, Config, Precision
+from whoharry.core.corpus import is_hub
 from whoharry.core.http import ChatClient, fill_template, read_template
-from whoharry.core.text import make_blocks, read_text
+from whoharry.core.text import make_blocks, read_target
 from whoharry.errors import WhoharryError
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,9 @@ def suggest_file(cfg: Config, reinforced: Path | None, out: Path, *, general: li
     from whoharry.core import models
 
     paths = general or [*cfg.data.retain, *([cfg.eval.utility.general_text] if cfg.eval.utility.general_text else [])]
-    general_text = "\n\n".join(read_text(path, "general text") for path in paths if path.is_file())
-    target = read_text(cfg.data.target)
+    general_text = "\n\n".join(read_target(cfg.data, path, "general text") for path in paths
+                             if path.exists() or is_hub(path))
+    target = read_target(cfg.data)
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source, cfg.model)
     reinforced_model = models.load_folder(reinforced, cfg=cfg.model) if reinforced is not None else None
@@ -165,7 +167,7 @@ def suggest_with_llm(cfg: Config, out: Path, progress: bool = False) -> int:
         WhoharryError: no endpoint configured, a bad prompt template, the endpoint failing, or answers
             that hold no entries.
     """
-    target = read_text(cfg.data.target)
+    target = read_target(cfg.data)
     entries, counts = ask_llm(target, cfg.anchors, cfg.eval.target_name, progress=progress)
     if not entries:
         raise WhoharryError("the LLM's answers held no dictionary entries")

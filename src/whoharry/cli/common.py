@@ -54,7 +54,8 @@ SeedOption = Annotated[int | None, typer.Option("--seed", help="Random seed for 
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or info messages.")]
 TargetOption = Annotated[
     Path | None,
-    typer.Option("--target", help="The text to forget (sets data.target). A text other than the demo's gets "
+    typer.Option("--target", help="The text to forget (sets data.target): a .txt, .jsonl, .json, .csv or .parquet "
+                                  "file, a save_to_disk folder, or hf:OWNER/NAME. A text other than the demo's gets "
                                   "its held-out split, anchor dictionary and probes made from it, unless you "
                                   "name files of your own (target_files.make)."),
 ]

@@ -19,6 +19,7 @@ from whoharry.cli.common import (
     summary_text,
 )
 from whoharry.config import AUDIT, EVAL_PARTS, QUICK, as_overrides
+from whoharry.core.corpus import is_hub
 from whoharry.errors import WhoharryError
 
 Action = Callable[[], str]  # does the work, returns the text to print
@@ -143,7 +144,7 @@ def eval_(
         raise WhoharryError("--audit attacks a model's own weights and layers (quantization, the logit lens, "
                             "relearning), which an inference-time pair does not have; leave out "
                             "--inference-time (--ensemble)")
-    if target is not None and not target.is_file():
+    if target is not None and not (target.exists() or is_hub(target)):
         raise WhoharryError(f"--target {target}: no such file")
     chosen = None if audit else list(EVAL_PARTS) if full or quick else parts.split(",") if parts else None
     tasks = [t.strip() for t in lm_eval.split(",") if t.strip()] if lm_eval else None

@@ -1,5 +1,5 @@
-"""The tool commands: `whoharry compare`, `whoharry export`, `whoharry anchors suggest | import | check` and
-`whoharry experiment retrain-gap`, each a shim over the module that does the work."""
+"""The tool commands: `whoharry compare`, `whoharry export`, `whoharry push`, `whoharry anchors suggest |
+import | check` and `whoharry experiment retrain-gap`, each a shim over the module that does the work."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
     """Add the tool commands and sub-apps to `app`."""
     app.command()(compare)
     app.command()(export)
+    app.command()(push)
     app.add_typer(anchors_app, name="anchors")
     app.add_typer(experiment_app, name="experiment")
 
@@ -103,6 +104,23 @@ def export(
             line += (f"; read back: top-1 agreement {record['check']['top1_agreement']:.3f}, "
                      f"largest logit difference {record['check']['max_abs_logit_diff']:.3f}")
         typer.echo(line)
+
+    guard(body)
+
+
+def push(
+    run: Annotated[Path, typer.Argument(help="The run folder whose unlearned model (RUN/unlearn/final) is pushed.")],
+    repo: Annotated[str, typer.Option("--repo", help="The hub model repository, OWNER/NAME (created if missing).")],
+    private: Annotated[bool, typer.Option("--private", help="Create the repository private.")] = False,
+) -> None:
+    """Upload the unlearned model with its card, config and manifest to the Hugging Face hub (needs a token:
+    `huggingface-cli login` or HF_TOKEN) and print the commit's URL."""
+    setup(quiet=True)
+
+    def body() -> None:
+        from whoharry.core import hub
+
+        typer.echo(hub.push_folder(hub.pushable(run), repo, private=private))
 
     guard(body)
 

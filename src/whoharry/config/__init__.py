@@ -23,7 +23,9 @@ from whoharry.config.choices import (  # noqa: F401
     MatchOrder,
     Method,
     Precision,
+    SaveDtype,
     TargetFiles,
+    Tracker,
     WeightDtype,
     Writer,
 )
@@ -72,16 +74,21 @@ class ModelConfig:
 class DataConfig:
     """The unlearn target, its anchor dictionary, and how it is cut into blocks."""
 
+    # a .txt file; a .jsonl/.json/.csv/.parquet file or a Dataset.save_to_disk folder (one document a row);
+    # or a hub dataset, hf:OWNER/NAME[#SPLIT]
     target: Path = Path("data/harry_potter/target.txt")
     anchors: Path = Path("data/harry_potter/anchors.yaml")
     block_length: int = 256  # tokens per block (the paper used 512)
     # Texts mixed into the unlearning fine-tune with their own tokens as labels, as a regulariser that
-    # keeps general ability; none is the paper's recipe. One path or a list of paths.
+    # keeps general ability; none is the paper's recipe. One source or a list, each as data.target takes.
     retain: list[Path] = field(default_factory=list)
+    text_column: str = "text"  # the column of a table source (target and retain) that holds the text
+    allow_download: bool = False  # fetch an hf: dataset that is not in the local Hugging Face cache
 
     def check(self, prefix: str) -> None:
         """Range checks of the section found at `prefix` (`data.`)."""
         require(self.block_length >= 8, f"{prefix}block_length must be at least 8 tokens")
+        require(bool(self.text_column.strip()), f"{prefix}text_column must name a column")
 
 
 @dataclass
@@ -109,6 +116,12 @@ class TrainConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    # the dtype final/ is written in (training keeps fp32 master weights): auto is bf16 when the stage
+    # trained on a GPU (a 7B folder of 13 GB, not 27 GB), fp32 on a CPU
+    save_dtype: SaveDtype = "auto"
+    # also log each step's loss, learning rate and validation figures to these trackers (through accelerate,
+    # under the stage's trackers/ folder), beside metrics.jsonl
+    log_with: list[Tracker] = field(default_factory=list)
 
     def check(self, prefix: str) -> None:
         """Range checks of the stage found at `prefix` (`reinforce.` or `unlearn.`)."""
@@ -329,6 +342,16 @@ def validate(cfg: Config) -> None:
         WhoharryError: the first value out of range, named by its dotted key.
     """
     check_tree(cfg)
+
+
+def train_key(train: TrainConfig) -> dict[str, Any]:
+    """A training section as it enters a stage's fingerprint: not the trackers it also logs to, and
+    `save_dtype` only when it is not `auto` (folders written before the setting keep their keys)."""
+    settings = to_dict(train)
+    settings.pop("log_with")
+    if settings["save_dtype"] == "auto":
+        settings.pop("save_dtype")
+    return settings
 
 
 def model_key(model: ModelConfig, *, reading: bool) -> dict[str, Any]:

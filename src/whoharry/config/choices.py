@@ -6,6 +6,9 @@ from typing import Literal, get_args
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]  # mixed precision of a stage; "auto": bf16 where fast
 WeightDtype = Literal["fp32", "bf16", "fp16"]  # the dtype of read-only model weights
+SaveDtype = Literal["auto", "fp32", "bf16", "fp16"]  # the dtype a stage's final/ is written in; auto: bf16 on a GPU
+# experiment trackers a training stage also logs to, through accelerate (its names)
+Tracker = Literal["tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio"]
 Method = Literal["whp", "ga", "npo"]  # how the unlearn stage forgets
 InsideAnchors = Literal["mask", "translate"]  # predictions from inside an anchor: no label, or the translation's
 LabelTargets = Literal["hard", "soft"]  # the unlearning targets: the generic argmax, or the generic distribution

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -204,6 +205,43 @@ def load_tokenizer(source: ModelSource, cfg: ModelConfig) -> PreTrainedTokenizer
 
 
 WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def save_dtype(setting: str, device: torch.device) -> torch.dtype:
+    """The dtype a trained model is written in: the setting's (`TrainConfig.save_dtype`), `auto` being
+    bf16 when the model trained on a GPU and fp32 on a CPU."""
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return WEIGHT_DTYPES[setting]
+
+
+def save_folder(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path, dtype: torch.dtype,
+                state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write a save_pretrained folder (weights and tokenizer) atomically, its floating-point weights in
+    `dtype` and `config.json` naming that dtype; the model in memory is left as it is. Tensors shared in
+    the model (tied embeddings) stay shared, so they are written once.
+
+    Args:
+        state_dict: the weights to write (gathered from shards); default the model's own.
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
+    weights = model.state_dict() if state_dict is None and dtype != torch.float32 else state_dict
+    if weights is not None and dtype != torch.float32:
+        cast: dict[tuple, torch.Tensor] = {}
+        weights = {name: cast.setdefault((t.data_ptr(), t.shape, t.dtype),
+                                         t.to(dtype) if t.is_floating_point() else t)
+                   for name, t in weights.items()}
+    with atomic_path(folder) as tmp:
+        model.save_pretrained(tmp, state_dict=weights)
+        tokenizer.save_pretrained(tmp)
+        if dtype != torch.float32:  # transformers names the dtype of the model in memory
+            config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+            for name in ("dtype", "torch_dtype"):
+                if name in config:
+                    config[name] = str(dtype).removeprefix("torch.")
+            (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
 
 def load_model(

@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from whoharry.core.corpus import HUB
 from whoharry.errors import WhoharryError
 
 
@@ -230,6 +231,8 @@ def _coerce(value: Any, hint: Any, dotted: str, base_dir: Path) -> Any:
         raise WhoharryError(f"config key {dotted!r} cannot be empty")
     for kind in options:
         if kind is Path and isinstance(value, str):
+            if value.startswith(HUB):  # a hub dataset id, not a file: not resolved against base_dir
+                return Path(value)
             path = Path(value).expanduser()
             return path if path.is_absolute() else (base_dir / path).resolve()
         if kind is bool and isinstance(value, bool):

@@ -7,11 +7,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from whoharry.core import corpus
 from whoharry.errors import WhoharryError
+
+if TYPE_CHECKING:
+    from whoharry.config import DataConfig
 
 
 @dataclass
@@ -27,21 +32,27 @@ class Blocks:
     bos_token_id: int | None
 
 
-def read_jsonl(path: Path, what: str, check: Callable[[object], bool], expected: str) -> list[dict]:
-    """The rows of a JSONL file, blank lines skipped.
+def read_jsonl(path: Path, what: str, check: Callable[[object], bool], expected: str, *,
+               allow_download: bool = False) -> list[dict]:
+    """The rows of a JSONL file, blank lines skipped; or of any other table source `core.corpus` reads
+    (JSON, CSV, Parquet, a `save_to_disk` folder, a hub dataset), the row's columns as its fields.
 
     Args:
-        path: the file (UTF-8).
+        path: the file (UTF-8), folder or `hf:` hub id.
         what: what the file is, for messages ("question file").
         check: whether a row (a JSON object) has the fields it needs.
         expected: the shape of a good row, for messages.
+        allow_download: fetch a hub dataset that is not cached.
 
     Raises:
         WhoharryError: as `read_text` raises it; a line that is not JSON, not an object, or fails `check`
-            (with its line number); or a file with no rows.
+            (with its line number; a row number for other sources); or a source with no rows.
     """
+    if corpus.is_table(path) and path.suffix.lower() != ".jsonl":
+        return corpus.table_rows(corpus.load_table(path, what, allow_download=allow_download), path, what, check,
+                                 expected)
     rows = []
-    for number, line in enumerate(read_text(path, what).splitlines(), start=1):
+    for number, line in enumerate(_read_plain(path, what).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -56,14 +67,24 @@ def read_jsonl(path: Path, what: str, check: Callable[[object], bool], expected:
     return rows
 
 
-def read_text(path: Path, what: str = "target text") -> str:
+def read_text(path: Path, what: str = "target text", *, column: str = "text", allow_download: bool = False) -> str:
     """Read a UTF-8 text file (a leading byte-order mark removed), or fail with one line saying what is
-    wrong with it.
+    wrong with it. A table source (`core.corpus.is_table`: a .jsonl/.json/.csv/.parquet file, a
+    `save_to_disk` folder or an `hf:` hub id) gives the non-blank values of its `column`, one document a
+    row, joined by blank lines (so that paragraph-wise splits see each row as a paragraph at least).
 
     Raises:
         WhoharryError: the file is missing or a folder, holds NUL bytes (binary), is not UTF-8, or is empty
-            or blank.
+            or blank; for a table source, as `corpus.load_table` and `corpus.table_texts` raise it.
     """
+    if corpus.is_table(path):
+        table = corpus.load_table(path, what, allow_download=allow_download)
+        return "\n\n".join(corpus.table_texts(table, column, path, what))
+    return _read_plain(path, what)
+
+
+def _read_plain(path: Path, what: str) -> str:
+    """A UTF-8 text file's text, as `read_text` checks it."""
     if path.is_dir():
         raise WhoharryError(f"{what} {path} is a folder; give a UTF-8 text file")
     if not path.is_file():
@@ -80,6 +101,19 @@ def read_text(path: Path, what: str = "target text") -> str:
     if not text.strip():
         raise WhoharryError(f"{what} {path} is empty")
     return text.removeprefix("\ufeff")
+
+
+def read_target(data: DataConfig, path: Path | None = None, what: str = "target text") -> str:
+    """The text of `data.target` (or of `path`, a retain text), read with the data section's text column
+    and download setting; raises as `read_text` does."""
+    return read_text(data.target if path is None else path, what, column=data.text_column,
+                     allow_download=data.allow_download)
+
+
+def target_hash(data: DataConfig, path: Path | None = None) -> str:
+    """What identifies the content of `data.target` (or of `path`, a retain text) for stage keys:
+    `corpus.source_hash` under the data section's download setting."""
+    return corpus.source_hash(data.target if path is None else path, allow_download=data.allow_download)
 
 
 def adds_bos(tokenizer: PreTrainedTokenizerBase) -> int | None:

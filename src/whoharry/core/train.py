@@ -29,11 +29,12 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from accelerate import Accelerator
@@ -41,7 +42,7 @@ from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from whoharry.config import TrainConfig
+from whoharry.config import TrainConfig, to_dict
 from whoharry.core import artifacts, checkpoints, distributed, models, validation
 from whoharry.errors import WhoharryError
 from whoharry.method.objectives import IGNORE, Objective, causal_lm_loss
@@ -98,12 +99,13 @@ def sample_order(samples: int, step: int, cfg: TrainConfig, seed: int, processes
     return [chosen[i : i + width] for i in range(0, len(chosen), width)]
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, stage_dir: Path | None = None) -> Accelerator:
     """An Accelerator for one training run: its mixed precision follows `cfg.precision`
-    (`models.autocast_dtype`), its gradient accumulation `cfg.grad_accum`.
+    (`models.autocast_dtype`), its gradient accumulation `cfg.grad_accum`, its trackers `cfg.log_with`
+    (their files under `stage_dir/trackers/`).
 
     Raises:
-        WhoharryError: fp16 asked for (explicitly) on a CPU.
+        WhoharryError: fp16 asked for (explicitly) on a CPU; a tracker whose package is not installed.
     """
     device = distributed.device()
     dtype = models.autocast_dtype(cfg.precision, device)
@@ -113,7 +115,15 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     if AcceleratorState._shared_state and AcceleratorState().mixed_precision != mixed and distributed.world() == 1:
         # one process may train with several precisions in turn (the evaluation's relearning, tests)
         AcceleratorState._reset_state()
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed, gradient_accumulation_steps=cfg.grad_accum)
+    trackers = {"log_with": list(cfg.log_with), "project_dir": str(stage_dir / "trackers")} if cfg.log_with else {}
+    with warnings.catch_warnings():  # accelerate warns of, and drops, a tracker it cannot import
+        warnings.simplefilter("ignore")
+        acc = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed, gradient_accumulation_steps=cfg.grad_accum,
+                          **trackers)
+    missing = [name for name in cfg.log_with if name not in {str(t) for t in acc.log_with or []}]
+    if missing:
+        raise WhoharryError(f"log_with {', '.join(missing)}: not installed; pip install {' '.join(missing)}")
+    return acc
 
 
 def prepare_model(model: PreTrainedModel, cfg: TrainConfig) -> torch.nn.Module:
@@ -225,7 +235,9 @@ def train(
     trained, held_out = validation.split(labels, cfg.validation_share, seed, among=held_out_from)
     if cfg.select_best and not held_out:
         raise WhoharryError(f"{desc}: select_best needs validation_share > 0")
-    acc = make_accelerator(cfg)
+    acc = make_accelerator(cfg, stage_dir)
+    if cfg.log_with:
+        acc.init_trackers(stage_dir.name, config=_flat(cfg))
     processes, rank = acc.num_processes, acc.process_index
     samples = len(trained)
     steps = total_steps(samples, cfg, processes)
@@ -301,6 +313,9 @@ def train(
         if metrics is not None:
             metrics.log(step=done, loss=round(value, 6), lr=scheduler.get_last_lr()[0],
                         seconds=round(time.perf_counter() - began, 3), **held)
+        if cfg.log_with:  # the trackers log from the main process only
+            acc.log({"loss": value, "lr": scheduler.get_last_lr()[0],
+                     **{k: v for k, v in held.items() if k != "best"}}, step=done)
         bar.set_postfix(loss=f"{value:.3f}")
         bar.update(1)
         if on_step is not None:
@@ -309,13 +324,15 @@ def train(
         if cfg.save_every and done % cfg.save_every == 0 and done < steps:
             checkpoints.save(stage_dir / "checkpoints", done, run_key, acc, scheduler, cfg.keep_checkpoints, best)
     bar.close()
+    if cfg.log_with:
+        acc.end_training()
     wrapped.eval()
     chosen = best is not None and best.step is not None and best.step != steps  # the last step's are in place
     best_state = best.load_into(acc, wrapped) if chosen else None
     if best is not None and best.step is not None:
         log.info("%s: ends with the weights of step %d, validation loss %.4f", desc, best.step, best.loss)
     if final is not None:
-        _save_final(acc, wrapped, final[1], final[0], best_state, chosen)
+        _save_final(acc, wrapped, final[1], final[0], cfg.save_dtype, best_state, chosen)
     unwrapped = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
     if cfg.gradient_checkpointing:
         _checkpointing(unwrapped, False)
@@ -337,9 +354,10 @@ def train(
 
 
 def _save_final(acc: Accelerator, wrapped: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path,
-                best_state: dict[str, torch.Tensor] | None = None, chosen: bool = False) -> None:
-    """The trained model as an ordinary save_pretrained folder, written by the main process; with sharded
-    weights and `chosen`, from `best_state` (the best weights, main process) instead of the model's."""
+                save_dtype: str, best_state: dict[str, torch.Tensor] | None = None, chosen: bool = False) -> None:
+    """The trained model as an ordinary save_pretrained folder in `save_dtype` (`models.save_folder`),
+    written by the main process; with sharded weights and `chosen`, from `best_state` (the best weights,
+    main process) instead of the model's."""
     if chosen and distributed.sharded():
         state_dict = best_state
     else:
@@ -350,10 +368,15 @@ def _save_final(acc: Accelerator, wrapped: torch.nn.Module, tokenizer: PreTraine
         model = model.merge_and_unload()
     model = getattr(model, "_orig_mod", model)
     if acc.is_main_process:
-        with artifacts.atomic_path(folder) as tmp:
-            model.save_pretrained(tmp, state_dict=state_dict)
-            tokenizer.save_pretrained(tmp)
+        dtype = models.save_dtype(save_dtype, acc.device)
+        models.save_folder(model, tokenizer, folder, dtype, state_dict)
     acc.wait_for_everyone()
+
+
+def _flat(cfg: TrainConfig) -> dict[str, Any]:
+    """The training settings as trackers take them: numbers, strings and booleans, lists joined."""
+    return {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in to_dict(cfg).items()
+            if v is not None}
 
 
 def _untie_adapted(model: torch.nn.Module) -> None:

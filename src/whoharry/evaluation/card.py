@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from whoharry.config import Config
-from whoharry.core import artifacts
+from whoharry.core import artifacts, corpus
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def _base_model(name: str) -> str | None:
 def _target_lines(cfg: Config, run_dir: Path, report: dict) -> list[str]:
     target = report.get("target") or {}
     name = Path(target.get("file") or cfg.data.target).name
-    size = target.get("bytes") or (cfg.data.target.stat().st_size if cfg.data.target.is_file() else 0)
+    size = target.get("bytes") or corpus.source_bytes(cfg.data.target)
     lines = [f"- **Target**: `{name}` ({size:,} bytes)"]
     labels_stats = artifacts.read_json_object(run_dir / "labels" / "stats.json") or {}
     if cfg.forget.method == "whp" and labels_stats:

@@ -17,7 +17,7 @@ from typing import Any
 
 from whoharry.anchors.dictionary import Anchors
 from whoharry.config import Config, EvalConfig, fingerprint, to_dict
-from whoharry.core import artifacts, models
+from whoharry.core import artifacts, corpus, models
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def value_key(value: Any, *, by_content: bool = False) -> Any:
     """A setting as it enters a fingerprint: a file by its path and content hash (`by_content`: its content
     hash alone, the same wherever the file lies), a section field by field, a list item by item."""
     if isinstance(value, Path):
-        digest = artifacts.file_hash(value) if value.is_file() else None
+        digest = corpus.source_hash(value) if value.is_file() or corpus.is_table(value) else None
+        digest = None if digest == "missing" else digest
         return digest if by_content else [str(value), digest]
     if dataclasses.is_dataclass(value):
         return {f.name: value_key(getattr(value, f.name), by_content=by_content) for f in dataclasses.fields(value)}

@@ -34,7 +34,7 @@ from whoharry.anchors.passages import Deduplicator, Seed, anchor_density, seed_p
 from whoharry.config import Config, fingerprint, model_key, to_dict
 from whoharry.core import artifacts, distributed, models
 from whoharry.core.http import ChatClient
-from whoharry.core.text import read_text
+from whoharry.core.text import read_target, target_hash
 from whoharry.errors import WhoharryError
 from whoharry.evaluation.completions import generate
 from whoharry.stages import reinforce
@@ -73,7 +73,7 @@ def key(cfg: Config, out: Path) -> str:
             "model": model_key(cfg.model, reading=True),
             "augment": settings,
             "precision": None if cfg.augment.llm_url else cfg.labels.precision,
-            "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
+            "target": target_hash(cfg.data),
             "anchors": artifacts.file_hash(cfg.data.anchors) if cfg.data.anchors.is_file() else "missing",
             "reinforced": reinforce.key(cfg, out) if uses_reinforced(cfg) else None,
         }
@@ -213,7 +213,7 @@ def _write(cfg: Config, stage_dir: Path, stage_key: str, reinforce_dir: Path | N
            ) -> dict[str, Any]:
     """Generate, filter and save; returns the statistics (also written to stats.json)."""
     aug = cfg.augment
-    text = read_text(cfg.data.target)
+    text = read_target(cfg.data)
     anchors = load_anchors(cfg.data.anchors)
     count = aug.max_prompts or max(aug.batch_size, 4 * aug.tokens // aug.passage_tokens)
     seeds = seed_prompts(text, anchors, aug.templates, count, cfg.seed)

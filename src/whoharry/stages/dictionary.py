@@ -14,6 +14,8 @@ from pathlib import Path
 from whoharry.anchors import suggest
 from whoharry.config import Config, fingerprint, model_key, to_dict
 from whoharry.core import artifacts, distributed
+from whoharry.core.corpus import is_hub
+from whoharry.core.text import target_hash
 from whoharry.stages import reinforce
 from whoharry.stages.common import Outcome, require, run_stage
 
@@ -38,7 +40,7 @@ def uses_gain(cfg: Config) -> bool:
 def key(cfg: Config, out: Path) -> str:
     """The fingerprint of the dictionary: the target, the reinforced model's key when it ranks the terms,
     the model, the `anchors` settings suggest reads, the general texts and the settings of the gain."""
-    target = artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing"
+    target = target_hash(cfg.data)
     if cfg.anchors.llm_url:  # the endpoint's dictionary depends on it, its prompt and the passages alone
         return fingerprint({"target": target,
                             "llm": [cfg.anchors.llm_url, cfg.anchors.llm_model, cfg.anchors.llm_passage_chars],
@@ -49,7 +51,7 @@ def key(cfg: Config, out: Path) -> str:
         "target": target,
         "reinforced": reinforce.key(cfg, out) if uses_gain(cfg) else None,
         "model": model_key(cfg.model, reading=True), "anchors": settings,
-        "general": [artifacts.file_hash(p) for p in general_texts(cfg) if p.is_file()],
+        "general": [target_hash(cfg.data, p) for p in general_texts(cfg) if p.exists() or is_hub(p)],
         "block_length": cfg.data.block_length, "alpha": cfg.labels.alpha, "precision": cfg.labels.precision,
     })
 

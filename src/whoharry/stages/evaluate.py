@@ -19,8 +19,8 @@ import torch
 from whoharry.anchors.dictionary import load_anchors
 from whoharry.config import Config, fingerprint, model_key, to_dict
 from whoharry.config.choices import RELEARN_SOURCES
-from whoharry.core import artifacts, models
-from whoharry.core.text import read_text
+from whoharry.core import artifacts, corpus, models
+from whoharry.core.text import read_target
 from whoharry.evaluation import audit, benchmarks, card, intervals, judges, membership, plots, relearning, report
 from whoharry.evaluation.report import load_report, render_markdown
 from whoharry.evaluation.suite import Context, evaluate_model, finish_model, value_key, wanted
@@ -109,7 +109,7 @@ def target_record(cfg: Config, out: Path, target: Path | None = None) -> dict[st
         if value is not None and value.resolve().is_relative_to(out.resolve()):
             made[what] = str(value)
     target = target or cfg.data.target
-    record = {"file": str(target), "bytes": target.stat().st_size if target.is_file() else 0, "made": made}
+    record = {"file": str(target), "bytes": corpus.source_bytes(target), "made": made}
     labels_stats = artifacts.read_json_object(out / "labels" / "stats.json") or {}
     if labels_stats.get("dictionary_mismatch"):
         record["dictionary_mismatch"] = (f"only {labels_stats['anchor_keys_found']} of the dictionary's keys "
@@ -195,7 +195,7 @@ def _evaluate(cfg: Config, model_path: Path, stage_dir: Path, *, overwrite: bool
     ctx = Context(
         config=cfg, folder=stage_dir, overwrite=overwrite,
         control=load_anchors(cfg.data.anchors) if cfg.data.anchors.is_file() else None,
-        member_text=read_text(cfg.data.target) if uses_target else None, progress=progress, base_id=base_id,
+        member_text=read_target(cfg.data) if uses_target else None, progress=progress, base_id=base_id,
         shared_id=shared_identity(cfg, Path(source.path)) if cfg.eval.shared_cache and source.local else None,
     )
     base = models.load_model(source, cfg.model, inference=True)

@@ -30,13 +30,14 @@ from whoharry.anchors.dictionary import Anchors, load_anchors
 from whoharry.anchors.translate import translate_block
 from whoharry.config import Config, InsideAnchors, LabelTargets, MatchOrder, Precision, fingerprint, model_key, to_dict
 from whoharry.core import artifacts, distributed, models
-from whoharry.core.text import Blocks, make_blocks, pad, read_text
+from whoharry.core.text import Blocks, make_blocks, pad, read_target, target_hash
 from whoharry.method.objectives import IGNORE
 from whoharry.method.whp import fp32_output_layer
 from whoharry.stages import augment, reinforce
 from whoharry.stages.block_labels import Average, block_labels, count_unaligned
 from whoharry.stages.common import Outcome, require, run_stage
 from whoharry.stages.shards import (
+    DATASET_DIR,
     LABELS_FILE,
     LabelSet,
     Partial,
@@ -230,7 +231,7 @@ def key(cfg: Config, out: Path) -> str:
             "model": model_key(cfg.model, reading=True),
             "block_length": cfg.data.block_length,
             "labels": _label_settings(cfg),
-            "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
+            "target": target_hash(cfg.data),
             "anchors": artifacts.file_hash(cfg.data.anchors) if cfg.data.anchors.is_file() else "missing",
             "reinforced": reinforce.key(cfg, out),  # what the reinforced model must have been made with
             **({"augment": augment.key(cfg, out)} if augment.enabled(cfg) else {}),
@@ -256,9 +257,10 @@ def _label_settings(cfg: Config) -> dict:
 
 
 def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
-    """Write `out/labels/`: labels.safetensors, stats.json, metrics.jsonl, config.yaml and manifest.json,
-    unless complete. Reads `out/reinforce/` (run first when missing or stale). Saves its progress every
-    `labels.save_every` batches, and a rerun resumes from it. Under `accelerate launch` each process
+    """Write `out/labels/`: labels.safetensors, dataset/ (the same labels for `datasets.load_from_disk`),
+    stats.json, metrics.jsonl, config.yaml and manifest.json, unless complete. Reads `out/reinforce/` (run
+    first when missing or stale). Saves its progress every `labels.save_every` batches, and a rerun resumes
+    from it. Under `accelerate launch` each process
     labels every N-th batch and the main process merges the shards in block order.
 
     Raises:
@@ -276,7 +278,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     partial = Partial(stage_dir / f"partial{suffix}.safetensors", stage_key, cfg.labels.save_every)
 
     def body() -> Outcome | None:
-        text = read_text(cfg.data.target)
+        text = read_target(cfg.data)
         if augment_dir is not None:  # the generated passages follow the target, labelled the same way
             text = text.rstrip() + "\n\n" + augment.generated_text(augment_dir)
         anchors = load_anchors(cfg.data.anchors)
@@ -348,7 +350,7 @@ def _save(cfg: Config, stage_dir: Path, label_set: LabelSet, composite: list[str
     return Outcome(
         inputs={"target": str(cfg.data.target), "anchors": str(cfg.data.anchors), "model": model,
                 "reinforced": artifacts.stage_fingerprint(reinforce_dir)},
-        outputs=[LABELS_FILE, "stats.json", "metrics.jsonl"],
+        outputs=[LABELS_FILE, DATASET_DIR, "stats.json", "metrics.jsonl"],
         summary={**{k: v for k, v in stats.items() if k not in ("occurrences_per_key", "composite_keys_split")},
                  "processes": distributed.world()},
     )

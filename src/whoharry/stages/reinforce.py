@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from whoharry.config import Config, fingerprint, model_key, to_dict
-from whoharry.core import artifacts, models, train
-from whoharry.core.text import make_blocks, read_text
+from whoharry.config import Config, fingerprint, model_key, train_key
+from whoharry.core import models, train
+from whoharry.core.text import make_blocks, read_target, target_hash
 from whoharry.stages.common import Outcome, run_stage
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,8 @@ def key(cfg: Config, out: Path | None = None) -> str:
             "seed": cfg.seed,
             "model": model_key(cfg.model, reading=False),
             "block_length": cfg.data.block_length,
-            "train": to_dict(cfg.reinforce),
-            "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
+            "train": train_key(cfg.reinforce),
+            "target": target_hash(cfg.data),
         }
     )
 
@@ -47,7 +47,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     stage_dir = out / NAME
 
     def body() -> Outcome:
-        text = read_text(cfg.data.target)
+        text = read_target(cfg.data)
         source = models.resolve(cfg.model)
         tokenizer = models.load_tokenizer(source, cfg.model)
         blocks = make_blocks(text, tokenizer, cfg.data.block_length)

@@ -27,6 +27,7 @@ from whoharry.method.objectives import IGNORE
 log = logging.getLogger(__name__)
 
 LABELS_FILE = "labels.safetensors"
+DATASET_DIR = "dataset"  # the same labels as a datasets.Dataset (save_to_disk), for any trainer
 
 
 @dataclass
@@ -191,12 +192,29 @@ def finish(blocks: Blocks, anchors: Anchors, shards: list[Shard], alpha: float) 
 
 def save_labels(stage_dir: Path, label_set: LabelSet) -> None:
     """`labels.safetensors` (input_ids and labels, [blocks, block_length] int32; soft_ids and soft_probs,
-    [blocks, block_length, k] int32 and float32, when soft) and `stats.json`."""
+    [blocks, block_length, k] int32 and float32, when soft), the `dataset/` folder (`save_dataset`) and
+    `stats.json`."""
     tensors = {"input_ids": label_set.input_ids, "labels": label_set.labels,
                **(label_set.soft.tensors() if label_set.soft is not None else {})}
     with artifacts.atomic_path(stage_dir / LABELS_FILE) as tmp:
         save_file(tensors, str(tmp))
+    save_dataset(stage_dir / DATASET_DIR, label_set)
     artifacts.write_json(stage_dir / "stats.json", label_set.stats)
+
+
+def save_dataset(path: Path, label_set: LabelSet) -> None:
+    """The hard labels as a `datasets.Dataset` folder (`save_to_disk`), one row a block: `input_ids`,
+    `labels` (the transformers convention, -100 unlabelled) and `attention_mask` (all ones: blocks are
+    never padded), each a list of block_length int32 values; the authors' own fine-tuning script read its
+    labels this way, and so can `transformers.Trainer` or TRL (`datasets.load_from_disk(path)`)."""
+    from datasets import Dataset, Features, Sequence, Value
+
+    column = Sequence(Value("int32"))
+    features = Features({"input_ids": column, "labels": column, "attention_mask": column})
+    data = {"input_ids": label_set.input_ids.tolist(), "labels": label_set.labels.tolist(),
+            "attention_mask": torch.ones_like(label_set.input_ids).tolist()}
+    with artifacts.atomic_path(path) as tmp:
+        Dataset.from_dict(data, features=features).save_to_disk(str(tmp))
 
 
 def load_labels(stage_dir: Path) -> LabelSet:

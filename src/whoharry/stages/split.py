@@ -13,7 +13,7 @@ from pathlib import Path
 
 from whoharry.config import Config, fingerprint
 from whoharry.core import artifacts, distributed
-from whoharry.core.text import heldout_split, make_blocks, read_text
+from whoharry.core.text import heldout_split, make_blocks, read_target, read_text, target_hash
 from whoharry.errors import WhoharryError
 from whoharry.stages.common import Outcome, run_stage
 
@@ -29,7 +29,7 @@ HELDOUT_FILE = "heldout.txt"
 def key(cfg: Config, out: Path | None = None) -> str:
     """The fingerprint of the split: the target's content and the held-out settings."""
     return fingerprint({
-        "target": artifacts.file_hash(cfg.data.target) if cfg.data.target.is_file() else "missing",
+        "target": target_hash(cfg.data),
         "share": cfg.target_files.heldout_share, "pieces": cfg.target_files.heldout_pieces,
     })
 
@@ -45,7 +45,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     def body() -> Outcome | None:
         if not distributed.is_main():  # one process writes; the others wait for its manifest
             return None
-        text = read_text(cfg.data.target)
+        text = read_target(cfg.data)
         train, heldout = heldout_split(text, cfg.target_files.heldout_share, cfg.target_files.heldout_pieces)
         stage_dir.mkdir(parents=True, exist_ok=True)
         artifacts.atomic_write_text(stage_dir / TRAIN_FILE, train)
@@ -83,7 +83,7 @@ def check_heldout(cfg: Config) -> int:
     except WhoharryError:  # shorter than one passage
         count = 0
     if count < MIN_HELDOUT_PASSAGES:
-        target = len(tokenizer(read_text(cfg.data.target), add_special_tokens=False).input_ids)
+        target = len(tokenizer(read_target(cfg.data), add_special_tokens=False).input_ids)
         raise WhoharryError(
             f"the held-out text {heldout} holds {count} passage(s) of {tokens} tokens (the text trained on holds "
             f"{target} tokens), and membership inference "

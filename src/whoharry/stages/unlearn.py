@@ -17,9 +17,9 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from whoharry.config import Config, Precision, fingerprint, model_key, to_dict
+from whoharry.config import Config, Precision, fingerprint, model_key, to_dict, train_key
 from whoharry.core import artifacts, distributed, models, train
-from whoharry.core.text import make_blocks, read_text
+from whoharry.core.text import make_blocks, read_target, target_hash
 from whoharry.errors import WhoharryError
 from whoharry.evaluation import card
 from whoharry.method.objectives import Objective, block_log_probs
@@ -42,14 +42,14 @@ def key(cfg: Config, out: Path) -> str:
     inputs = (
         {"labels": labels.key(cfg, out)}
         if cfg.forget.method == "whp"
-        else {"forget": to_dict(cfg.forget), "target": artifacts.file_hash(cfg.data.target)}
+        else {"forget": to_dict(cfg.forget), "target": target_hash(cfg.data)}
     )
     return fingerprint(
         {
             "seed": cfg.seed,
             "model": model_key(cfg.model, reading=False),
-            "train": to_dict(cfg.unlearn),
-            "retain": [artifacts.file_hash(path) for path in cfg.data.retain],
+            "train": train_key(cfg.unlearn),
+            "retain": [target_hash(cfg.data, path) for path in cfg.data.retain],
             "block_length": cfg.data.block_length,
             **inputs,
         }
@@ -69,7 +69,7 @@ def preflight(cfg: Config) -> list[str]:
             f"unlearn.select_best keeps the weights of lowest held-out cross-entropy, which with forget.method "
             f"{cfg.forget.method} is the model that forgot least; set unlearn.select_best=false"
         )
-    return [read_text(path, "retain text") for path in cfg.data.retain]
+    return [read_target(cfg.data, path, "retain text") for path in cfg.data.retain]
 
 
 def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
@@ -103,7 +103,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
             log.info("unlearn: %d blocks with generic %s from %s", input_ids.shape[0],
                      "labels" if soft is None else "soft targets", labels_dir)
         else:
-            blocks = make_blocks(read_text(cfg.data.target), tokenizer, cfg.data.block_length)
+            blocks = make_blocks(read_target(cfg.data), tokenizer, cfg.data.block_length)
             input_ids = targets = torch.tensor(blocks.ids, dtype=torch.int32)
             log.info("unlearn (%s): %d target blocks", method, input_ids.shape[0])
         forget_blocks = input_ids.shape[0]  # the only ones held out (`validation_share`)
