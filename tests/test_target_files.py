@@ -213,6 +213,20 @@ def test_run_with_only_a_target_makes_its_files_and_reports_on_it(project, own_t
     assert elsewhere.exit_code == 2 and "run it first" in elsewhere.output
 
 
+def test_a_parquet_target_runs_with_one_command_and_splits_as_its_text_does(project, own_target):
+    import datasets
+
+    table = own_target.with_suffix(".parquet")
+    datasets.Dataset.from_dict({"text": own_target.read_text().split("\n\n")}).to_parquet(str(table))
+    out = project / "parquet"
+    result = runner.invoke(app, ["run", "--target", str(table), "--out", str(out), "--max-steps", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    train, heldout = heldout_split(own_target.read_text(), 0.1, 3)
+    assert (out / "split" / "train.txt").read_text() == train and (out / "split" / "heldout.txt").read_text() == heldout
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert report["target"]["file"] == str(table) and report["target"]["bytes"] == table.stat().st_size
+
+
 def test_demo_files_named_for_another_target_are_kept_with_a_warning_each(project, own_target):
     mine = own_target
     out = project / "named"
