@@ -133,9 +133,13 @@ def _one_split(loaded: Any, path: Path, what: str) -> Dataset:
                         "save the one to use on its own")
 
 
-def _first_bad_line(path: Path) -> None:
-    """Raise the line-numbered error of the first line of a JSON Lines file that is not a JSON object."""
-    for number, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+def json_lines(path: Path, text: str, expected: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON Lines text read from `path`.
+
+    Raises:
+        WhoharryError: a line that is not JSON, or not an object (`path:N: expected {expected}`).
+    """
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -143,7 +147,14 @@ def _first_bad_line(path: Path) -> None:
         except json.JSONDecodeError as exc:
             raise WhoharryError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
         if not isinstance(row, dict):
-            raise WhoharryError(f"{path}:{number}: expected a JSON object")
+            raise WhoharryError(f"{path}:{number}: expected {expected}")
+        yield number, row
+
+
+def _first_bad_line(path: Path) -> None:
+    """Raise the line-numbered error of the first line of a JSON Lines file that is not a JSON object."""
+    for _ in json_lines(path, path.read_text(encoding="utf-8", errors="replace"), "a JSON object"):
+        pass
 
 
 def table_texts(table: Dataset, column: str, path: Path, what: str) -> list[str]:

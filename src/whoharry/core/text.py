@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,14 +51,8 @@ def read_jsonl(path: Path, what: str, check: Callable[[object], bool], expected:
         return corpus.table_rows(corpus.load_table(path, what, allow_download=allow_download), path, what, check,
                                  expected)
     rows = []
-    for number, line in enumerate(_read_plain(path, what).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise WhoharryError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
-        if not isinstance(row, dict) or not check(row):
+    for number, row in corpus.json_lines(path, _read_plain(path, what), expected):
+        if not check(row):
             raise WhoharryError(f"{path}:{number}: expected {expected}")
         rows.append(row)
     if not rows:
