@@ -25,8 +25,8 @@ CONFIG_FILE = "config.yaml"  # the run's resolved config, beside its stages' fol
 # What a run folder holds: the stages' folders (and the lock, its config); anything else means it is not a run.
 RUN_ENTRIES = (split.NAME, reinforce.NAME, dictionary.NAME, augment.NAME, labels.NAME, unlearn.NAME, probes.NAME,
                "eval-reinforced", LOCK, CONFIG_FILE,
-               *{evaluate.stage_dir_for(Path(), quick=q, ensemble=e, audit=a).name
-                 for q in (False, True) for e in (False, True) for a in (False, True)})
+               *{evaluate.stage_dir_for(Path(), quick=q, ensemble=e, audit=a, muse=m).name
+                 for q in (False, True) for e in (False, True) for a in (False, True) for m in (False, not a)})
 
 log = logging.getLogger(__name__)
 
