@@ -19,6 +19,7 @@ from whoharry.cli.common import (
     summary_text,
 )
 from whoharry.config import AUDIT, EVAL_PARTS, QUICK, as_overrides
+from whoharry.config.evaluation import MUSE
 from whoharry.core.corpus import is_hub
 from whoharry.errors import WhoharryError
 
@@ -111,6 +112,12 @@ def eval_(
                                            "table → OUT/eval-audit/ (with --quick: OUT/eval-audit-quick/). Not with "
                                            "--full, --parts or --inference-time.")
     ] = False,
+    muse: Annotated[
+        bool, typer.Option("--muse", help="MUSE's figures with MUSE's lengths and thresholds (Shi et al. 2024): "
+                                          "VerbMem, KnowMem, the membership AUCs (Min-40%) and PrivLeak with "
+                                          "--reference, and utility → OUT/eval-muse/ (with --quick: "
+                                          "OUT/eval-muse-quick/). Not with --audit, --full or --parts.")
+    ] = False,
     parts: Annotated[
         str | None, typer.Option("--parts", help="Comma-separated parts to run (eval.parts), e.g. probes,knowmem.")
     ] = None,
@@ -133,7 +140,8 @@ def eval_(
     ] = False,
 ) -> Action:
     """Familiarity, memorisation, leakage, robustness and utility of a model beside the base model's
-    → [bold]OUT/eval/report.md[/bold] (with --quick: OUT/eval-quick/; with --audit: OUT/eval-audit/)."""
+    → [bold]OUT/eval/report.md[/bold] (with --quick: OUT/eval-quick/; with --audit: OUT/eval-audit/; with
+    --muse: OUT/eval-muse/)."""
     from whoharry.core import distributed
     from whoharry.stages import evaluate, pipeline
 
@@ -144,9 +152,12 @@ def eval_(
         raise WhoharryError("--audit attacks a model's own weights and layers (quantization, the logit lens, "
                             "relearning), which an inference-time pair does not have; leave out "
                             "--inference-time (--ensemble)")
+    if muse and (audit or full or parts):
+        raise WhoharryError("--muse chooses its own parts and settings; leave out --audit, --full and --parts "
+                            "(narrow it with --set eval.parts=...)")
     if target is not None and not (target.exists() or is_hub(target)):
         raise WhoharryError(f"--target {target}: no such file")
-    chosen = None if audit else list(EVAL_PARTS) if full or quick else parts.split(",") if parts else None
+    chosen = None if audit or muse else list(EVAL_PARTS) if full or quick else parts.split(",") if parts else None
     tasks = [t.strip() for t in lm_eval.split(",") if t.strip()] if lm_eval else None
     own = [f"data.target={json.dumps(str(target))}"] if target is not None else []
     cfg = opts.load(
@@ -155,8 +166,9 @@ def eval_(
         *([f"eval.reference={reference}"] if reference else []),
         *([f"eval.parts={chosen}"] if chosen else []),
         *([f"eval.benchmarks.tasks={tasks}"] if tasks else []),
-        # --quick's slices and --audit's parts, under the user's own --set
-        first=[*(as_overrides(QUICK) if quick else []), *(as_overrides(AUDIT) if audit else [])],
+        # MUSE's settings, --quick's slices (over MUSE's counts) and --audit's parts, under the user's own --set
+        first=[*(as_overrides(MUSE) if muse else []), *(as_overrides(QUICK) if quick else []),
+               *(as_overrides(AUDIT) if audit else [])],
     )
     if tasks and "benchmarks" not in cfg.eval.parts:
         cfg.eval.parts.append("benchmarks")  # naming tasks asks for them
@@ -168,7 +180,7 @@ def eval_(
         if not (model_path / "config.json").is_file():
             stage = "reinforce" if ensemble else "unlearn"
             raise WhoharryError(f"no model to evaluate at {model_path}: pass --model or run `whoharry {stage}` first")
-        stage_dir = evaluate.stage_dir_for(opts.out, quick=quick, ensemble=ensemble, audit=audit)
+        stage_dir = evaluate.stage_dir_for(opts.out, quick=quick, ensemble=ensemble, audit=audit, muse=muse)
         # a target of the user's own is scored on the files its run made from it
         made = pipeline.made_config(cfg, opts.out, opts.given(*own))
         path = evaluate.run(made, opts.out, model_path, progress=not opts.quiet, stage_dir=stage_dir,

@@ -79,10 +79,14 @@ class KnowmemEval:
 
     qa: Path | None = Path("data/harry_potter/qa_test.jsonl")  # JSONL question/answer; None skips
     tokens: int = 16  # greedy answer tokens
+    # the file's first N questions, solved, before each other one, and not scored (MUSE's in-context
+    # examples); 0: two general-knowledge questions instead
+    shots: int = 0
 
     def check(self, prefix: str) -> None:
         """Range checks of the section found at `prefix` (`eval.knowmem.`)."""
         require(self.tokens >= 1, f"{prefix}tokens must be >= 1")
+        require(self.shots >= 0, f"{prefix}shots must be >= 0 (0: two general-knowledge examples)")
 
 
 @dataclass
@@ -160,11 +164,13 @@ class MembershipEval:
     heldout: Path | None = Path("data/harry_potter/heldout.txt")  # never trained on: the non-members; None skips
     passage_tokens: int = 128
     max_passages: int = 48  # target passages scored (evenly spread); held-out ones all
+    k_fraction: float = 0.2  # share of a passage's least likely tokens the Min-K% scores average (MUSE: 0.4)
 
     def check(self, prefix: str) -> None:
         """Range checks of the section found at `prefix` (`eval.membership.`)."""
         require(self.passage_tokens >= 8, f"{prefix}passage_tokens must be at least 8")
         require(self.max_passages >= 1, f"{prefix}max_passages must be >= 1")
+        require(0 < self.k_fraction <= 1, f"{prefix}k_fraction must be in (0, 1]")
 
 
 @dataclass
@@ -277,3 +283,13 @@ QUICK = {"eval.max_samples": 16, "eval.sampling.samples": 1, "eval.membership.ma
 # `whoharry eval --audit`: the parts that attack the unlearned model, and every relearning source
 AUDIT_PARTS: tuple[str, ...] = ("probes", "robustness", "prompts", "latent", "quantization", "relearning")
 AUDIT = {"eval.parts": list(AUDIT_PARTS), "eval.relearning.sources": list(RELEARN_SOURCES)}
+# `whoharry eval --muse`: MUSE's criteria C1-C4 with its lengths and thresholds (Shi et al. 2024; repository
+# swj0419/muse_bench, eval.py and metrics/; docs/EVAL.md, "MUSE's figures"): VerbMem on 128-token
+# continuations of ~1024-token prompts (its verbmem/forget.json), 100 excerpts; KnowMem with 32 answer tokens
+# after 10 solved questions (its knowmem/*_icl.json); PrivLeak by Min-40% over passages of up to 2048 tokens
+# (its privleak/*.json), 100 of the target's
+MUSE_PARTS: tuple[str, ...] = ("verbatim", "knowmem", "membership", "utility")
+MUSE = {"eval.parts": list(MUSE_PARTS), "eval.verbatim.excerpts": 100, "eval.verbatim.prompt_tokens": 1024,
+        "eval.verbatim.continuation_tokens": 128, "eval.knowmem.tokens": 32, "eval.knowmem.shots": 10,
+        "eval.membership.passage_tokens": 2048, "eval.membership.max_passages": 100,
+        "eval.membership.k_fraction": 0.4}

@@ -1,9 +1,16 @@
-"""One whoharry process at a time in a run folder: a lock file naming its holder, safe against stale locks.
+"""One whoharry process at a time in a run folder: an OS file lock, and a file naming its holder.
 
-The lock is `OUT/.whoharry.lock`, created exclusively, holding the process id, host and start time. A
-second process finds it and stops with a message naming the holder. A lock whose process is gone (same
-host, no such process; or a file left unreadable by a kill mid-write) is stale: it is replaced, with a
-warning. A lock from another host cannot be checked and is honoured.
+The lock is `filelock.FileLock` on `OUT/.whoharry.flock` (`fcntl.flock` on Unix), taken without waiting:
+the operating system releases it when its process ends, however it ends, so a killed run never leaves it
+held. The lock file itself holds nothing (filelock opens it truncated), so the holder's identity, process
+id, host and start time, is written beside it to `OUT/.whoharry.lock`, a small JSON file, while the lock is
+held. A second process finds the lock taken and stops with a message naming the holder.
+
+The holder file is honoured too, for a holder the OS lock cannot see (a process on another host of a
+network file system, where flock may not reach): when it names a live process on this host, or any process
+of another host, the folder is in use. One naming a process that is gone, or left unreadable by a kill
+mid-write, is stale: it is replaced, with a warning. Both are read and replaced under the OS lock, so two
+processes never take over the same stale file.
 """
 
 from __future__ import annotations
@@ -18,15 +25,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
+from whoharry.core import artifacts
 from whoharry.errors import WhoharryError
 
 log = logging.getLogger(__name__)
 
-LOCK = ".whoharry.lock"
+LOCK = ".whoharry.lock"  # the holder's identity, JSON
+FLOCK = ".whoharry.flock"  # the OS lock
 
 
 def _holder(path: Path) -> dict[str, Any] | None:
-    """The lock's contents, or None when it cannot be read as a lock (a writer killed mid-write)."""
+    """The holder file's contents, or None when it cannot be read as one (a writer killed mid-write)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -47,14 +58,21 @@ def _alive(holder: dict[str, Any]) -> bool:
     return True
 
 
+def _in_use(out: Path, path: Path, holder: dict[str, Any] | None) -> WhoharryError:
+    who = (f"pid {holder['pid']} on {holder.get('host')}, since {holder.get('started')}" if holder
+           else "pid not yet written")
+    return WhoharryError(f"{out} is in use by another whoharry process ({who}); wait for it to end, or delete "
+                         f"{path} if that process is gone")
+
+
 @contextmanager
 def hold(out: Path) -> Iterator[Path]:
-    """Hold the run folder's lock for the duration of the block (creating the folder). A stale lock is
-    replaced with a warning; the lock is removed at the end only if it still names this process, and a
-    folder this call created is removed with it when nothing else was written there.
+    """Hold the run folder's lock for the duration of the block (creating the folder). A stale holder file
+    is replaced with a warning; the holder file is removed at the end only if it still names this process,
+    and a folder this call created is removed with the lock when nothing else was written there.
 
     Yields:
-        The lock file's path, `out/.whoharry.lock`.
+        The holder file's path, `out/.whoharry.lock`.
 
     Raises:
         WhoharryError: another live process (or one on another host) holds the lock.
@@ -62,28 +80,27 @@ def hold(out: Path) -> Iterator[Path]:
     made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK
+    lock = FileLock(out / FLOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise _in_use(out, path, _holder(path)) from None
     mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
+    try:
+        if path.exists():
             holder = _holder(path)
             if holder is not None and _alive(holder):
-                raise WhoharryError(
-                    f"{out} is in use by another whoharry process (pid {holder['pid']} on {holder.get('host')}, "
-                    f"since {holder.get('started')}); wait for it to end, or delete {path} if that process is gone"
-                ) from None
+                raise _in_use(out, path, holder)
             log.warning("removing a stale lock in %s (%s)", out,
                         f"pid {holder['pid']} is gone" if holder else "unreadable lock file")
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(mine, handle)
-        break
-    try:
+        artifacts.atomic_write_text(path, json.dumps(mine))
         yield path
     finally:
         if (_holder(path) or {}).get("pid") == mine["pid"]:
             path.unlink(missing_ok=True)
-            if made and not any(out.iterdir()):  # a run that failed before writing anything leaves no folder
+        # a run that wrote nothing leaves no lock file and, when it made the folder, no folder
+        if {entry.name for entry in out.iterdir()} <= {FLOCK}:
+            (out / FLOCK).unlink(missing_ok=True)
+            if made:
                 out.rmdir()
+        lock.release()

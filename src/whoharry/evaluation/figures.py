@@ -109,7 +109,7 @@ LOGIT_LENS = ("nostalgebraist 2020, the logit lens; Lynch et al. 2024, section 4
 MEMBERSHIP = {
     "loss": "membership inference by the mean token loss (the classic loss attack)",
     "zlib": "Carlini et al. 2021: the loss over the zlib-compressed length",
-    "mink": "Min-K% Prob, Shi et al. 2024: the mean of the lowest 20% token log-probabilities",
+    "mink": "Min-K% Prob, Shi et al. 2024: the mean of the lowest k% (20%) token log-probabilities",
     "minkpp": "Min-K%++, Zhang et al. 2024: Min-K% over log-probabilities standardised per position",
 }
 MEMBERSHIP_NAMES = {"loss": "loss", "zlib": "zlib", "mink": "Min-K%", "minkpp": "Min-K%++"}
@@ -187,10 +187,10 @@ FIGURES: tuple[Figure, ...] = (
            "target prompt is unlikely to the base there, so forgetting raises it too",
            Resampling("completions", "judge_nll", "perplexity"), "fluency ppl (target prompts)", 2),
     Figure("verbmem_rouge_l", "verbatim memorisation: ROUGE-L of target continuations", "lower",
-           "ROUGE-L F1 over words, 0-1", "MUSE (Shi et al. 2024), C1: no verbatim memorisation (VerbMem)",
+           "ROUGE-L F1 as MUSE scores it, 0-1", "MUSE (Shi et al. 2024), C1: no verbatim memorisation (VerbMem)",
            Resampling("verbatim", "rouge_l"), "VerbMem"),
     Figure("knowmem_rouge_l", "knowledge memorisation: ROUGE-L of answers to target questions", "lower",
-           "ROUGE-L F1 over words, 0-1", "MUSE (Shi et al. 2024), C2: no knowledge memorisation (KnowMem)",
+           "ROUGE-L F1 as MUSE scores it, 0-1", "MUSE (Shi et al. 2024), C2: no knowledge memorisation (KnowMem)",
            Resampling("knowmem", "rouge_l"), "KnowMem"),
     *(variant[measure] for variant in (_paraphrased, _hinted, _fewshot) for measure in ("p_answer", "hit_rate")),
     *(Figure(prompts.figure_key(form), f"prompt attack: mean P(answer) {what}", "lower",

@@ -3,9 +3,15 @@
 How each figure is recomputed from the per-sample records is data: its `figures.Resampling` (sample
 kind, record field, aggregate). Every aggregate but the AUC is a ratio of sums over samples (probes,
 completions, text blocks): a mean is sum(value) / count, a perplexity is exp(sum(nll) / sum(tokens)).
-Resampling the samples with replacement gives a percentile interval; for the unlearned/base ratio both
-models are resampled with the same indices (they saw the same probes), so the interval reflects the
-paired comparison. A membership AUC resamples members and non-members separately, and has no ratio.
+Resampling the samples with replacement gives a percentile interval (Efron & Tibshirani 1993, "An
+Introduction to the Bootstrap", chapter 13), through `scipy.stats.bootstrap` (`method="percentile"`,
+`RESAMPLES` resamples from a generator seeded with `SEED`, so a figure's interval is the same at every
+run). The percentile interval, not BCa: BCa's jackknife is undefined for a sample of one value, and a
+perplexity or ratio may be infinite. For the unlearned/base ratio both models are resampled with the same
+indices (`paired=True`: they saw the same probes), so the interval reflects the paired comparison. A
+membership AUC resamples members and non-members separately (scipy's independent samples), and has no
+ratio. The percentiles are taken here (`percentiles`), of scipy's bootstrap distribution, so that infinite
+values keep their meaning.
 
 A destroyed model's figures may be infinite (a perplexity whose mean loss is past exp's range) or nan:
 perplexities overflow to inf without a warning, percentiles of infinite values are those values (numpy's
@@ -16,10 +22,12 @@ resamples hold a nan is nan.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from whoharry.evaluation import figures
 from whoharry.evaluation.figures import Resampling
@@ -126,35 +134,69 @@ def estimate(samples: dict[str, list[dict]], key: str) -> float | None:
     return float(figure.value()) if figure is not None and len(figure.numerators) else None
 
 
+def _distribution(samples: tuple[np.ndarray, ...], statistic: Callable[..., np.ndarray], resamples: int, seed: int,
+                  paired: bool = True) -> np.ndarray:
+    """The statistic over `resamples` bootstrap resamples of the samples (`scipy.stats.bootstrap`; paired
+    samples share their indices), [resamples] or [outputs, resamples]."""
+    # scipy's own interval is not read: its percentiles of inf values (inf - inf) and of nan ones warn
+    with np.errstate(invalid="ignore", over="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap(samples, statistic, n_resamples=resamples, paired=paired, vectorized=True,
+                                 method="percentile", rng=np.random.default_rng(seed))
+    return np.asarray(result.bootstrap_distribution, dtype=float)
+
+
 def interval(figure: Parts, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float]:
-    """The 2.5th and 97.5th percentiles of the figure over bootstrap resamples of its samples."""
-    n = len(figure.numerators)
-    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    return percentiles(figure.value(rows))
+    """The 2.5th and 97.5th percentiles of the figure over bootstrap resamples of its samples (the value
+    itself, twice, for a single sample, which every resample repeats)."""
+    if len(figure.numerators) < 2:
+        return percentiles(np.repeat(figure.value(), 2))
+    values = _distribution((figure.numerators, figure.denominators),
+                           lambda num, den, axis=-1: Parts(num, den, figure.exp).value(), resamples, seed)
+    return percentiles(values)
 
 
 def ratio_interval(numer: Parts, denom: Parts, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float]:
     """The interval of numer/denom when both are resampled with the same indices (paired samples); a
-    resample whose denominator is 0 or nan has no ratio, nan when none has one."""
+    resample whose denominator is 0 or nan has no ratio, nan when none has one.
+
+    Raises:
+        ValueError: the two figures have different numbers of samples.
+    """
     n = len(numer.numerators)
     if len(denom.numerators) != n:
         raise ValueError("paired figures need the same number of samples")
-    rows = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
-    below = denom.value(rows)
+    if n < 2:
+        above, below = numer.value()[None], denom.value()[None]
+    else:
+        def both(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray, axis: int = -1) -> np.ndarray:
+            return np.stack([Parts(a, b, numer.exp).value(), Parts(c, d, denom.exp).value()])
+
+        above, below = _distribution((numer.numerators, numer.denominators, denom.numerators, denom.denominators),
+                                     both, resamples, seed)
     defined = below > 0  # a resample whose base figure is 0 has no ratio
     if not defined.any():
         return float("nan"), float("nan")
     with np.errstate(invalid="ignore"):  # inf / inf is nan
-        return percentiles(numer.value(rows)[defined] / below[defined])
+        return percentiles(above[defined] / below[defined])
 
 
 def auc_interval(members: list[float], nonmembers: list[float], resamples: int = RESAMPLES,
                  seed: int = SEED) -> tuple[float, float]:
-    """The interval of a membership AUC, resampling members and non-members separately."""
-    rng = np.random.default_rng(seed)
+    """The interval of a membership AUC, resampling members and non-members separately (a side of one
+    score is that score in every resample); nan when a side is empty or holds a nan."""
     m, n = np.asarray(members, dtype=float), np.asarray(nonmembers, dtype=float)
-    values = [auc(m[rng.integers(0, len(m), len(m))], n[rng.integers(0, len(n), len(n))]) for _ in range(resamples)]
-    return percentiles(np.asarray(values))
+    if not m.size or not n.size or np.isnan(m).any() or np.isnan(n).any():
+        return float("nan"), float("nan")
+    varied = [side for side in (m, n) if side.size > 1]
+    if not varied:
+        return percentiles(np.repeat(auc(m, n), 2))
+
+    def statistic(*sides: np.ndarray, axis: int = -1) -> np.ndarray:
+        drawn = iter(sides)
+        return auc(*(next(drawn) if side.size > 1 else side for side in (m, n)))
+
+    return percentiles(_distribution(tuple(varied), statistic, resamples, seed, paired=False))
 
 
 def add_intervals(results: dict[str, dict], reference: str = "base") -> dict[str, list[float]]:

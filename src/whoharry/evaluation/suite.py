@@ -195,9 +195,9 @@ def part_llm_judge(records: list[dict], ctx: Context) -> Part:
 
 def part_knowmem(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Context, name: str) -> Part:
     """KnowMem (MUSE, Shi et al. 2024): ROUGE-L F1 of the model's answers to questions about the target."""
-    questions = knowmem.read_questions(ctx.eval.knowmem.qa, ctx.eval.max_samples)
+    shown, questions = knowmem.read_with_shots(ctx.eval.knowmem.qa, ctx.eval.knowmem.shots, ctx.eval.max_samples)
     records = knowmem.knowmem_records(model, tokenizer, questions, ctx.eval.knowmem.tokens, ctx.eval.precision,
-                                      ctx.eval.batch_size, f"{name} questions", progress=ctx.progress)
+                                      ctx.eval.batch_size, f"{name} questions", progress=ctx.progress, examples=shown)
     return {"knowmem_rouge_l": _mean(records, "rouge_l")}, {"knowmem": records}
 
 
@@ -253,11 +253,11 @@ def part_membership(model: CausalLM, tokenizer: PreTrainedTokenizerBase, ctx: Co
     """Membership scores of target passages (members) and held-out passages of its domain (non-members)."""
     cfg = ctx.eval
     heldout = read_text(cfg.membership.heldout, "held-out target-domain text")
-    args = (cfg.membership.passage_tokens, cfg.precision)
+    args, k = (cfg.membership.passage_tokens, cfg.precision), cfg.membership.k_fraction
     members = membership.passage_scores(model, tokenizer, ctx.member_text or "", *args, cfg.membership.max_passages,
-                                        desc=f"{name} target passages", progress=ctx.progress)
+                                        desc=f"{name} target passages", progress=ctx.progress, k_fraction=k)
     others = membership.passage_scores(model, tokenizer, heldout, *args, desc=f"{name} held-out passages",
-                                       progress=ctx.progress)
+                                       progress=ctx.progress, k_fraction=k)
     records = [{"member": True, **r} for r in members] + [{"member": False, **r} for r in others]
     summary = {f"membership_auc_{score}": membership.auc([r[score] for r in records if r["member"]],
                                                          [r[score] for r in records if not r["member"]])

@@ -1,24 +1,27 @@
 """Verbatim memorisation (VerbMem of MUSE, Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation
 for Language Models", criterion C1 "no verbatim memorization"): how closely a model's greedy continuation
-of an excerpt of the target text follows the text's true continuation, by ROUGE-L F1 (Lin 2004) over
-lower-cased words (`words`).
+of an excerpt of the target text follows the text's true continuation, by ROUGE-L F1 (Lin 2004).
 
-What a word is: a run of letters, digits, underscores and combining marks of a script written with spaces
-(Latin, Cyrillic, Hangul, Devanagari...), and, in a script written without spaces (Han, kana, Thai...,
-`anchors.dictionary.UNSPACED_SCRIPTS`), each character with the combining marks drawn on it: such text has
-no word boundaries to find without a dictionary-based segmenter, and character-level ROUGE is common for
-Chinese. A CJK sentence is thus not one word, as a `\\w+` run would make it (two sentences sharing 8 of
-10 characters scored 0). MUSE reports ROUGE through Google's `rouge-score`, whose default tokenizer
-(`rouge/tokenize.py`) lower-cases and turns every character outside [a-z0-9] into a space: it scores such
-text as if it were empty and drops any non-ASCII letter; on plain ASCII text the two agree but at
-underscores."""
+ROUGE is scored as MUSE scores it: Google's `rouge-score` (`rouge_scorer.RougeScorer`), type `rougeL` (the
+LCS over the whole text, not `rougeLsum`'s per-line union), `use_stemmer=False`, and the F-measure of the
+LCS precision and recall, for both VerbMem and KnowMem (MUSE's `metrics/logger.py`, `RougeEvalLogger`,
+whose `mean_rougeL` is the default `verbmem_agg_key` and `knowmem_agg_key` of its `eval.py`; repository
+swj0419/muse_bench). Its tokenizer lower-cases the text and keeps runs of [a-z0-9], so on English text
+the scores are MUSE's. It drops every other letter: a text holding letters outside ASCII (accents,
+Cyrillic, Han...) would lose them, a CJK text score 0 whatever the model wrote. Such a text is split by
+`words` instead: runs of letters, digits, underscores and combining marks in a script written with
+spaces, and, in a script written without spaces (Han, kana, Thai..., `anchors.dictionary.UNSPACED_SCRIPTS`),
+each character with the combining marks drawn on it (character-level ROUGE is common for Chinese).
+"""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from rouge_score import rouge_scorer, tokenizers
 from tqdm.auto import tqdm
 
 from whoharry.anchors.dictionary import script_classes
@@ -40,32 +43,37 @@ def _word_pattern() -> re.Pattern[str]:
 
 
 def words(text: str) -> list[str]:
-    """The lower-cased words of a text, for ROUGE-L, as the module docstring defines them: `\\w+` runs
-    in scripts written with spaces (combining marks kept in the word), one character a word in the others."""
+    """The lower-cased words of a text that holds letters outside ASCII, as the module docstring defines
+    them: `\\w+` runs in scripts written with spaces (combining marks kept in the word), one character a word
+    in the others."""
     return _word_pattern().findall(text.lower())
 
 
-def rouge_l_f1(candidate: list[str], reference: list[str]) -> float:
-    """ROUGE-L F1 (Lin 2004, "ROUGE: A package for automatic evaluation of summaries", section 3, with
-    beta = 1): the harmonic mean of LCS / len(candidate) and LCS / len(reference), where LCS is the length
-    of the longest common subsequence of the two word lists.
+class _Tokenizer(tokenizers.Tokenizer):
+    """rouge-score's own tokenizer (MUSE's), or `words` for a text holding a letter it would drop."""
+
+    def __init__(self) -> None:
+        self.default = tokenizers.DefaultTokenizer(use_stemmer=False)
+
+    def tokenize(self, text: str) -> list[str]:
+        foreign = any(not c.isascii() and (c.isalnum() or unicodedata.category(c).startswith("M")) for c in text)
+        return words(text) if foreign else self.default.tokenize(text)
+
+
+@cache
+def _scorer() -> rouge_scorer.RougeScorer:
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False, tokenizer=_Tokenizer())
+
+
+def rouge_l(prediction: str, truth: str) -> float:
+    """ROUGE-L F1 of a model's text against the true text (Lin 2004, "ROUGE: A package for automatic
+    evaluation of summaries", section 3, beta = 1), through `rouge-score` with MUSE's settings (the module
+    docstring): the harmonic mean of LCS / len(prediction) and LCS / len(truth) in words.
 
     Returns:
-        A float from 0 to 1 (0 when either list is empty or they share no word).
+        A float from 0 to 1 (0 when either text has no word or they share none).
     """
-    if not candidate or not reference:
-        return 0.0
-    previous = [0] * (len(reference) + 1)
-    for word in candidate:
-        current = [0]
-        for j, other in enumerate(reference, start=1):
-            current.append(previous[j - 1] + 1 if word == other else max(previous[j], current[j - 1]))
-        previous = current
-    common = previous[-1]
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(candidate), common / len(reference)
-    return 2 * precision * recall / (precision + recall)
+    return _scorer().score(truth, prediction)["rougeL"].fmeasure
 
 
 def verbatim_records(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTrainedTokenizerBase, text: str,
@@ -97,6 +105,6 @@ def verbatim_records(model: PreTrainedModel | InferenceTimeWHP, tokenizer: PreTr
         for ids, truth in zip(generated, truths[start : start + batch_size], strict=True):
             text_out = tokenizer.decode(ids, skip_special_tokens=True)
             records.append({"continuation": text_out, "truth": truth,
-                            "rouge_l": rouge_l_f1(words(text_out), words(truth))})
+                            "rouge_l": rouge_l(text_out, truth)})
     bar.close()
     return records

@@ -143,10 +143,11 @@ def eval_fingerprint(cfg: Config, model_path: Path, ensemble: bool = False) -> s
                         "model": f"ensemble:{model}:{cfg.labels.alpha}" if ensemble else model})
 
 
-def stage_dir_for(out: Path, *, quick: bool = False, ensemble: bool = False, audit: bool = False) -> Path:
-    """The folder an evaluation writes: `eval`, then `-audit` with `audit`, `-quick` with `quick` and
-    `-ensemble` with `ensemble` (`eval-quick`, `eval-audit-quick-ensemble`)."""
-    return out / (NAME + "-audit" * audit + "-quick" * quick + "-ensemble" * ensemble)
+def stage_dir_for(out: Path, *, quick: bool = False, ensemble: bool = False, audit: bool = False,
+                  muse: bool = False) -> Path:
+    """The folder an evaluation writes: `eval`, then `-muse` with `muse`, `-audit` with `audit`, `-quick` with
+    `quick` and `-ensemble` with `ensemble` (`eval-quick`, `eval-muse-quick`, `eval-audit-quick-ensemble`)."""
+    return out / (NAME + "-muse" * muse + "-audit" * audit + "-quick" * quick + "-ensemble" * ensemble)
 
 
 def run(cfg: Config, out: Path, model_path: Path | None = None, *, progress: bool = True,

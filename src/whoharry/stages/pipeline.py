@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from whoharry.config import Config, to_dict
 from whoharry.core import artifacts, distributed
-from whoharry.core.runlock import LOCK
+from whoharry.core.runlock import FLOCK, LOCK
 from whoharry.errors import WhoharryError
 from whoharry.stages import augment, dictionary, evaluate, labels, probes, reinforce, split, target_files, unlearn
 
@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.yaml"  # the run's resolved config, beside its stages' folders
 # What a run folder holds: the stages' folders (and the lock, its config); anything else means it is not a run.
 RUN_ENTRIES = (split.NAME, reinforce.NAME, dictionary.NAME, augment.NAME, labels.NAME, unlearn.NAME, probes.NAME,
-               "eval-reinforced", LOCK, CONFIG_FILE,
-               *{evaluate.stage_dir_for(Path(), quick=q, ensemble=e, audit=a).name
-                 for q in (False, True) for e in (False, True) for a in (False, True)})
+               "eval-reinforced", LOCK, FLOCK, CONFIG_FILE,
+               *{evaluate.stage_dir_for(Path(), quick=q, ensemble=e, audit=a, muse=m).name
+                 for q in (False, True) for e in (False, True) for a in (False, True) for m in (False, not a)})
 
 log = logging.getLogger(__name__)
 
