@@ -25,7 +25,7 @@ from accelerate import Accelerator
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from whoharry.core import artifacts, distributed
+from whoharry.core import artifacts, distributed, fsdp
 
 if TYPE_CHECKING:
     from torch.optim.lr_scheduler import LRScheduler
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BEST_FILE = "best.safetensors"
+Trained = tuple[torch.nn.Module, torch.optim.Optimizer]  # what torch's own FSDP checkpoints: model, optimizer
 
 
 @dataclass
@@ -55,7 +56,7 @@ class BestWeights:
         if not loss < self.loss:
             return False
         if distributed.sharded():
-            state = acc.get_state_dict(wrapped)  # gathered into the main process
+            state = fsdp.gathered(acc, wrapped)  # gathered into the main process
         elif acc.is_main_process:  # the others hold the same weights: one copy is written
             model = acc.unwrap_model(wrapped)
             state = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
@@ -128,17 +129,21 @@ def _link(source: Path, target: Path) -> None:
 
 
 def save(root: Path, step: int, run_key: str, acc: Accelerator, scheduler: LRScheduler, keep: int,
-         best: BestWeights | None = None) -> None:
-    """`root/step-N/`: accelerate's state (weights, optimizer, RNG of every process), the best weights'
-    link, then `state.json` with the scheduler last; every process takes part (sharded weights save in
-    shards). The oldest checkpoints beyond `keep` are deleted."""
+         best: BestWeights | None = None, trained: Trained | None = None) -> None:
+    """`root/step-N/`: accelerate's state (weights, optimizer, RNG of every process), or with torch's own
+    FSDP (`distributed.torch_fsdp`) the shards of the model and optimizer `trained` names (`fsdp.save`); the
+    best weights' link, then `state.json` with the scheduler last; every process takes part (sharded
+    weights save in shards). The oldest checkpoints beyond `keep` are deleted."""
     final = root / f"step-{step}"
     tmp = artifacts.temporary_name(final)
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp), safe_serialization=True)
+    if trained is not None and distributed.torch_fsdp():
+        fsdp.save(tmp, *trained)
+    else:
+        acc.save_state(str(tmp), safe_serialization=True)
     acc.wait_for_everyone()
     if acc.is_main_process:
         state = {"step": step, "run_key": run_key, "processes": acc.num_processes, "scheduler": scheduler.state_dict()}
@@ -162,10 +167,11 @@ def complete(root: Path) -> list[tuple[int, Path]]:
     return found
 
 
-def resume(root: Path, run_key: str, acc: Accelerator, scheduler: LRScheduler, best: BestWeights | None = None
-           ) -> int:
-    """Load the newest complete checkpoint made with the same settings and number of processes, and with
-    `best` the best weights it knew; return its step (0 if none: then `best` starts empty)."""
+def resume(root: Path, run_key: str, acc: Accelerator, scheduler: LRScheduler, best: BestWeights | None = None,
+           trained: Trained | None = None) -> int:
+    """Load the newest complete checkpoint made with the same settings and number of processes (with
+    torch's own FSDP, into the model and optimizer `trained` names), and with `best` the best weights it
+    knew; return its step (0 if none: then `best` starts empty)."""
     for step, path in sorted(complete(root), reverse=True):
         try:
             state = json.loads((path / "state.json").read_text(encoding="utf-8"))
@@ -177,7 +183,10 @@ def resume(root: Path, run_key: str, acc: Accelerator, scheduler: LRScheduler, b
         if best is not None and not best.restore(path, state.get("best"), acc):
             log.info("ignoring %s: the best weights it names are missing", path)
             continue
-        acc.load_state(str(path))
+        if trained is not None and fsdp.saved(path):
+            fsdp.load(path, *trained)
+        else:
+            acc.load_state(str(path))
         scheduler.load_state_dict(state["scheduler"])
         return step
     if best is not None:

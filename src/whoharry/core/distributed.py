@@ -10,6 +10,7 @@ process every function here is a plain call.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from typing import Any
@@ -48,7 +49,15 @@ def device() -> torch.device:
 
 def sharded() -> bool:
     """Whether the weights are split across processes (FSDP or DeepSpeed ZeRO), not copied (DDP)."""
-    return state().distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    return state().distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED) or torch_fsdp()
+
+
+def torch_fsdp() -> bool:
+    """Whether the training loop shards the model itself with torch's FSDP 2 (`core.fsdp`): the launcher
+    asked for FSDP (`ACCELERATE_USE_FSDP`, which `accelerate launch --use_fsdp` sets) and accelerate runs
+    the processes as plain multi-CPU ones, as it does on a machine without a GPU."""
+    asked = os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    return asked and world() > 1 and state().distributed_type == DistributedType.MULTI_CPU
 
 
 def barrier() -> None:

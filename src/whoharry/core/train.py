@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from whoharry.config import TrainConfig, to_dict
-from whoharry.core import artifacts, checkpoints, distributed, models, validation
+from whoharry.core import artifacts, checkpoints, distributed, fsdp, models, validation
 from whoharry.errors import WhoharryError
 from whoharry.method.objectives import IGNORE, Objective, causal_lm_loss
 
@@ -245,14 +245,19 @@ def train(
     best = checkpoints.BestWeights(stage_dir / "checkpoints") if cfg.select_best else None
     labelled = (labels[:, 1:] != IGNORE).sum(dim=1)  # tokens each block contributes to the loss
     model = prepare_model(model, cfg)
+    by_torch = distributed.torch_fsdp()  # accelerate dropped the FSDP asked for: torch's own (core.fsdp)
+    if by_torch:
+        fsdp.shard(model, models.autocast_dtype(cfg.precision, acc.device))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.weight_decay)
     # the scheduler is stepped here once per optimizer step, so accelerate is not given it
     scheduler = get_linear_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * steps), steps)
     if acc.state.deepspeed_plugin is not None:  # no data loader to read the batch size from
         acc.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
-    wrapped, optimizer = acc.prepare(model, optimizer)
-    start = checkpoints.resume(stage_dir / "checkpoints", run_key, acc, scheduler, best)
+    # a model torch shards is not given to accelerate, which would wrap it in DDP as well
+    wrapped, optimizer = (model, acc.prepare(optimizer)) if by_torch else acc.prepare(model, optimizer)
+    shards = (wrapped, optimizer) if by_torch else None  # what torch's own FSDP checkpoints
+    start = checkpoints.resume(stage_dir / "checkpoints", run_key, acc, scheduler, best, shards)
     metrics_path = stage_dir / "metrics.jsonl"
     if start:
         log.info("%s: resuming from checkpoint step-%d", desc, start)
@@ -322,7 +327,8 @@ def train(
             on_step(done)
             wrapped.train()
         if cfg.save_every and done % cfg.save_every == 0 and done < steps:
-            checkpoints.save(stage_dir / "checkpoints", done, run_key, acc, scheduler, cfg.keep_checkpoints, best)
+            checkpoints.save(stage_dir / "checkpoints", done, run_key, acc, scheduler, cfg.keep_checkpoints, best,
+                             shards)
     bar.close()
     if cfg.log_with:
         acc.end_training()
@@ -361,7 +367,7 @@ def _save_final(acc: Accelerator, wrapped: torch.nn.Module, tokenizer: PreTraine
     if chosen and distributed.sharded():
         state_dict = best_state
     else:
-        state_dict = acc.get_state_dict(wrapped) if distributed.sharded() else None  # every process gathers
+        state_dict = fsdp.gathered(acc, wrapped) if distributed.sharded() else None  # every process gathers
     model = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
     if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the weights
         _untie_adapted(model)
