@@ -62,10 +62,15 @@ def test_bad_tables_fail_with_one_line_naming_the_place(tmp_path):
     bad.write_text('{"text": "fine"}\n\n{"text": "also fine"}\n{"text": oops}\n', encoding="utf-8")
     with pytest.raises(WhoharryError, match=r"bad\.jsonl:4: not valid JSON"):
         read_text(bad)
-    numbers = write_table(tmp_path / "n.parquet", ["a"])
-    datasets.Dataset.from_dict({"text": ["one", None, "three"]}).to_parquet(str(numbers))
-    with pytest.raises(WhoharryError, match="row 2 of column 'text' is not text"):
+    numbers = tmp_path / "n.parquet"
+    datasets.Dataset.from_dict({"text": [1, 2]}).to_parquet(str(numbers))
+    with pytest.raises(WhoharryError, match=r"row 1 of column 'text' is not text \(int\)"):
         read_text(numbers)
+    datasets.Dataset.from_dict({"text": ["one", None, "three"]}).to_parquet(str(numbers))
+    assert read_text(numbers) == "one\n\nthree"  # an empty cell is skipped like a blank one
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(WhoharryError, match="is empty"):
+        read_text(tmp_path / "empty.jsonl")
     (tmp_path / "plain").mkdir()
     with pytest.raises(WhoharryError, match="not a saved dataset"):
         read_text(tmp_path / "plain")
@@ -181,3 +186,19 @@ def test_a_parquet_retain_text_joins_the_unlearning_data(project, tiny_model_dir
     assert result.exit_code == 0, result.output
     manifest = json.loads((project / "run" / "unlearn" / "manifest.json").read_text())
     assert manifest["summary"]["retain_blocks"] > 0
+
+
+def test_anchors_check_and_suggest_read_tables_and_hub_ids_as_the_run_does(tmp_path):
+    import yaml
+
+    from .conftest import ANCHORS
+
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(ANCHORS), encoding="utf-8")
+    write_table(tmp_path / "t.jsonl", ROWS, column="body")
+    result = runner.invoke(app, ["anchors", "check", str(tmp_path / "a.yaml"), "--text", str(tmp_path / "t.jsonl"),
+                                 "--set", "data.text_column=body", "--set", "model.name=/nonexistent"])
+    assert result.exit_code == 0, result.output
+    assert "Hogwarts" in result.output
+    hub = runner.invoke(app, ["anchors", "suggest", "--out", str(tmp_path / "s.yaml"), "--text", "hf:someone/none",
+                              "--reinforced", str(tmp_path)])
+    assert hub.exit_code == 2 and "hub dataset 'someone/none'" in hub.output, hub.output

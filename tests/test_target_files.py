@@ -428,3 +428,16 @@ def test_the_demo_summary_is_left_out_for_another_target_or_named_in_a_warning(t
     cfg.target_files.make = "never"
     kept = target_files.plan(cfg)
     assert kept.cleared == [] and any("eval.prompts.summary" in warning for warning in kept.warnings)
+
+
+def test_a_folder_made_from_a_text_of_ones_own_needs_that_text_named_again(tmp_path):
+    out = tmp_path / "run"
+    (out / "split").mkdir(parents=True)
+    (out / "split" / "manifest.json").write_text(json.dumps({"status": "complete", "inputs": {"target": "/b/oz.txt"}}))
+    for command in (["eval"], ["unlearn"], ["run"], ["eval", "--muse", "--quick"]):
+        result = runner.invoke(app, [*command, "--out", str(out), "-q"])
+        assert result.exit_code == 2, (command, result.output)
+        assert f"{out} was made from /b/oz.txt by `whoharry run --target`; name it again (--target /b/oz.txt" \
+            in result.output
+    named = runner.invoke(app, ["eval", "--out", str(out), "-q", "--set", "data.target=/b/none.txt"])
+    assert "was made from" not in named.output  # named: it goes on (and fails later, on the missing file)

@@ -43,13 +43,20 @@ def test_tensorboard_gets_each_step_beside_metrics_jsonl(tokenizer, tmp_path):
     assert "val_loss" in scalars.Tags()["scalars"]  # the validation figures go too
 
 
-def test_a_tracker_that_is_not_installed_is_one_error(tokenizer, tmp_path, monkeypatch):
+def test_a_tracker_that_is_not_installed_is_one_error_before_any_stage(tokenizer, tmp_path, monkeypatch):
+    import importlib.util
+
     from accelerate import tracking
 
     monkeypatch.setattr(tracking, "is_wandb_available", lambda: False)
     monkeypatch.setattr("accelerate.utils.is_wandb_available", lambda: False)
-    with pytest.raises(WhoharryError, match="log_with wandb"):
+    with pytest.raises(WhoharryError, match="log_with wandb"):  # the loop's own check, if the config's passed
         _train(tokenizer, tmp_path / "w", log_with=["wandb"])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(WhoharryError, match=r"unlearn.log_with wandb: not installed; pip install wandb"):
+        load_config(None, ["unlearn.log_with=[wandb]"])  # at config time, before any stage runs
+    assert load_config(None, ["unlearn.log_with=[tensorboard]"]).unlearn.log_with == ["tensorboard"]
 
 
 def test_save_dtype_writes_bf16_weights_once_each_and_leaves_the_model_in_fp32(tokenizer, tmp_path):
@@ -76,9 +83,9 @@ def test_trackers_leave_stage_keys_alone_and_save_dtype_enters_them_when_set(tmp
     assert reinforce.key(cfg) == plain
     cfg.reinforce.save_dtype = "bf16"
     assert reinforce.key(cfg) != plain and train_key(cfg.reinforce)["save_dtype"] == "bf16"
-    (tmp_path / "c.yaml").write_text("unlearn:\n  log_with: [tensorboard, wandb]\n  save_dtype: bf16\n")
+    (tmp_path / "c.yaml").write_text("unlearn:\n  log_with: [tensorboard]\n  save_dtype: bf16\n")
     loaded = load_config(tmp_path / "c.yaml")
-    assert loaded.unlearn.log_with == ["tensorboard", "wandb"] and loaded.unlearn.save_dtype == "bf16"
+    assert loaded.unlearn.log_with == ["tensorboard"] and loaded.unlearn.save_dtype == "bf16"
     with pytest.raises(WhoharryError, match="must be one of"):
         load_config(tmp_path / "c.yaml", ["unlearn.log_with=[neptune]"])
 
@@ -103,6 +110,7 @@ def test_push_uploads_the_final_folder_with_its_card_and_never_reaches_the_hub_h
     class Commit:
         commit_url = "https://huggingface.co/me/forgetful/commit/abc"
 
+    monkeypatch.setenv("HF_TOKEN", "hf_test")  # never sent: the upload calls are stubbed
     monkeypatch.setattr(HfApi, "create_repo", lambda self, repo, **kw: calls.append(("create", repo, kw)))
     monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)) or Commit())
     final = _finished_run(tmp_path / "run")
@@ -126,4 +134,12 @@ def test_push_uploads_the_final_folder_with_its_card_and_never_reaches_the_hub_h
     result = CliRunner().invoke(app, ["push", str(tmp_path / "run"), "--repo", "me/forgetful"])
     assert result.exit_code == 2 and "no model card" in result.output
     result = CliRunner().invoke(app, ["push", str(tmp_path / "nothing"), "--repo", "me/forgetful"])
+    assert result.exit_code == 2 and "run folder not found" in result.output
+    (tmp_path / "unfinished" / "unlearn").mkdir(parents=True)
+    result = CliRunner().invoke(app, ["push", str(tmp_path / "unfinished"), "--repo", "me/forgetful"])
     assert result.exit_code == 2 and "holds no finished unlearned model" in result.output
+    (final / "README.md").write_text("# card\n")
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    result = CliRunner().invoke(app, ["push", str(tmp_path / "run"), "--repo", "me/forgetful"])
+    assert result.exit_code == 2 and "no Hugging Face token" in result.output

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from whoharry.anchors.dictionary import Anchors, function_word_values, load_anchors
-from whoharry.config import MatchOrder, ModelConfig
-from whoharry.core.text import read_text
+from whoharry.config import DataConfig, MatchOrder, ModelConfig
+from whoharry.core.text import read_target, read_text
 from whoharry.errors import WhoharryError
 
 if TYPE_CHECKING:
@@ -113,9 +113,10 @@ def check(anchors: Anchors, text: str, tokenizer: PreTrainedTokenizerBase | None
 
 
 def check_file(anchors_path: Path, text_path: Path, model: ModelConfig,
-               order: MatchOrder = "longest") -> CheckReport:
-    """`check` of a dictionary file against a text file, counting tokens with the model's tokenizer when it
-    can be loaded (a warning, and no token coverage, when it cannot).
+               order: MatchOrder = "longest", data: DataConfig | None = None) -> CheckReport:
+    """`check` of a dictionary file against a text (any source `core.text.read_text` takes, read with the
+    text column and download setting of `data` when given), counting tokens with the model's tokenizer
+    when it can be loaded (a warning, and no token coverage, when it cannot).
 
     Raises:
         WhoharryError: an unreadable dictionary or text.
@@ -123,7 +124,7 @@ def check_file(anchors_path: Path, text_path: Path, model: ModelConfig,
     from whoharry.core import models
 
     dictionary = load_anchors(anchors_path)
-    target = read_text(text_path)
+    target = read_target(data, text_path) if data is not None else read_text(text_path)
     try:
         tokenizer = models.load_tokenizer(models.resolve(model), model)
     except WhoharryError as exc:

@@ -19,6 +19,7 @@ from whoharry.cli.common import (
     resolve_config,
     setup,
 )
+from whoharry.core.corpus import is_hub
 from whoharry.errors import WhoharryError
 
 
@@ -216,7 +217,7 @@ def anchors_suggest(
                      *([f"anchors.top={top}"] if top else [])]
         cfg = resolve_config(config, overrides, None, None)
         if text is not None:
-            cfg.data.target = text.resolve()
+            cfg.data.target = text if is_hub(text) else text.resolve()
         _new_file(out, overwrite)
         if llm:
             typer.echo(f"wrote {suggest.suggest_with_llm(cfg, out)} terms from the LLM to {out}")
@@ -276,7 +277,7 @@ def anchors_check(
         target = text or cfg.data.target
         if json_out is not None and json_out.resolve() in (anchors.resolve(), target.resolve()):
             raise WhoharryError(f"--json {json_out} is an input of the check; write the report elsewhere")
-        report = check.check_file(anchors, target, cfg.model, cfg.labels.match_order)
+        report = check.check_file(anchors, target, cfg.model, cfg.labels.match_order, data=cfg.data)
         if json_out is not None:
             artifacts.write_json(json_out, report.as_dict())
         typer.echo(check.render(report))

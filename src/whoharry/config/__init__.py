@@ -8,6 +8,7 @@ folder, `--set` paths against the current directory) is `whoharry.core.settings`
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,13 @@ class TrainConfig:
         require(self.max_steps is None or self.max_steps >= 1, f"{prefix}max_steps must be >= 1")
         require(bool(self.lora_target_modules), f"{prefix}lora_target_modules must name at least one module")
         require(self.validation_share > 0 or not self.select_best, f"{prefix}select_best needs validation_share > 0")
+        missing = [name for name in self.log_with if not any(importlib.util.find_spec(module)
+                                                             for module in TRACKER_MODULES.get(name, (name,)))]
+        require(not missing, f"{prefix}log_with {', '.join(missing)}: not installed; pip install {' '.join(missing)}")
 
+
+# the modules accelerate imports for a tracker (the others are named as their package)
+TRACKER_MODULES = {"tensorboard": ("tensorboard", "tensorboardX")}
 
 DEFAULT_TEMPLATES = [
     "Wiki entry: {key}\n\n{key}",

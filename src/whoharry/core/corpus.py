@@ -63,7 +63,7 @@ def _snapshot(name: str, *, allow_download: bool) -> Path | None:
 
 
 @contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """`datasets` without its own progress bars (restored afterwards)."""
     import datasets
     from datasets.utils import logging as ds_logging
@@ -71,7 +71,7 @@ def _quiet() -> Iterator[None]:
     was_off = datasets.are_progress_bars_disabled()
     level = ds_logging.get_verbosity()
     datasets.disable_progress_bars()
-    ds_logging.set_verbosity_error()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)  # its parse errors become ours, in one line
     try:
         yield
     finally:
@@ -92,7 +92,7 @@ def load_table(path: Path, what: str, *, allow_download: bool = False) -> Datase
     """
     import datasets
 
-    with _quiet():
+    with quiet():
         if is_hub(path):
             name, split = hub_name(path)
             local = _snapshot(name, allow_download=allow_download)
@@ -112,6 +112,8 @@ def load_table(path: Path, what: str, *, allow_download: bool = False) -> Datase
             return _one_split(datasets.load_from_disk(str(path)), path, what)
         if not path.is_file():
             raise WhoharryError(f"{what} not found: {path}")
+        if not path.read_bytes().strip():
+            raise WhoharryError(f"{what} {path} is empty")
         builder = BUILDERS[path.suffix.lower()]
         try:
             return datasets.load_dataset(builder, data_files=str(path), split="train")
@@ -158,7 +160,7 @@ def _first_bad_line(path: Path) -> None:
 
 
 def table_texts(table: Dataset, column: str, path: Path, what: str) -> list[str]:
-    """The non-blank values of a text column, in row order.
+    """The non-blank values of a text column, in row order (empty cells skipped like blank ones).
 
     Raises:
         WhoharryError: no such column (the columns there are named), a value that is not a string (by row
@@ -169,6 +171,8 @@ def table_texts(table: Dataset, column: str, path: Path, what: str) -> list[str]
                             "name the text column with data.text_column")
     texts = []
     for number, value in enumerate(table[column], start=1):
+        if value is None:  # an empty cell, as a blank one
+            continue
         if not isinstance(value, str):
             raise WhoharryError(f"{what} {path}: row {number} of column {column!r} is not text "
                                 f"({type(value).__name__})")

@@ -19,9 +19,11 @@ def pushable(run: Path) -> Path:
     """The unlearned model folder of a finished run (`run/unlearn/final`), checked before anything is sent.
 
     Raises:
-        WhoharryError: the unlearn stage has not finished (no complete manifest), or its folder lacks the
-            weights' config or the model card.
+        WhoharryError: no such folder; the unlearn stage has not finished (no complete manifest), or its
+            folder lacks the weights' config or the model card.
     """
+    if not run.is_dir():
+        raise WhoharryError(f"run folder not found: {run}")
     manifest = artifacts.read_json_object(run / "unlearn" / "manifest.json") or {}
     folder = run / "unlearn" / "final"
     if manifest.get("status") != "complete" or not (folder / "config.json").is_file():
@@ -46,13 +48,15 @@ def push_folder(folder: Path, repo: str, *, private: bool = False, token: str | 
         The URL of the commit (a str).
 
     Raises:
-        WhoharryError: a repository id that is not OWNER/NAME, or any refusal of the hub (no token, no
+        WhoharryError: a repository id that is not OWNER/NAME, no token, or any refusal of the hub (no token, no
             rights, no network), in one line.
     """
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, get_token
 
     if not REPO_ID.match(repo):
         raise WhoharryError(f"--repo {repo!r}: give OWNER/NAME")
+    if token is None and get_token() is None:
+        raise WhoharryError("no Hugging Face token: run `huggingface-cli login` or set HF_TOKEN")
     api = HfApi(token=token)
     try:
         api.create_repo(repo, private=private, exist_ok=True, repo_type="model")

@@ -49,6 +49,22 @@ def check_out_dir(out: Path) -> None:
             )
 
 
+def check_own_text(out: Path, *, named: bool) -> None:
+    """A run folder that `whoharry run --target FILE` made from a text of the user's own (it holds `split/`)
+    is worked on only with that text named (`named`: by --target, a --config file or --set data.target):
+    without it, the shipped configuration would put the demo's target and files in its place.
+
+    Raises:
+        WhoharryError: the folder holds a finished split and nothing names the target.
+    """
+    manifest = artifacts.read_json_object(out / split.NAME / "manifest.json")
+    if named or not manifest:
+        return
+    target = (manifest.get("inputs") or {}).get("target", "its target")
+    raise WhoharryError(f"{out} was made from {target} by `whoharry run --target`; name it again (--target {target}, "
+                        f"or --config {out / CONFIG_FILE}), or choose another --out")
+
+
 def training_stages(cfg: Config) -> list[Stage]:
     """The training stages `whoharry run` goes through, in order, for the configured method."""
     if cfg.forget.method != "whp":

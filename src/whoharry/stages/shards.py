@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from whoharry.anchors.dictionary import Anchors
-from whoharry.core import artifacts
+from whoharry.core import artifacts, corpus
 from whoharry.core.text import Blocks
 from whoharry.errors import WhoharryError
 from whoharry.method.objectives import IGNORE
@@ -213,7 +213,7 @@ def save_dataset(path: Path, label_set: LabelSet) -> None:
     features = Features({"input_ids": column, "labels": column, "attention_mask": column})
     data = {"input_ids": label_set.input_ids.tolist(), "labels": label_set.labels.tolist(),
             "attention_mask": torch.ones_like(label_set.input_ids).tolist()}
-    with artifacts.atomic_path(path) as tmp:
+    with artifacts.atomic_path(path) as tmp, corpus.quiet():
         Dataset.from_dict(data, features=features).save_to_disk(str(tmp))
 
 
