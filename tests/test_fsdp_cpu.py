@@ -112,3 +112,23 @@ def test_fsdp_on_two_cpu_processes_killed_and_resumed_gives_the_weights_of_one_p
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5)
     assert not (stage / "checkpoints").exists()
+
+
+def test_a_checkpoint_of_the_other_kind_of_launch_is_not_resumed(tmp_path):
+    """torch's FSDP shards and accelerate's states are told apart: a rerun launched the other way starts
+    afresh instead of loading half a checkpoint."""
+    from accelerate import Accelerator
+
+    from whoharry.core import checkpoints
+
+    acc = Accelerator(cpu=True)
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    root = tmp_path / "checkpoints"
+    (root / "step-3").mkdir(parents=True)
+    for written_by_torch, trained in ((True, None), (False, (model, optimizer))):
+        state = {"step": 3, "run_key": "k", "processes": 1, "scheduler": scheduler.state_dict(),
+                 "torch_fsdp": written_by_torch}
+        (root / "step-3" / "state.json").write_text(json.dumps(state))
+        assert checkpoints.resume(root, "k", acc, scheduler, trained=trained) == 0

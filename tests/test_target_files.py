@@ -434,10 +434,18 @@ def test_a_folder_made_from_a_text_of_ones_own_needs_that_text_named_again(tmp_p
     out = tmp_path / "run"
     (out / "split").mkdir(parents=True)
     (out / "split" / "manifest.json").write_text(json.dumps({"status": "complete", "inputs": {"target": "/b/oz.txt"}}))
-    for command in (["eval"], ["unlearn"], ["run"], ["eval", "--muse", "--quick"]):
+    for command in (["eval"], ["run"], ["eval", "--muse", "--quick"], ["unlearn"], ["reinforce"]):
         result = runner.invoke(app, [*command, "--out", str(out), "-q"])
         assert result.exit_code == 2, (command, result.output)
-        assert f"{out} was made from /b/oz.txt by `whoharry run --target`; name it again (--target /b/oz.txt" \
-            in result.output
-    named = runner.invoke(app, ["eval", "--out", str(out), "-q", "--set", "data.target=/b/none.txt"])
-    assert "was made from" not in named.output  # named: it goes on (and fails later, on the missing file)
+        way = "--target /b/oz.txt" if command[0] in ("eval", "run") else "--set data.target=/b/oz.txt"
+        assert f"{out} was made from /b/oz.txt by `whoharry run --target`; name that text again ({way}), or " \
+            in result.output, result.output
+    (out / "config.yaml").write_text("data:\n  target: /b/train.txt\n")
+    result = runner.invoke(app, ["labels", "--out", str(out), "-q"])
+    assert f"(--set data.target=/b/oz.txt or --config {out / 'config.yaml'})" in result.output
+    for named in (["--set", "data.target=/b/none.txt"], ["--config", str(out / "config.yaml")]):
+        result = runner.invoke(app, ["labels", "--out", str(out), "-q", *named])
+        assert "was made from" not in result.output  # named: it goes on (and fails later, on the missing file)
+    (tmp_path / "tweak.yaml").write_text("seed: 3\n")  # a config that does not name the target
+    result = runner.invoke(app, ["labels", "--out", str(out), "-q", "--config", str(tmp_path / "tweak.yaml")])
+    assert result.exit_code == 2 and "was made from" in result.output

@@ -141,9 +141,8 @@ def stage_command(func: Callable[..., Callable[[], str]]) -> Callable[..., None]
         setup(opts.quiet or not distributed.is_main())
 
         def body() -> None:
-            named = (opts.config is not None or kwargs.get("target") is not None
-                     or any(item.startswith("data.target=") for item in opts.overrides))
-            pipeline.check_own_text(opts.out, named=named)
+            named = kwargs.get("target") is not None or "data.target" in opts.given()
+            pipeline.check_own_text(opts.out, named=named, own_option="target" in kwargs)
             action = func(opts, **kwargs)
             pipeline.check_out_dir(opts.out)
             with distributed.main_holds(lambda: runlock.hold(opts.out)):

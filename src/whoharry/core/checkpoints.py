@@ -146,7 +146,8 @@ def save(root: Path, step: int, run_key: str, acc: Accelerator, scheduler: LRSch
         acc.save_state(str(tmp), safe_serialization=True)
     acc.wait_for_everyone()
     if acc.is_main_process:
-        state = {"step": step, "run_key": run_key, "processes": acc.num_processes, "scheduler": scheduler.state_dict()}
+        state = {"step": step, "run_key": run_key, "processes": acc.num_processes, "scheduler": scheduler.state_dict(),
+                 "torch_fsdp": trained is not None and distributed.torch_fsdp()}
         if best is not None:
             state["best"] = best.record(tmp)
         (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
@@ -179,6 +180,9 @@ def resume(root: Path, run_key: str, acc: Accelerator, scheduler: LRScheduler, b
             continue
         if state.get("run_key") != run_key or state.get("processes", 1) != acc.num_processes:
             log.info("ignoring %s: made with other settings or another number of processes", path)
+            continue
+        if state.get("torch_fsdp", False) != (trained is not None):  # shards of torch's FSDP, or accelerate's state
+            log.info("ignoring %s: written by another kind of launch (torch's FSDP or not)", path)
             continue
         if best is not None and not best.restore(path, state.get("best"), acc):
             log.info("ignoring %s: the best weights it names are missing", path)

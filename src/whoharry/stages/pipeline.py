@@ -49,20 +49,24 @@ def check_out_dir(out: Path) -> None:
             )
 
 
-def check_own_text(out: Path, *, named: bool) -> None:
-    """A run folder that `whoharry run --target FILE` made from a text of the user's own (it holds `split/`)
-    is worked on only with that text named (`named`: by --target, a --config file or --set data.target):
-    without it, the shipped configuration would put the demo's target and files in its place.
+def check_own_text(out: Path, *, named: bool, own_option: bool = False) -> None:
+    """A run folder that `whoharry run --target FILE` made from a text of the user's own (it holds a finished
+    `split/`) is worked on only with that text named (`named`: by --target, or data.target in a --config
+    file or --set): without it, the shipped configuration would put the demo's target and files in its
+    place. `own_option`: the command has a --target option of its own (run, eval).
 
     Raises:
         WhoharryError: the folder holds a finished split and nothing names the target.
     """
     manifest = artifacts.read_json_object(out / split.NAME / "manifest.json")
-    if named or not manifest:
+    if named or not manifest or manifest.get("status") != "complete":
         return
     target = (manifest.get("inputs") or {}).get("target", "its target")
-    raise WhoharryError(f"{out} was made from {target} by `whoharry run --target`; name it again (--target {target}, "
-                        f"or --config {out / CONFIG_FILE}), or choose another --out")
+    ways = [f"--target {target}" if own_option else f"--set data.target={target}"]
+    if (out / CONFIG_FILE).is_file():
+        ways.append(f"--config {out / CONFIG_FILE}")
+    raise WhoharryError(f"{out} was made from {target} by `whoharry run --target`; name that text again "
+                        f"({' or '.join(ways)}), or choose another --out")
 
 
 def training_stages(cfg: Config) -> list[Stage]:
