@@ -131,7 +131,7 @@ def _link(source: Path, target: Path) -> None:
 def save(root: Path, step: int, run_key: str, acc: Accelerator, scheduler: LRScheduler, keep: int,
          best: BestWeights | None = None, trained: Trained | None = None) -> None:
     """`root/step-N/`: accelerate's state (weights, optimizer, RNG of every process), or with torch's own
-    FSDP (`distributed.torch_fsdp`) the shards of the model and optimizer `trained` names (`fsdp.save`); the
+    FSDP (`trained` given only then) the shards of the model and optimizer it names (`fsdp.save`); the
     best weights' link, then `state.json` with the scheduler last; every process takes part (sharded
     weights save in shards). The oldest checkpoints beyond `keep` are deleted."""
     final = root / f"step-{step}"
@@ -140,14 +140,14 @@ def save(root: Path, step: int, run_key: str, acc: Accelerator, scheduler: LRSch
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     acc.wait_for_everyone()
-    if trained is not None and distributed.torch_fsdp():
+    if trained is not None:
         fsdp.save(tmp, *trained)
     else:
         acc.save_state(str(tmp), safe_serialization=True)
     acc.wait_for_everyone()
     if acc.is_main_process:
         state = {"step": step, "run_key": run_key, "processes": acc.num_processes, "scheduler": scheduler.state_dict(),
-                 "torch_fsdp": trained is not None and distributed.torch_fsdp()}
+                 "torch_fsdp": trained is not None}
         if best is not None:
             state["best"] = best.record(tmp)
         (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
@@ -187,7 +187,7 @@ def resume(root: Path, run_key: str, acc: Accelerator, scheduler: LRScheduler, b
         if best is not None and not best.restore(path, state.get("best"), acc):
             log.info("ignoring %s: the best weights it names are missing", path)
             continue
-        if trained is not None and fsdp.saved(path):
+        if trained is not None:
             fsdp.load(path, *trained)
         else:
             acc.load_state(str(path))

@@ -112,7 +112,7 @@ def load_table(path: Path, what: str, *, allow_download: bool = False) -> Datase
             return _one_split(datasets.load_from_disk(str(path)), path, what)
         if not path.is_file():
             raise WhoharryError(f"{what} not found: {path}")
-        if not path.read_bytes().strip():
+        if _blank(path):
             raise WhoharryError(f"{what} {path} is empty")
         builder = BUILDERS[path.suffix.lower()]
         try:
@@ -122,6 +122,12 @@ def load_table(path: Path, what: str, *, allow_download: bool = False) -> Datase
                 _first_bad_line(path)
             raise WhoharryError(f"{what} {path} cannot be read as {builder.upper()}: "
                                 f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def _blank(path: Path) -> bool:
+    """Whether a file holds nothing but whitespace, read in 64 KiB chunks up to its first other byte."""
+    with open(path, "rb") as handle:
+        return not any(chunk.strip() for chunk in iter(lambda: handle.read(1 << 16), b""))
 
 
 def _one_split(loaded: Any, path: Path, what: str) -> Dataset:
@@ -224,12 +230,11 @@ def source_hash(path: Path, *, allow_download: bool = False) -> str:
     return "missing"
 
 
-
 def source_bytes(path: Path) -> int:
     """The size on disk of a source, in bytes: a file's, or the sum of a folder's files; 0 for a hub
     dataset or nothing there."""
     if path.is_file():
         return path.stat().st_size
-    if path.is_dir() and not is_hub(path):
+    if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     return 0

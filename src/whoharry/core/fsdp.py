@@ -113,8 +113,3 @@ def gathered(acc: Accelerator, wrapped: torch.nn.Module) -> dict[str, torch.Tens
         for name in present[1:]:
             state[name] = state[present[0]]  # one tensor again, so the folder holds it once
     return state
-
-
-def saved(folder: Path) -> bool:
-    """Whether a checkpoint folder holds sharded weights written by `save`."""
-    return (folder / SHARDS_DIR / ".metadata").is_file()

@@ -48,7 +48,7 @@ def push_folder(folder: Path, repo: str, *, private: bool = False, token: str | 
         The URL of the commit (a str).
 
     Raises:
-        WhoharryError: a repository id that is not OWNER/NAME, no token, or any refusal of the hub (no token, no
+        WhoharryError: a repository id that is not OWNER/NAME, no token, or any refusal of the hub (no
             rights, no network), in one line.
     """
     from huggingface_hub import HfApi, get_token

@@ -16,12 +16,12 @@ from pathlib import Path
 
 from whoharry.config import Config
 from whoharry.core import artifacts, corpus
+from whoharry.core.hub import CARD
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CARD", "CONFIG_COPY", "MANIFEST_COPY", "write_card"]
 
-CARD = "README.md"
 CONFIG_COPY = "whoharry_config.yaml"
 MANIFEST_COPY = "whoharry_manifest.json"
 # the hub repositories of the embedded models (`core.models.ALIASES`), for the card's `base_model`
