@@ -14,6 +14,9 @@ the hand-written probes; print one JSON object.
 4. Each run's base, reinforced and unlearned models are scored on the hand-written probes (`--probes`),
    which the generated files never saw, and on the target-only run's generated test probes.
 
+`--seed N` runs both with seed N (the split, the fine-tunes' order, the dictionary's and the labels' draws,
+the probes' dev/test halves), to see how far the comparison moves with the draws alone.
+
 The JSON holds, per run: wall and stage seconds, the base-model evaluation parts read from the shared cache
 (`base_parts_read`: figures of general text that an earlier run of the same model computed), the general
 figures of the run's report (unlearned/base) against the default run's targets (`scripts/bench_quality.py`),
@@ -141,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "target-bench")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting of the target-only run, as `whoharry run --set` (repeatable)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="the seed of both runs (split, fine-tunes, dictionary, probes); the config's when absent")
     args = parser.parse_args(argv)
 
     import pandas  # installed with datasets
@@ -149,10 +154,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     setup(quiet=True)
     book = cut_book(args.book, args.tokens, args.out)
-    runs = {"target-only": run("target-only", [f"data.target={book}", *args.set], args.out)}
+    seed = [] if args.seed is None else [f"seed={args.seed}"]
+    runs = {"target-only": run("target-only", [f"data.target={book}", *seed, *args.set], args.out)}
     if args.anchors is not None:
         runs["hand-written"] = run("hand-written", [f"data.target={book}", f"data.anchors={args.anchors.resolve()}",
-                                                     f"eval.probes.target={args.probes.resolve()}"], args.out)
+                                                     f"eval.probes.target={args.probes.resolve()}", *seed], args.out)
     if args.reference is not None:
         if not (args.reference / "eval" / "report.json").is_file():
             parser.error(f"--reference {args.reference}: not a finished run folder")
@@ -162,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
                                 "stage_seconds": stage_seconds(args.reference),
                                 "config": load_config(ROOT / "configs" / "default.yaml")}
     generated = args.out / "target-only" / "probes" / "probes_test.jsonl"
-    result: dict = {"book": str(args.book), "tokens": args.tokens, "runs": {}}
+    result: dict = {"book": str(args.book), "tokens": args.tokens, "seed": runs["target-only"]["config"].seed,
+                    "runs": {}}
     pairs, per_probe = [], {}
     for name, info in runs.items():
         cfg = info.pop("config")

@@ -253,3 +253,76 @@ def test_the_fragment_of_a_contraction_is_never_a_term():
     assert "don" not in found and "Don" not in found and "didn" not in found
     assert found["Holmes"].count == 4  # a possessive is still its name
     assert found["donkey"].count == 2 and found["college"].count == 2
+
+
+def _expecting(tokenizer, weights: dict[str, float]):
+    """A stand-in for `next_word_probs`: the given probability on each name's first token."""
+    probs = torch.full((len(tokenizer),), 1e-6)
+    for name, weight in weights.items():
+        probs[tokenizer(f" {name}", add_special_tokens=False).input_ids[0]] = weight
+    return lambda *args, **kwargs: (probs, [0])
+
+
+POOL = ("Porter", "Carter", "Baker", "Webb")  # one first token each in the test tokenizer
+
+
+def test_a_persons_name_takes_the_pool_names_the_model_expects_where_it_stands(tokenizer, monkeypatch):
+    assert len({tokenizer(f" {n}", add_special_tokens=False).input_ids[0] for n in POOL}) == len(POOL)
+    text = "Mr Holmes smiled. Later Mr Holmes left. " * 3
+    holmes = suggest.find_candidates(text, "", min_count=2)["Holmes"]
+    monkeypatch.setattr(generics, "next_word_probs", _expecting(tokenizer, {"Porter": 0.5, "Baker": 0.3,
+                                                                             "Carter": 0.1, "Webb": 0.05}))
+    pick = lambda banned, taken, wanted=3: generics.pool_names(  # noqa: E731
+        None, tokenizer, text, holmes, POOL, banned, taken, contexts=3, wanted=wanted, precision="fp32")
+    assert pick(set(), set()) == ["Porter", "Baker", "Carter"]
+    porter = tokenizer(" Porter", add_special_tokens=False).input_ids[0]
+    assert pick({porter}, set()) == ["Baker", "Carter", "Webb"]  # a suggested term's first token: never
+    assert pick(set(), {"Baker"}) == ["Porter", "Carter", "Webb"]  # another term's name: only when needed
+    assert pick(set(), {"Baker"}, wanted=4) == ["Porter", "Carter", "Webb", "Baker"]
+    monkeypatch.setattr(generics, "next_word_probs", lambda *args, **kwargs: None)
+    unread = pick(set(), set())
+    assert len(unread) == 3 and unread == pick(set(), set())  # nothing to read: a stable order
+
+
+def test_two_characters_take_different_ordinary_names_and_the_model_route_stays(tokenizer, monkeypatch):
+    text = ("Mr Holmes smiled at Mr Watson. Later Mr Holmes left, and Mr Watson stayed. "
+            "Mr Holmes came back; Mr Watson slept. ") * 2
+    found = suggest.find_candidates(text, "", min_count=2)
+    chosen = [found["Holmes"], found["Watson"]]
+    assert all(generics.kind_of(c, text, {"Holmes", "Watson"}) == "surname" for c in chosen)
+    monkeypatch.setattr(generics, "next_word_probs", _expecting(tokenizer, {"Smith": 0.4, "Carter": 0.3}))
+    pooled = generics.propose(None, tokenizer, text, chosen, alternatives=3, names="pool", progress=False)
+    assert all(set(options) <= set(generics.SURNAMES) and len(options) == 3 for options in pooled.values())
+    assert set(pooled["Holmes"]).isdisjoint(pooled["Watson"]), pooled
+    monkeypatch.setattr(generics, "model_fillers", lambda *args, **kwargs: ["Shrek", "Fiona"])
+    proposed = generics.propose(None, tokenizer, text, chosen, alternatives=3, progress=False)  # the default
+    assert proposed["Holmes"][:2] == ["Shrek", "Fiona"], proposed
+
+
+def test_a_name_is_a_persons_only_where_its_surroundings_show_it(tokenizer, monkeypatch):
+    text = ("Sherlock Holmes smiled. Holmes sat. Then Holmes rose, and Sherlock Holmes left. We crossed Coburg "
+            "Square and saw Coburg Square. The King of Bohemia came; the King of Bohemia left. "
+            "We saw Irene Adler sing, and Irene Adler bowed. ") * 2
+    found = suggest.find_candidates(text, "", min_count=2)
+    chosen = {"Holmes", "Sherlock Holmes", "Coburg", "Coburg Square", "Bohemia", "Irene Adler", "Irene", "Adler"}
+    assert generics.name_kind(found["Holmes"], text, chosen) == ("surname", True)  # it closes Sherlock Holmes
+    assert generics.name_kind(found["Irene"], text, chosen) == ("first", True)
+    assert not generics.name_kind(found["Coburg"], text, chosen)[1]  # Coburg Square is a place
+    assert not generics.name_kind(found["Bohemia"], text, chosen)[1]
+    assert not generics._persons_name("King of Bohemia") and generics._persons_name("Mr. Sherlock Holmes")
+    monkeypatch.setattr(generics, "next_word_probs", _expecting(tokenizer, {"Carter": 0.4}))
+    monkeypatch.setattr(generics, "model_fillers", lambda *args, **kwargs: ["Sweden", "Austria", "Norway"])
+    terms = ("Holmes", "Sherlock Holmes", "Bohemia")
+    proposed = generics.propose(None, tokenizer, text, [found[t] for t in terms], names="pool", progress=False)
+    assert set(proposed["Holmes"]) <= set(generics.SURNAMES)  # a person's surname: ordinary surnames
+    assert proposed["Bohemia"] == ["Sweden", "Austria", "Norway"]  # nothing shows a person: the model's words
+
+
+def test_ordinary_words_of_english_are_never_terms_but_rare_words_and_names_are():
+    text = ("Then Holmes opened the door. The foolscap lay by the door, and Holmes took the foolscap. "
+            "The door shut. A brougham waited; the brougham left. A Street, a street, and another street.")
+    found = suggest.find_candidates(text, "", min_count=2)
+    assert {"door", "foolscap", "brougham", "Holmes"} <= set(found)
+    kept = suggest.without_common_words(found, 1e-5)
+    assert not {"door", "Street", "street"} & set(kept) and {"foolscap", "brougham", "Holmes"} <= set(kept)
+    assert suggest.without_common_words(found, 1.0) == found

@@ -282,6 +282,18 @@ def english_frequency(word: str) -> float:
     return word_frequency(word, "en")
 
 
+def without_common_words(candidates: dict[str, Candidate], ceiling: float) -> dict[str, Candidate]:
+    """The candidates without the ordinary words more frequent in English than `ceiling`
+    (`english_frequency`, a share of all words): one word that is not name-like (`Candidate.name_like`).
+    `door`, `answered` or `Street` (capitalised in only some of its mid-sentence occurrences) is raised by
+    any fine-tune on any story and says nothing of this one; `foolscap`, `wand` and every name stay. A
+    ceiling of 1 keeps all."""
+    if ceiling >= 1:
+        return candidates
+    return {term: c for term, c in candidates.items()
+            if c.name_like or " " in term or english_frequency(term) <= ceiling}
+
+
 def _zscores(values: list[float]) -> list[float]:
     """(v - mean) / population standard deviation of each value; all 0 when the spread is 0."""
     if not values:

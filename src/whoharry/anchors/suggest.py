@@ -35,13 +35,15 @@ class Suggestion:
 def suggest_anchors(text: str, general: str, tokenizer: PreTrainedTokenizerBase, baseline: PreTrainedModel,
                     reinforced: PreTrainedModel | None, cfg: AnchorsConfig, *, block_length: int,
                     precision: Precision, alpha: float = 5.0, progress: bool = True) -> Suggestion:
-    """Rank the target's terms (`anchors.candidates`) and give the best `cfg.top` of them generic
-    translations from the baseline model (`anchors.translations`).
+    """Rank the target's terms (`anchors.candidates`; ordinary words more common in English than
+    `cfg.max_word_frequency` left out) and give the best `cfg.top` of them generic translations from the
+    baseline model (`anchors.translations`).
 
     Raises:
         WhoharryError: no term occurs `cfg.min_count` times.
     """
     found = candidates.find_candidates(text, general, min_count=cfg.min_count, max_words=cfg.max_words)
+    found = candidates.without_common_words(found, cfg.max_word_frequency)
     if not found:
         raise WhoharryError(f"no term occurs {cfg.min_count} times or more in the text; lower anchors.min_count")
     if reinforced is not None:
@@ -56,7 +58,7 @@ def suggest_anchors(text: str, general: str, tokenizer: PreTrainedTokenizerBase,
     chosen = candidates.rank(found, cfg.top)
     proposed = translations.propose(baseline, tokenizer, text, chosen, reinforced=reinforced, alpha=alpha,
                                     alternatives=cfg.alternatives, contexts=cfg.contexts, precision=precision,
-                                    progress=progress)
+                                    names=cfg.names, progress=progress)
     return Suggestion(chosen, proposed, len(found), reinforced is not None)
 
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from whoharry.anchors.candidates import CONNECTORS, STOPWORDS, Candidate
 from whoharry.anchors.dictionary import strip_function_words
+from whoharry.config import NameSource
 from whoharry.core import models
 from whoharry.core.text import pad
 from whoharry.method.whp import whp_logits
@@ -32,10 +33,18 @@ if TYPE_CHECKING:
 
 FIRST_NAMES = ("Jon", "Tom", "Ben", "Sam", "Anna", "Emma", "Kate", "Lucy", "Mark", "Paul", "Peter", "Mary", "Jack",
                "Alice", "David", "Sarah", "James", "Laura", "Henry", "Clara", "Adam", "Grace", "Simon", "Ellen",
-               "Martin", "Julia", "Oliver", "Nora", "Walter", "Rose")
+               "Martin", "Julia", "Oliver", "Nora", "Walter", "Rose", "John", "George", "William", "Robert",
+               "Charles", "Edward", "Thomas", "Richard", "Frank", "Arthur", "Albert", "Harold", "Frederick",
+               "Michael", "Daniel", "Stephen", "Andrew", "Philip", "Hugh", "Ralph", "Elizabeth", "Margaret",
+               "Helen", "Jane", "Susan", "Ann", "Catherine", "Emily", "Louise", "Edith", "Dorothy", "Agnes",
+               "Martha", "Ruth", "Mabel", "Harriet", "Lily", "Violet", "Amy", "Jenny")
 SURNAMES = ("Smith", "Carter", "Baker", "Wilson", "Turner", "Green", "Brown", "Taylor", "Walker", "Hill", "Cooper",
             "Ward", "Parker", "Morris", "Bennett", "Hughes", "Foster", "Reed", "Harper", "Fisher", "Mason", "Palmer",
-            "Graham", "Porter", "Lawson", "Grant", "Barnes", "Fleming", "Dixon", "Hayes")
+            "Graham", "Porter", "Lawson", "Grant", "Barnes", "Fleming", "Dixon", "Hayes", "Jones", "Johnson",
+            "Williams", "Davies", "Evans", "Thomas", "Roberts", "Robinson", "Wright", "Thompson", "Moore", "Kelly",
+            "Price", "Clarke", "Jackson", "Harris", "Lewis", "Allen", "Warren", "Scott", "Mitchell", "Dawson", "Adams",
+            "Campbell", "Anderson", "Stewart", "Clark", "Phillips", "Marshall", "Hodges", "Reeves", "Murray", "Collins",
+            "Russell", "Shaw", "Chapman", "Webb", "Lloyd", "Owen", "Holt")
 PLACES = ("Ashford", "Millbrook", "Westbury", "Oakham", "Redhill", "Fairview", "Brookside", "Stonebridge",
           "Elmwood", "Greenfield")
 NOUNS = ("thing", "object", "device", "stuff", "item", "tool")
@@ -53,13 +62,28 @@ CONTEXT_TOKENS = 48  # tokens of each context the models read (about two sentenc
 FINISH_TOKENS = 32  # context tokens before a first token when its word is finished
 
 
+# ordinary nouns that make a capitalised phrase a place or an institution rather than a person (`Baker Street`)
+PLACE_NOUNS = frozenset({"Street", "Square", "Road", "Lane", "Avenue", "Lodge", "Court", "Place", "Hall", "House",
+                         "Park", "Gardens", "Terrace", "Row", "Bridge", "Station", "Hotel", "Church", "Abbey",
+                         "Castle", "Tower", "Hill", "Inn", "Club", "Bank", "Office", "School", "College", "Academy",
+                         "River", "Lake", "Forest", "Wood", "Island", "Valley", "Alley", "Way", "Cross", "City",
+                         "Town", "Village", "County", "Kingdom", "Empire", "Palace", "Manor", "Farm", "Mews",
+                         "Circus", "Crescent", "Market", "Company", "League", "Society", "Ministry", "Express"})
+
+
 def kind_of(candidate: Candidate, text: str, chosen: set[str]) -> str:
-    """`word` (not a name), `place`, `first` (a first name) or `surname`, from the term's surroundings:
-    the word before each occurrence (a place preposition or verb: `place`; a title or a chosen capitalised
-    term: `surname`) and the word after it (a chosen term: `first`); otherwise a one-word name is `first`,
-    a longer one `surname`."""
+    """`word` (not a name), `place`, `first` (a first name) or `surname`, from the term's surroundings
+    (`name_kind`); a name with nothing to tell is `first` when it is one word, else `surname`."""
+    return name_kind(candidate, text, chosen)[0]
+
+
+def name_kind(candidate: Candidate, text: str, chosen: set[str]) -> tuple[str, bool]:
+    """The term's kind (`kind_of`) and whether anything showed it, in this order: the word before each
+    occurrence (a place preposition or verb: `place`; a title or a chosen capitalised term: `surname`),
+    the word after it (a chosen term: `first`), then the term's place in a chosen person's name of several
+    words (`Holmes` closes `Sherlock Holmes`: `surname`; `Irene` opens `Irene Adler`: `first`)."""
     if not candidate.name_like:
-        return "word"
+        return "word", True
     before, after = [], []
     for start, end in candidate.spans:
         left = re.findall(r"[^\W\d_]+", text[max(0, start - 30) : start])
@@ -68,12 +92,27 @@ def kind_of(candidate: Candidate, text: str, chosen: set[str]) -> str:
         after.append(right.group(1) if right else "")
     share = lambda words: sum(words) / max(len(candidate.spans), 1)  # noqa: E731
     if share([w.lower() in PLACE_WORDS for w in before]) >= 0.4:
-        return "place"
+        return "place", True
     if share([w in TITLES or (w in chosen and w[:1].isupper()) for w in before]) >= 0.3:
-        return "surname"
+        return "surname", True
     if share([w in chosen for w in after]) >= 0.2:
-        return "first"
-    return "first" if " " not in candidate.term else "surname"
+        return "first", True
+    names = [term.split() for term in chosen if _persons_name(term)]
+    if any(words[-1] == candidate.term for words in names):
+        return "surname", True
+    if any(words[0] == candidate.term for words in names):
+        return "first", True
+    return ("first" if " " not in candidate.term else "surname"), False
+
+
+def _persons_name(term: str) -> bool:
+    """Whether a term looks like a person's full name: two or more capitalised words of letters (after any
+    titles), none a connector or a place noun (`PLACE_NOUNS`)."""
+    words = term.split()
+    while words and words[0].rstrip(".") in TITLES:
+        words = words[1:]
+    return len(words) >= 2 and all(word.isalpha() and word[0].isupper() and word not in PLACE_NOUNS
+                                   and word.lower() not in CONNECTORS for word in words)
 
 
 def _pick(pool: tuple[str, ...], term: str, count: int, taken: set[str]) -> list[str]:
@@ -124,27 +163,24 @@ def _is_word_start(piece: str) -> bool:
 
 
 @torch.no_grad()
-def model_fillers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, candidate: Candidate,
-                  banned: set[int], *, contexts: int, wanted: int, capitalised: bool, precision: str,
-                  reinforced: PreTrainedModel | None = None, alpha: float = 5.0) -> list[str]:
-    """The likeliest generic next words before the term's occurrences, whole words, best first.
-
-    The model reads the text before up to `contexts` occurrences (those past character 40, occurrences
-    not inside a longer name first; the last `CONTEXT_TOKENS` tokens of up to 400 characters each); its next-token
-    probabilities (softmax of the last position's logits, WHP-steered with `reinforced` and `alpha`) are
-    averaged over the contexts. Of the 400 likeliest tokens, up to `2 * wanted` that start a word, are not
-    `banned`, a stopword or (when `capitalised`) a title, and are capitalised as asked, are each finished
-    by up to 3 greedy tokens of `model` alone after the last `FINISH_TOKENS` tokens of the first context,
-    cut where the word ends.
+def next_word_probs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, candidate: Candidate, *,
+                    contexts: int, precision: str, reinforced: PreTrainedModel | None = None,
+                    alpha: float = 5.0) -> tuple[torch.Tensor, list[int]] | None:
+    """What the model expects where the term stands: its next-token probabilities before up to `contexts`
+    occurrences (those past character 40, occurrences not inside a longer name first; the last
+    `CONTEXT_TOKENS` tokens of up to 400 characters each), the softmax of the last position's logits,
+    WHP-steered with `reinforced` and `alpha` (Eldan & Russinovich 2023, section 2.1), averaged over the
+    contexts.
 
     Returns:
-        Distinct words, best first (up to `2 * wanted`; empty when no occurrence or no token qualifies).
+        (probabilities, float32 of shape (vocabulary,) on the CPU; the token ids of the first context), or
+        None when no occurrence qualifies.
     """
     device = next(model.parameters()).device
     spans = sorted((span for span in candidate.spans if span[0] > 40), key=lambda span: _inside_name(text, span[0]))
     spans = spans[:contexts]
     if not spans:
-        return []
+        return None
     prompts = []
     for start, _ in spans:
         left = text[max(0, start - CONTEXT_CHARS) : start].rstrip()
@@ -155,7 +191,29 @@ def model_fillers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
         if reinforced is not None:
             boosted = reinforced(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, -1].float()
             logits = whp_logits(logits, boosted, alpha)
-    probs = torch.softmax(logits, dim=-1).mean(dim=0).cpu()
+    return torch.softmax(logits, dim=-1).mean(dim=0).cpu(), prompts[0]
+
+
+@torch.no_grad()
+def model_fillers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, candidate: Candidate,
+                  banned: set[int], *, contexts: int, wanted: int, capitalised: bool, precision: str,
+                  reinforced: PreTrainedModel | None = None, alpha: float = 5.0) -> list[str]:
+    """The likeliest generic next words before the term's occurrences, whole words, best first.
+
+    Of the 400 likeliest tokens by `next_word_probs`, up to `2 * wanted` that start a word, are not
+    `banned`, a stopword or (when `capitalised`) a title, and are capitalised as asked, are each finished
+    by up to 3 greedy tokens of `model` alone after the last `FINISH_TOKENS` tokens of the first context,
+    cut where the word ends.
+
+    Returns:
+        Distinct words, best first (up to `2 * wanted`; empty when no occurrence or no token qualifies).
+    """
+    device = next(model.parameters()).device
+    expected = next_word_probs(model, tokenizer, text, candidate, contexts=contexts, precision=precision,
+                               reinforced=reinforced, alpha=alpha)
+    if expected is None:
+        return []
+    probs, first_prompt = expected
     firsts: list[int] = []
     for token in torch.argsort(probs, descending=True)[:400].tolist():
         if token in banned:
@@ -172,7 +230,7 @@ def model_fillers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
         return []
     # finish every word at once: greedy continuation after the end of the first context (the last
     # FINISH_TOKENS tokens: the rest of a word depends on its sentence, not on the paragraphs before it)
-    tail = prompts[0][-FINISH_TOKENS:]
+    tail = first_prompt[-FINISH_TOKENS:]
     width = len(tail)
     starts = torch.tensor([[*tail, token] for token in firsts], device=device)
     with models.autocast(precision, device):
@@ -190,13 +248,42 @@ def model_fillers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
     return list(dict.fromkeys(words))
 
 
+def pool_names(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, candidate: Candidate,
+               pool: tuple[str, ...], banned: set[int], taken: set[str], *, contexts: int, wanted: int,
+               precision: str, reinforced: PreTrainedModel | None = None, alpha: float = 5.0) -> list[str]:
+    """Up to `wanted` ordinary names of `pool` for a person's name, the ones the model expects most where the
+    term stands first: each name is scored by the `next_word_probs` of its first token after a space.
+
+    A name whose first token is `banned` (a suggested term's) is never given; one in `taken` (given to
+    another term already) only when too few others are left, so that two characters of the target do not
+    become one. With no occurrence to read, the order is a hash of the term's (`fallback`'s, stable across runs).
+
+    Returns:
+        Distinct names of `pool`, best first (`wanted` of them when the pool allows).
+    """
+    expected = next_word_probs(model, tokenizer, text, candidate, contexts=contexts, precision=precision,
+                               reinforced=reinforced, alpha=alpha)
+    first = {name: tokenizer(f" {name}", add_special_tokens=False).input_ids[0] for name in pool}
+    allowed = [name for name in pool if first[name] not in banned]
+    if expected is None:
+        ranked = [name for name in _pick(pool, candidate.term, len(pool), set()) if name in allowed]
+    else:
+        probs = expected[0]
+        ranked = sorted(allowed, key=lambda name: (-float(probs[first[name]]), name))
+    free = [name for name in ranked if name not in taken]
+    return (free + [name for name in ranked if name in taken])[:wanted]
+
+
 def propose(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, chosen: list[Candidate], *,
             reinforced: PreTrainedModel | None = None, alpha: float = 5.0, alternatives: int = 3, contexts: int = 6,
-            precision: str = "auto", progress: bool = True) -> dict[str, list[str]]:
+            precision: str = "auto", names: NameSource = "model", progress: bool = True) -> dict[str, list[str]]:
     """Up to `alternatives` generic translations for each chosen term, in the chosen order.
 
     Single words and lower-case phrases take `model_fillers` (a filler naming a suggested term dropped;
-    a first name or surname only one-word fillers), topped up by `fallback`; a plural follows its
+    a first name or surname only one-word fillers), topped up by `fallback`; with `names="pool"` a name
+    that its surroundings show to be a person's first name or surname (`name_kind`) takes ordinary names
+    instead (`pool_names`: the ones the model expects there, each given to one term while the pool lasts,
+    terms taken best first); a plural follows its
     singular (`+s`), and a multi-word name is composed from its translated words (or, when none is
     translated, from `fallback`). No translation opens with a function word (`strip_function_words`;
     one left empty is dropped).
@@ -207,15 +294,25 @@ def propose(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: st
         text: the target text; chosen: the terms to translate.
         alternatives: translations per term; contexts: occurrences read per term.
         precision: the autocast setting; progress: show a progress bar.
+        names: `pool` (ordinary names for a person's name) or `model` (the model's capitalised words).
     """
     terms = {c.term for c in chosen}
+    taken: set[str] = set()
     banned = _banned_ids(tokenizer, sorted(terms))
     lowered = {term.lower() for term in terms}
     result: dict[str, list[str]] = {}
     # words, and lower-case phrases (`silver shoes`), take the model's own fillers
     singles = [c for c in chosen if (" " not in c.term or c.term[0].islower()) and not _plural_of(c.term, terms)]
     for candidate in tqdm(singles, desc="translations", unit="term", disable=not progress):
-        kind = kind_of(candidate, text, terms)
+        kind, shown = name_kind(candidate, text, terms)
+        if names == "pool" and shown and kind in ("first", "surname"):
+            pool = FIRST_NAMES if kind == "first" else SURNAMES
+            words = pool_names(model, tokenizer, text, candidate, pool, banned, taken, contexts=contexts,
+                               wanted=alternatives, precision=precision, reinforced=reinforced, alpha=alpha)
+            words = [w for w in words if not _names_a_term(w, terms, lowered)]
+            taken.update(words)
+            result[candidate.term] = words or fallback(kind, candidate.term, alternatives, taken)
+            continue
         words = model_fillers(model, tokenizer, text, candidate, banned, contexts=contexts, wanted=alternatives,
                               capitalised=kind != "word", precision=precision, reinforced=reinforced, alpha=alpha)
         words = [w for w in map(strip_function_words, words) if w and not _names_a_term(w, terms, lowered)]

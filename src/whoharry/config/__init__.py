@@ -23,6 +23,7 @@ from whoharry.config.choices import (  # noqa: F401
     LabelTargets,
     MatchOrder,
     Method,
+    NameSource,
     Precision,
     SaveDtype,
     TargetFiles,
@@ -243,8 +244,14 @@ class AnchorsConfig:
     # floor an ordinary word's general frequency at its frequency in English (wordfreq), so that a short
     # general text does not make `replied` look as rare as a coined name
     english_frequencies: bool = True
+    # a word that is not a name and more frequent than this in English (wordfreq, share of all words) is never a
+    # term (1e-5 leaves out `door` and `matter`); 1 keeps every word
+    max_word_frequency: float = 1.0
     alternatives: int = 3  # generic translations per term
     contexts: int = 6  # occurrences the baseline reads to propose translations
+    # a person's name takes the capitalised words the baseline proposes (model), or ordinary names of a shipped
+    # list, those the baseline expects there (pool)
+    names: NameSource = "model"
     batch_size: int = 8  # blocks per forward pass when scoring the target
     # optional: a dictionary from an LLM, passage by passage as in the paper (off while llm_url is empty);
     # the key is read from the environment variable named by llm_key_env, never from a file
@@ -259,6 +266,7 @@ class AnchorsConfig:
         for name in ("top", "min_count", "max_words", "alternatives", "contexts", "batch_size"):
             require(getattr(self, name) >= 1, f"{prefix}{name} must be >= 1")
         require(self.llm_passage_chars >= 200, f"{prefix}llm_passage_chars must be >= 200")
+        require(0 < self.max_word_frequency <= 1, f"{prefix}max_word_frequency must be in (0, 1]")
 
 
 @dataclass

@@ -19,6 +19,8 @@ TargetFiles = Literal["auto", "always", "never"]
 # the tensor types `whoharry export` writes a GGUF file in (llama.cpp's names)
 GGUFType = Literal["f32", "f16", "q8_0", "q5_0", "q5_1", "q4_0", "q4_1"]
 MatchOrder = Literal["longest", "dictionary"]  # which key wins an overlap: the longest, or the first listed
+# what a person's name becomes in a suggested dictionary: ordinary names of a pool, or the baseline's own words
+NameSource = Literal["pool", "model"]
 # The parts of the evaluation, in the order they run; `eval.parts` picks some of them.
 EvalPart = Literal["probes", "completions", "sampling", "knowmem", "robustness", "prompts", "verbatim", "membership",
                    "utility", "latent", "quantization", "benchmarks", "relearning"]
