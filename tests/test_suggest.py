@@ -292,7 +292,7 @@ def test_two_characters_take_different_ordinary_names_and_the_model_route_stays(
     assert all(generics.kind_of(c, text, {"Holmes", "Watson"}) == "surname" for c in chosen)
     monkeypatch.setattr(generics, "next_word_probs", _expecting(tokenizer, {"Smith": 0.4, "Carter": 0.3}))
     pooled = generics.propose(None, tokenizer, text, chosen, alternatives=3, names="pool", progress=False)
-    assert all(set(options) <= set(generics.SURNAMES) and len(options) == 3 for options in pooled.values())
+    assert all(set(options) <= set(generics.POOL_SURNAMES) and len(options) == 3 for options in pooled.values())
     assert set(pooled["Holmes"]).isdisjoint(pooled["Watson"]), pooled
     monkeypatch.setattr(generics, "model_fillers", lambda *args, **kwargs: ["Shrek", "Fiona"])
     proposed = generics.propose(None, tokenizer, text, chosen, alternatives=3, progress=False)  # the default
@@ -314,7 +314,7 @@ def test_a_name_is_a_persons_only_where_its_surroundings_show_it(tokenizer, monk
     monkeypatch.setattr(generics, "model_fillers", lambda *args, **kwargs: ["Sweden", "Austria", "Norway"])
     terms = ("Holmes", "Sherlock Holmes", "Bohemia")
     proposed = generics.propose(None, tokenizer, text, [found[t] for t in terms], names="pool", progress=False)
-    assert set(proposed["Holmes"]) <= set(generics.SURNAMES)  # a person's surname: ordinary surnames
+    assert set(proposed["Holmes"]) <= set(generics.POOL_SURNAMES)  # a person's surname: ordinary surnames
     assert proposed["Bohemia"] == ["Sweden", "Austria", "Norway"]  # nothing shows a person: the model's words
 
 

@@ -33,18 +33,21 @@ if TYPE_CHECKING:
 
 FIRST_NAMES = ("Jon", "Tom", "Ben", "Sam", "Anna", "Emma", "Kate", "Lucy", "Mark", "Paul", "Peter", "Mary", "Jack",
                "Alice", "David", "Sarah", "James", "Laura", "Henry", "Clara", "Adam", "Grace", "Simon", "Ellen",
-               "Martin", "Julia", "Oliver", "Nora", "Walter", "Rose", "John", "George", "William", "Robert",
-               "Charles", "Edward", "Thomas", "Richard", "Frank", "Arthur", "Albert", "Harold", "Frederick",
-               "Michael", "Daniel", "Stephen", "Andrew", "Philip", "Hugh", "Ralph", "Elizabeth", "Margaret",
-               "Helen", "Jane", "Susan", "Ann", "Catherine", "Emily", "Louise", "Edith", "Dorothy", "Agnes",
-               "Martha", "Ruth", "Mabel", "Harriet", "Lily", "Violet", "Amy", "Jenny")
+               "Martin", "Julia", "Oliver", "Nora", "Walter", "Rose")
 SURNAMES = ("Smith", "Carter", "Baker", "Wilson", "Turner", "Green", "Brown", "Taylor", "Walker", "Hill", "Cooper",
             "Ward", "Parker", "Morris", "Bennett", "Hughes", "Foster", "Reed", "Harper", "Fisher", "Mason", "Palmer",
-            "Graham", "Porter", "Lawson", "Grant", "Barnes", "Fleming", "Dixon", "Hayes", "Jones", "Johnson",
-            "Williams", "Davies", "Evans", "Thomas", "Roberts", "Robinson", "Wright", "Thompson", "Moore", "Kelly",
-            "Price", "Clarke", "Jackson", "Harris", "Lewis", "Allen", "Warren", "Scott", "Mitchell", "Dawson", "Adams",
-            "Campbell", "Anderson", "Stewart", "Clark", "Phillips", "Marshall", "Hodges", "Reeves", "Murray", "Collins",
-            "Russell", "Shaw", "Chapman", "Webb", "Lloyd", "Owen", "Holt")
+            "Graham", "Porter", "Lawson", "Grant", "Barnes", "Fleming", "Dixon", "Hayes")
+# the longer lists `anchors.names: pool` ranks: the stock names above and 40 more common English names each
+POOL_FIRST_NAMES = FIRST_NAMES + (
+    "John", "George", "William", "Robert", "Charles", "Edward", "Thomas", "Richard", "Frank", "Arthur", "Albert",
+    "Harold", "Frederick", "Michael", "Daniel", "Stephen", "Andrew", "Philip", "Hugh", "Ralph", "Elizabeth",
+    "Margaret", "Helen", "Jane", "Susan", "Ann", "Catherine", "Emily", "Louise", "Edith", "Dorothy", "Agnes",
+    "Martha", "Ruth", "Mabel", "Harriet", "Lily", "Violet", "Amy", "Jenny")
+POOL_SURNAMES = SURNAMES + (
+    "Jones", "Johnson", "Williams", "Davies", "Evans", "Thomas", "Roberts", "Robinson", "Wright", "Thompson",
+    "Moore", "Kelly", "Price", "Clarke", "Jackson", "Harris", "Lewis", "Allen", "Warren", "Scott", "Mitchell",
+    "Dawson", "Adams", "Campbell", "Anderson", "Stewart", "Clark", "Phillips", "Marshall", "Hodges", "Reeves",
+    "Murray", "Collins", "Russell", "Shaw", "Chapman", "Webb", "Lloyd", "Owen", "Holt")
 PLACES = ("Ashford", "Millbrook", "Westbury", "Oakham", "Redhill", "Fairview", "Brookside", "Stonebridge",
           "Elmwood", "Greenfield")
 NOUNS = ("thing", "object", "device", "stuff", "item", "tool")
@@ -72,16 +75,30 @@ PLACE_NOUNS = frozenset({"Street", "Square", "Road", "Lane", "Avenue", "Lodge", 
 
 
 def kind_of(candidate: Candidate, text: str, chosen: set[str]) -> str:
-    """`word` (not a name), `place`, `first` (a first name) or `surname`, from the term's surroundings
-    (`name_kind`); a name with nothing to tell is `first` when it is one word, else `surname`."""
-    return name_kind(candidate, text, chosen)[0]
+    """`word` (not a name), `place`, `first` (a first name) or `surname`, from the term's surroundings:
+    the word before each occurrence (a place preposition or verb: `place`; a title or a chosen capitalised
+    term: `surname`) and the word after it (a chosen term: `first`); otherwise a one-word name is `first`,
+    a longer one `surname`."""
+    return _kind(candidate, text, chosen)[0]
 
 
 def name_kind(candidate: Candidate, text: str, chosen: set[str]) -> tuple[str, bool]:
-    """The term's kind (`kind_of`) and whether anything showed it, in this order: the word before each
-    occurrence (a place preposition or verb: `place`; a title or a chosen capitalised term: `surname`),
-    the word after it (a chosen term: `first`), then the term's place in a chosen person's name of several
-    words (`Holmes` closes `Sherlock Holmes`: `surname`; `Irene` opens `Irene Adler`: `first`)."""
+    """The term's kind and whether anything showed it: `kind_of`'s surroundings, then the term's place in
+    a chosen person's name of several words (`Holmes` closes `Sherlock Holmes`: `surname`; `Irene` opens
+    `Irene Adler`: `first`). A name that nothing shows is `(kind_of, False)`."""
+    kind, shown = _kind(candidate, text, chosen)
+    if shown:
+        return kind, True
+    names = [term.split() for term in chosen if _persons_name(term)]
+    if any(words[-1] == candidate.term for words in names):
+        return "surname", True
+    if any(words[0] == candidate.term for words in names):
+        return "first", True
+    return kind, False
+
+
+def _kind(candidate: Candidate, text: str, chosen: set[str]) -> tuple[str, bool]:
+    """`kind_of`, and whether the surroundings showed it (False for the one-word/longer default)."""
     if not candidate.name_like:
         return "word", True
     before, after = [], []
@@ -96,11 +113,6 @@ def name_kind(candidate: Candidate, text: str, chosen: set[str]) -> tuple[str, b
     if share([w in TITLES or (w in chosen and w[:1].isupper()) for w in before]) >= 0.3:
         return "surname", True
     if share([w in chosen for w in after]) >= 0.2:
-        return "first", True
-    names = [term.split() for term in chosen if _persons_name(term)]
-    if any(words[-1] == candidate.term for words in names):
-        return "surname", True
-    if any(words[0] == candidate.term for words in names):
         return "first", True
     return ("first" if " " not in candidate.term else "surname"), False
 
@@ -304,9 +316,11 @@ def propose(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: st
     # words, and lower-case phrases (`silver shoes`), take the model's own fillers
     singles = [c for c in chosen if (" " not in c.term or c.term[0].islower()) and not _plural_of(c.term, terms)]
     for candidate in tqdm(singles, desc="translations", unit="term", disable=not progress):
-        kind, shown = name_kind(candidate, text, terms)
-        if names == "pool" and shown and kind in ("first", "surname"):
-            pool = FIRST_NAMES if kind == "first" else SURNAMES
+        kind = kind_of(candidate, text, terms)
+        person, shown = name_kind(candidate, text, terms) if names == "pool" else (kind, False)
+        if shown and person in ("first", "surname"):
+            kind = person
+            pool = POOL_FIRST_NAMES if kind == "first" else POOL_SURNAMES
             words = pool_names(model, tokenizer, text, candidate, pool, banned, taken, contexts=contexts,
                                wanted=alternatives, precision=precision, reinforced=reinforced, alpha=alpha)
             words = [w for w in words if not _names_a_term(w, terms, lowered)]
