@@ -322,8 +322,8 @@ def propose(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: st
             kind = person
             pool = POOL_FIRST_NAMES if kind == "first" else POOL_SURNAMES
             words = pool_names(model, tokenizer, text, candidate, pool, banned, taken, contexts=contexts,
-                               wanted=alternatives, precision=precision, reinforced=reinforced, alpha=alpha)
-            words = [w for w in words if not _names_a_term(w, terms, lowered)]
+                               wanted=len(pool), precision=precision, reinforced=reinforced, alpha=alpha)
+            words = [w for w in words if not _names_a_term(w, terms, lowered)][:alternatives]
             taken.update(words)
             result[candidate.term] = words or fallback(kind, candidate.term, alternatives, taken)
             continue
