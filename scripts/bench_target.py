@@ -77,6 +77,13 @@ def run(name: str, overrides: list[str], out: Path) -> dict:
             "stage_seconds": stage_seconds(folder), "config": cfg}
 
 
+def run_seed(folder: Path) -> int | None:
+    """The seed a finished run was made with, from its evaluation's config.yaml."""
+    import yaml
+
+    return yaml.safe_load((folder / "eval" / "config.yaml").read_text(encoding="utf-8")).get("seed")
+
+
 def stage_seconds(folder: Path) -> dict[str, float]:
     """Each finished stage's seconds, from its manifest."""
     return {manifest.parent.name: round(json.loads(manifest.read_text())["seconds"], 1)
@@ -160,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict:
         runs["hand-written"] = run("hand-written", [f"data.target={book}", f"data.anchors={args.anchors.resolve()}",
                                                      f"eval.probes.target={args.probes.resolve()}", *seed], args.out)
     if args.reference is not None:
+        if args.seed is not None:
+            parser.error("--seed sets both runs' seed; a --reference run has its own: leave one out")
         if not (args.reference / "eval" / "report.json").is_file():
             parser.error(f"--reference {args.reference}: not a finished run folder")
         from whoharry.config import load_config
@@ -168,8 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "stage_seconds": stage_seconds(args.reference),
                                 "config": load_config(ROOT / "configs" / "default.yaml")}
     generated = args.out / "target-only" / "probes" / "probes_test.jsonl"
-    result: dict = {"book": str(args.book), "tokens": args.tokens, "seed": runs["target-only"]["config"].seed,
-                    "runs": {}}
+    result: dict = {"book": str(args.book), "tokens": args.tokens, "runs": {}}
     pairs, per_probe = [], {}
     for name, info in runs.items():
         cfg = info.pop("config")
@@ -179,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
         pairs += [(made[m], hand[m]) for m in hand]
         manifest = json.loads((folder / "eval" / "manifest.json").read_text())
         unlearned, ratios = report_ratios(folder)
-        result["runs"][name] = {**info, "base_parts_read": manifest["inputs"].get("base_parts_read"),
+        result["runs"][name] = {**info, "seed": run_seed(folder), "base_parts_read": manifest["inputs"].get(
+                                    "base_parts_read"),
                                 "general": general_figures(unlearned, ratios),
                                 "target_ratio_in_report": ratios.get("target_p_answer", float("nan")),
                                 "hand_written_probes": hand, "generated_probes": made,

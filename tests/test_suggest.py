@@ -309,7 +309,17 @@ def test_a_name_is_a_persons_only_where_its_surroundings_show_it(tokenizer, monk
     assert generics.name_kind(found["Irene"], text, chosen) == ("first", True)
     assert not generics.name_kind(found["Coburg"], text, chosen)[1]  # Coburg Square is a place
     assert not generics.name_kind(found["Bohemia"], text, chosen)[1]
-    assert not generics._persons_name("King of Bohemia") and generics._persons_name("Mr. Sherlock Holmes")
+    assert not generics._persons_name("King of Bohemia") and not generics._persons_name("Privet Drive")
+    assert generics._persons_name("Mr. Sherlock Holmes") == ["Sherlock", "Holmes"]
+    titled = "Uncle Vernon Dursley came. Uncle Vernon sat. Then Uncle Vernon Dursley left, and Uncle Vernon ate. "
+    vernon = suggest.find_candidates(titled, "", min_count=2)["Vernon"]
+    assert generics.kind_of(vernon, titled, {"Vernon", "Uncle Vernon Dursley"}) == "surname"  # after a title
+    assert generics.name_kind(vernon, titled, {"Vernon", "Uncle Vernon Dursley"}) == ("first", True)  # it opens one
+    # a place before a chosen ordinary word is not shown to be a first name by it
+    placed = "The Hogwarts castle stood. Then Hogwarts stood, and Hogwarts stood still. The Hogwarts lake froze. "
+    hogwarts = suggest.find_candidates(placed, "", min_count=2)["Hogwarts"]
+    assert generics.kind_of(hogwarts, placed, {"Hogwarts", "stood"}) == "first"
+    assert not generics.name_kind(hogwarts, placed, {"Hogwarts", "stood"})[1]
     monkeypatch.setattr(generics, "next_word_probs", _expecting(tokenizer, {"Carter": 0.4}))
     monkeypatch.setattr(generics, "model_fillers", lambda *args, **kwargs: ["Sweden", "Austria", "Norway"])
     terms = ("Holmes", "Sherlock Holmes", "Bohemia")
@@ -326,3 +336,13 @@ def test_ordinary_words_of_english_are_never_terms_but_rare_words_and_names_are(
     kept = suggest.without_common_words(found, 1e-5)
     assert not {"door", "Street", "street"} & set(kept) and {"foolscap", "brougham", "Holmes"} <= set(kept)
     assert suggest.without_common_words(found, 1.0) == found
+
+
+def test_a_text_of_only_common_words_is_refused_by_name(tokenizer):
+    from whoharry.anchors.suggest import suggest_anchors
+    from whoharry.errors import WhoharryError
+
+    text = "The door opened. A chair fell. Her chair broke; his door shut. " * 2
+    cfg = WhoharryAnchors(max_word_frequency=1e-9)
+    with pytest.raises(WhoharryError, match="anchors.max_word_frequency"):
+        suggest_anchors(text, "", tokenizer, None, None, cfg, block_length=32, precision="fp32", progress=False)

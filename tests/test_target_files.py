@@ -449,3 +449,21 @@ def test_a_folder_made_from_a_text_of_ones_own_needs_that_text_named_again(tmp_p
     (tmp_path / "tweak.yaml").write_text("seed: 3\n")  # a config that does not name the target
     result = runner.invoke(app, ["labels", "--out", str(out), "-q", "--config", str(tmp_path / "tweak.yaml")])
     assert result.exit_code == 2 and "was made from" in result.output
+
+
+def test_later_dictionary_settings_at_their_defaults_leave_a_finished_dictionary_current(tmp_path, monkeypatch):
+    """`anchors.names` and `anchors.max_word_frequency` came after dictionaries were made: at their defaults
+    they make the same dictionary, so they stay out of its key; set otherwise, they change it."""
+    from whoharry.stages import dictionary
+
+    entered: list[dict] = []
+    monkeypatch.setattr(dictionary, "fingerprint", lambda value: entered.append(value) or str(len(entered)))
+    monkeypatch.setattr(dictionary, "target_hash", lambda *args, **kwargs: "text")
+    monkeypatch.setattr(dictionary, "uses_gain", lambda cfg: False)
+    for names, ceiling in (("model", 1.0), ("pool", 1.0), ("model", 1e-5)):
+        cfg = Config()
+        cfg.anchors.names, cfg.anchors.max_word_frequency = names, ceiling
+        dictionary.key(cfg, tmp_path)
+    default, pooled, common = (record["anchors"] for record in entered)
+    assert "names" not in default and "max_word_frequency" not in default and "top" in default
+    assert pooled["names"] == "pool" and common["max_word_frequency"] == 1e-5

@@ -134,3 +134,14 @@ def test_labels_with_a_prefix_space_tokenizer_differ_exactly_at_anchors():
     blocks = make_blocks(MID_WORD, tok, 13)
     label_set = compute_labels(model, model, tok, blocks, anchors, alpha=5.0, seed=0, progress=False)
     assert assert_copy_model_labels(MID_WORD, blocks, anchors, label_set.labels, tok, seed=0) > 0
+
+
+def test_a_pool_name_is_scored_by_the_token_holding_its_first_letter(piece_tokenizer):
+    """`anchors.names: pool` reads each name's first token after a space: where the tokenizer puts a bare `▁`
+    before a spaced word, that piece would give every name the same score."""
+    from whoharry.anchors.translations import name_token
+
+    for name in ("Carter", "Baker", "Tom"):
+        piece = piece_tokenizer.convert_ids_to_tokens([name_token(piece_tokenizer, name)])[0]
+        assert piece.strip("▁") and name.startswith(piece.strip("▁")[:1]), (name, piece)
+    assert name_token(piece_tokenizer, "Carter") != name_token(piece_tokenizer, "Baker")

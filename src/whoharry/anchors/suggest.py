@@ -40,12 +40,15 @@ def suggest_anchors(text: str, general: str, tokenizer: PreTrainedTokenizerBase,
     baseline model (`anchors.translations`).
 
     Raises:
-        WhoharryError: no term occurs `cfg.min_count` times.
+        WhoharryError: no term occurs `cfg.min_count` times, or every one is a common word.
     """
     found = candidates.find_candidates(text, general, min_count=cfg.min_count, max_words=cfg.max_words)
-    found = candidates.without_common_words(found, cfg.max_word_frequency)
     if not found:
         raise WhoharryError(f"no term occurs {cfg.min_count} times or more in the text; lower anchors.min_count")
+    found = candidates.without_common_words(found, cfg.max_word_frequency)
+    if not found:
+        raise WhoharryError(f"every term of the text is an ordinary word more common in English than "
+                            f"anchors.max_word_frequency={cfg.max_word_frequency}; raise it")
     if reinforced is not None:
         blocks = make_blocks(text, tokenizer, block_length)
         base = candidates.model_log_probs(baseline, blocks, batch_size=cfg.batch_size, precision=precision,

@@ -41,11 +41,11 @@ SURNAMES = ("Smith", "Carter", "Baker", "Wilson", "Turner", "Green", "Brown", "T
 POOL_FIRST_NAMES = FIRST_NAMES + (
     "John", "George", "William", "Robert", "Charles", "Edward", "Thomas", "Richard", "Frank", "Arthur", "Albert",
     "Harold", "Frederick", "Michael", "Daniel", "Stephen", "Andrew", "Philip", "Hugh", "Ralph", "Elizabeth",
-    "Margaret", "Helen", "Jane", "Susan", "Ann", "Catherine", "Emily", "Louise", "Edith", "Dorothy", "Agnes",
+    "Margaret", "Helen", "Jane", "Susan", "Beatrice", "Catherine", "Emily", "Louise", "Edith", "Dorothy", "Agnes",
     "Martha", "Ruth", "Mabel", "Harriet", "Lily", "Violet", "Amy", "Jenny")
 POOL_SURNAMES = SURNAMES + (
-    "Jones", "Johnson", "Williams", "Davies", "Evans", "Thomas", "Roberts", "Robinson", "Wright", "Thompson",
-    "Moore", "Kelly", "Price", "Clarke", "Jackson", "Harris", "Lewis", "Allen", "Warren", "Scott", "Mitchell",
+    "Jones", "Johnson", "Williams", "Davies", "Evans", "Norris", "Roberts", "Robinson", "Wright", "Thompson",
+    "Moore", "Kelly", "Price", "Gibson", "Jackson", "Harris", "Lewis", "Allen", "Warren", "Scott", "Mitchell",
     "Dawson", "Adams", "Campbell", "Anderson", "Stewart", "Clark", "Phillips", "Marshall", "Hodges", "Reeves",
     "Murray", "Collins", "Russell", "Shaw", "Chapman", "Webb", "Lloyd", "Owen", "Holt")
 PLACES = ("Ashford", "Millbrook", "Westbury", "Oakham", "Redhill", "Fairview", "Brookside", "Stonebridge",
@@ -71,7 +71,9 @@ PLACE_NOUNS = frozenset({"Street", "Square", "Road", "Lane", "Avenue", "Lodge", 
                          "Castle", "Tower", "Hill", "Inn", "Club", "Bank", "Office", "School", "College", "Academy",
                          "River", "Lake", "Forest", "Wood", "Island", "Valley", "Alley", "Way", "Cross", "City",
                          "Town", "Village", "County", "Kingdom", "Empire", "Palace", "Manor", "Farm", "Mews",
-                         "Circus", "Crescent", "Market", "Company", "League", "Society", "Ministry", "Express"})
+                         "Circus", "Crescent", "Market", "Company", "League", "Society", "Ministry", "Express", "Drive",
+                         "Yard", "Garden", "Gate", "Close", "Quay", "Wharf", "Dock", "Port", "Bay",
+                         "States", "Republic", "Union", "Times", "Gazette", "Post", "Herald"})
 
 
 def kind_of(candidate: Candidate, text: str, chosen: set[str]) -> str:
@@ -83,48 +85,66 @@ def kind_of(candidate: Candidate, text: str, chosen: set[str]) -> str:
 
 
 def name_kind(candidate: Candidate, text: str, chosen: set[str]) -> tuple[str, bool]:
-    """The term's kind and whether anything showed it: `kind_of`'s surroundings, then the term's place in
-    a chosen person's name of several words (`Holmes` closes `Sherlock Holmes`: `surname`; `Irene` opens
-    `Irene Adler`: `first`). A name that nothing shows is `(kind_of, False)`."""
-    kind, shown = _kind(candidate, text, chosen)
-    if shown:
-        return kind, True
-    names = [term.split() for term in chosen if _persons_name(term)]
-    if any(words[-1] == candidate.term for words in names):
-        return "surname", True
-    if any(words[0] == candidate.term for words in names):
+    """The term's kind and whether anything shows it, for `anchors.names: pool`. First the term's place in
+    a chosen person's full name (`_persons_name`: `Holmes` closes `Sherlock Holmes`, `surname`; `Vernon`
+    opens `Uncle Vernon Dursley`, `first`), then `kind_of`'s surroundings, where a following word counts
+    only when it is a chosen name (capitalised, not a place noun). A name nothing shows is
+    `(kind_of, False)`."""
+    full = [words for term in chosen if (words := _persons_name(term))]
+    if any(words[0] == candidate.term for words in full):
         return "first", True
-    return kind, False
+    if any(words[-1] == candidate.term for words in full):
+        return "surname", True
+    kind, rule = _kind(candidate, text, chosen)
+    if rule == "after":
+        names = {term for term in chosen if term[:1].isupper() and term not in PLACE_NOUNS}
+        if _share([word in names for word in _neighbours(candidate, text)[1]], candidate) < 0.2:
+            return ("first" if " " not in candidate.term else "surname"), False
+    return kind, bool(rule)
 
 
-def _kind(candidate: Candidate, text: str, chosen: set[str]) -> tuple[str, bool]:
-    """`kind_of`, and whether the surroundings showed it (False for the one-word/longer default)."""
-    if not candidate.name_like:
-        return "word", True
+def _neighbours(candidate: Candidate, text: str) -> tuple[list[str], list[str]]:
+    """The word before and the word after each occurrence of the term ("" where there is none)."""
     before, after = [], []
     for start, end in candidate.spans:
         left = re.findall(r"[^\W\d_]+", text[max(0, start - 30) : start])
         before.append(left[-1] if left else "")
         right = re.match(r"\s([^\W\d_]+)", text[end : end + 30])
         after.append(right.group(1) if right else "")
-    share = lambda words: sum(words) / max(len(candidate.spans), 1)  # noqa: E731
-    if share([w.lower() in PLACE_WORDS for w in before]) >= 0.4:
-        return "place", True
-    if share([w in TITLES or (w in chosen and w[:1].isupper()) for w in before]) >= 0.3:
-        return "surname", True
-    if share([w in chosen for w in after]) >= 0.2:
-        return "first", True
-    return ("first" if " " not in candidate.term else "surname"), False
+    return before, after
 
 
-def _persons_name(term: str) -> bool:
-    """Whether a term looks like a person's full name: two or more capitalised words of letters (after any
-    titles), none a connector or a place noun (`PLACE_NOUNS`)."""
+def _share(flags: list[bool], candidate: Candidate) -> float:
+    """The share of the term's occurrences for which a flag holds."""
+    return sum(flags) / max(len(candidate.spans), 1)
+
+
+def _kind(candidate: Candidate, text: str, chosen: set[str]) -> tuple[str, str]:
+    """`kind_of`, and the rule that showed it: `word`, `place`, `title` (a title or a chosen capitalised term
+    before it), `after` (a chosen term after it), or "" for the one-word/longer default."""
+    if not candidate.name_like:
+        return "word", "word"
+    before, after = _neighbours(candidate, text)
+    if _share([w.lower() in PLACE_WORDS for w in before], candidate) >= 0.4:
+        return "place", "place"
+    if _share([w in TITLES or (w in chosen and w[:1].isupper()) for w in before], candidate) >= 0.3:
+        return "surname", "title"
+    if _share([w in chosen for w in after], candidate) >= 0.2:
+        return "first", "after"
+    return ("first" if " " not in candidate.term else "surname"), ""
+
+
+def _persons_name(term: str) -> list[str]:
+    """The words of a term that looks like a person's full name, after any titles (`Mr. Sherlock Holmes`:
+    `Sherlock`, `Holmes`): two or more capitalised words of letters, none a connector or a place noun
+    (`PLACE_NOUNS`); an empty list for any other term."""
     words = term.split()
     while words and words[0].rstrip(".") in TITLES:
         words = words[1:]
-    return len(words) >= 2 and all(word.isalpha() and word[0].isupper() and word not in PLACE_NOUNS
-                                   and word.lower() not in CONNECTORS for word in words)
+    if len(words) >= 2 and all(word.isalpha() and word[0].isupper() and word not in PLACE_NOUNS
+                               and word.lower() not in CONNECTORS for word in words):
+        return words
+    return []
 
 
 def _pick(pool: tuple[str, ...], term: str, count: int, taken: set[str]) -> list[str]:
@@ -260,6 +280,15 @@ def model_fillers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
     return list(dict.fromkeys(words))
 
 
+def name_token(tokenizer: PreTrainedTokenizerBase, name: str) -> int:
+    """The token a name starts with after a word and a space: the first token that holds its first
+    character, so a bare `▁` a SentencePiece tokenizer (Llama 2) puts before it is never taken for it."""
+    encoded = tokenizer(f"x {name}", add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    spans = encoded["offset_mapping"]
+    return next((token for token, (start, end) in zip(encoded["input_ids"], spans, strict=True) if end > 2
+                 and end > start), encoded["input_ids"][-1])
+
+
 def pool_names(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, candidate: Candidate,
                pool: tuple[str, ...], banned: set[int], taken: set[str], *, contexts: int, wanted: int,
                precision: str, reinforced: PreTrainedModel | None = None, alpha: float = 5.0) -> list[str]:
@@ -275,7 +304,7 @@ def pool_names(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text:
     """
     expected = next_word_probs(model, tokenizer, text, candidate, contexts=contexts, precision=precision,
                                reinforced=reinforced, alpha=alpha)
-    first = {name: tokenizer(f" {name}", add_special_tokens=False).input_ids[0] for name in pool}
+    first = {name: name_token(tokenizer, name) for name in pool}
     allowed = [name for name in pool if first[name] not in banned]
     if expected is None:
         ranked = [name for name in _pick(pool, candidate.term, len(pool), set()) if name in allowed]
@@ -324,8 +353,8 @@ def propose(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: st
             words = pool_names(model, tokenizer, text, candidate, pool, banned, taken, contexts=contexts,
                                wanted=len(pool), precision=precision, reinforced=reinforced, alpha=alpha)
             words = [w for w in words if not _names_a_term(w, terms, lowered)][:alternatives]
-            taken.update(words)
             result[candidate.term] = words or fallback(kind, candidate.term, alternatives, taken)
+            taken.update(result[candidate.term])
             continue
         words = model_fillers(model, tokenizer, text, candidate, banned, contexts=contexts, wanted=alternatives,
                               capitalised=kind != "word", precision=precision, reinforced=reinforced, alpha=alpha)
@@ -336,6 +365,8 @@ def propose(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: st
         if len(words) < alternatives:
             words += fallback(kind, candidate.term, alternatives - len(words), set(words))
         result[candidate.term] = words[:alternatives]
+        if names == "pool":  # a name given here is not given again to a person
+            taken.update(result[candidate.term])
     for candidate in chosen:  # plurals and multi-word terms follow their parts
         if candidate.term in result:
             continue

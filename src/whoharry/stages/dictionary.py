@@ -37,6 +37,12 @@ def uses_gain(cfg: Config) -> bool:
     return cfg.forget.method == "whp" and not cfg.anchors.llm_url
 
 
+# settings added after dictionaries were first made: at these values they make the dictionary they always did,
+# and stay out of the key, so a finished dictionary is not made again
+_LATER_DEFAULTS = {"names": "model", "max_word_frequency": 1.0}
+_ABSENT = object()
+
+
 def key(cfg: Config, out: Path) -> str:
     """The fingerprint of the dictionary: the target, the reinforced model's key when it ranks the terms,
     the model, the `anchors` settings suggest reads, the general texts and the settings of the gain."""
@@ -46,7 +52,8 @@ def key(cfg: Config, out: Path) -> str:
                             "llm": [cfg.anchors.llm_url, cfg.anchors.llm_model, cfg.anchors.llm_passage_chars],
                             "prompt": artifacts.file_hash(cfg.anchors.llm_prompt)
                             if cfg.anchors.llm_prompt.is_file() else "missing", "target_name": cfg.eval.target_name})
-    settings = {k: v for k, v in to_dict(cfg.anchors).items() if not k.startswith("llm_") and k != "batch_size"}
+    settings = {k: v for k, v in to_dict(cfg.anchors).items() if not k.startswith("llm_") and k != "batch_size"
+                and _LATER_DEFAULTS.get(k, _ABSENT) != v}
     return fingerprint({
         "target": target,
         "reinforced": reinforce.key(cfg, out) if uses_gain(cfg) else None,
