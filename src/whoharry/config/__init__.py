@@ -54,6 +54,7 @@ from whoharry.config.evaluation import (  # noqa: F401
 from whoharry.core.settings import as_overrides as as_overrides  # re-exported
 from whoharry.core.settings import check_tree, merge_sources, require, to_dict
 from whoharry.core.settings import fingerprint as fingerprint  # re-exported
+from whoharry.core.settings import without_later_defaults as without_later_defaults  # re-exported
 
 
 @dataclass
@@ -364,9 +365,7 @@ def train_key(train: TrainConfig) -> dict[str, Any]:
     `save_dtype` only when it is not `auto` (folders written before the setting keep their keys)."""
     settings = to_dict(train)
     settings.pop("log_with")
-    if settings["save_dtype"] == "auto":
-        settings.pop("save_dtype")
-    return settings
+    return without_later_defaults(settings, {"save_dtype": "auto"})
 
 
 def model_key(model: ModelConfig, *, reading: bool) -> dict[str, Any]:

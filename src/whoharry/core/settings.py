@@ -148,6 +148,13 @@ def fingerprint(data: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def without_later_defaults(settings: dict[str, Any], later: dict[str, Any]) -> dict[str, Any]:
+    """A section's settings (as `to_dict` gives them) as they enter a fingerprint: those added after its
+    results were first made (`later`: name -> default) are left out while they hold their default, so a
+    result made before they existed keeps its key."""
+    return {name: value for name, value in settings.items() if name not in later or value != later[name]}
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise WhoharryError(f"config file not found: {path}")

@@ -12,7 +12,7 @@ import logging
 from pathlib import Path
 
 from whoharry.anchors import suggest
-from whoharry.config import Config, fingerprint, model_key, to_dict
+from whoharry.config import Config, fingerprint, model_key, to_dict, without_later_defaults
 from whoharry.core import artifacts, distributed
 from whoharry.core.corpus import is_hub
 from whoharry.core.text import target_hash
@@ -40,7 +40,6 @@ def uses_gain(cfg: Config) -> bool:
 # settings added after dictionaries were first made: at these values they make the dictionary they always did,
 # and stay out of the key, so a finished dictionary is not made again
 _LATER_DEFAULTS = {"names": "model", "max_word_frequency": 1.0}
-_ABSENT = object()
 
 
 def key(cfg: Config, out: Path) -> str:
@@ -52,8 +51,8 @@ def key(cfg: Config, out: Path) -> str:
                             "llm": [cfg.anchors.llm_url, cfg.anchors.llm_model, cfg.anchors.llm_passage_chars],
                             "prompt": artifacts.file_hash(cfg.anchors.llm_prompt)
                             if cfg.anchors.llm_prompt.is_file() else "missing", "target_name": cfg.eval.target_name})
-    settings = {k: v for k, v in to_dict(cfg.anchors).items() if not k.startswith("llm_") and k != "batch_size"
-                and _LATER_DEFAULTS.get(k, _ABSENT) != v}
+    settings = without_later_defaults({k: v for k, v in to_dict(cfg.anchors).items()
+                                       if not k.startswith("llm_") and k != "batch_size"}, _LATER_DEFAULTS)
     return fingerprint({
         "target": target,
         "reinforced": reinforce.key(cfg, out) if uses_gain(cfg) else None,

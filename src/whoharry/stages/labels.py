@@ -28,7 +28,17 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from whoharry.anchors.dictionary import Anchors, load_anchors
 from whoharry.anchors.translate import translate_block
-from whoharry.config import Config, InsideAnchors, LabelTargets, MatchOrder, Precision, fingerprint, model_key, to_dict
+from whoharry.config import (
+    Config,
+    InsideAnchors,
+    LabelTargets,
+    MatchOrder,
+    Precision,
+    fingerprint,
+    model_key,
+    to_dict,
+    without_later_defaults,
+)
 from whoharry.core import artifacts, distributed, models
 from whoharry.core.text import Blocks, make_blocks, pad, read_target, target_hash
 from whoharry.method.objectives import IGNORE
@@ -250,10 +260,7 @@ def _label_settings(cfg: Config) -> dict:
     settings.pop("save_every")
     if cfg.labels.targets != "soft":
         settings.pop("top_k")
-    for name, default in _LATER_DEFAULTS.items():
-        if settings[name] == default:
-            settings.pop(name)
-    return settings
+    return without_later_defaults(settings, _LATER_DEFAULTS)
 
 
 def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
