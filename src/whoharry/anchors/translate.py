@@ -300,14 +300,20 @@ def _find_regions(text: str, begin: int, finish: int, offsets: list[tuple[int, i
 
 def _first_tokens(tokenizer: PreTrainedTokenizerBase, value: str, seen_first: int) -> tuple[int, ...]:
     """The translation's first piece in the forms it takes: as seen in the translated block, after a word
-    and a space, and at a line start; each is the token that holds the value's first character, so a
-    bare `▁` or space piece a tokenizer puts before it (Llama 2 before a digit, or for a leading space
-    with its dummy prefix) is never taken for it."""
+    and a space, and at a line start (`token_after`)."""
     found = {seen_first}
     for context in (". ", "\n"):
-        encoded = tokenizer(context + value, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        spans = encoded["offset_mapping"]
-        first = next((j for j, (_, end) in enumerate(spans) if end > len(context)), None)
+        first = token_after(tokenizer, context, value)
         if first is not None:
-            found.add(encoded["input_ids"][first])
+            found.add(first)
     return tuple(sorted(found))
+
+
+def token_after(tokenizer: PreTrainedTokenizerBase, context: str, value: str) -> int | None:
+    """The token that holds `value`'s first character where it follows `context` in one text, so a bare `▁`
+    or space piece a tokenizer puts before it (Llama 2 before a digit, or for a leading space with its
+    dummy prefix) is never taken for it; None when no token reaches past the context (an empty value)."""
+    encoded = tokenizer(context + value, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    spans = encoded["offset_mapping"]
+    first = next((j for j, (_, end) in enumerate(spans) if end > len(context)), None)
+    return None if first is None else encoded["input_ids"][first]

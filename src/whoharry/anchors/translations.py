@@ -35,6 +35,7 @@ from whoharry.anchors.names import (  # noqa: F401 - the lists are read from her
     SURNAMES,
     TITLES,
 )
+from whoharry.anchors.translate import token_after
 from whoharry.config import NameSource
 from whoharry.core import models
 from whoharry.core.text import pad
@@ -253,26 +254,24 @@ def model_fillers(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
 
 
 def name_token(tokenizer: PreTrainedTokenizerBase, name: str) -> int:
-    """The token a name starts with after a word and a space: the first token that holds its first
-    character, so a bare `▁` a SentencePiece tokenizer (Llama 2) puts before it is never taken for it."""
-    encoded = tokenizer(f"x {name}", add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    spans = encoded["offset_mapping"]
-    return next((token for token, (start, end) in zip(encoded["input_ids"], spans, strict=True) if end > 2
-                 and end > start), encoded["input_ids"][-1])
+    """The token a name starts with after a word and a space (`anchors.translate.token_after`), so a bare
+    `▁` a SentencePiece tokenizer (Llama 2) puts before it is never taken for it."""
+    token = token_after(tokenizer, "x ", name)
+    return token if token is not None else tokenizer(f"x {name}", add_special_tokens=False).input_ids[-1]
 
 
 def pool_names(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, candidate: Candidate,
-               pool: tuple[str, ...], banned: set[int], taken: set[str], *, contexts: int, wanted: int,
-               precision: str, reinforced: PreTrainedModel | None = None, alpha: float = 5.0) -> list[str]:
-    """Up to `wanted` ordinary names of `pool` for a person's name, the ones the model expects most where the
-    term stands first: each name is scored by the `next_word_probs` of its first token after a space.
+               pool: tuple[str, ...], banned: set[int], taken: set[str], *, contexts: int, precision: str,
+               reinforced: PreTrainedModel | None = None, alpha: float = 5.0) -> list[str]:
+    """The ordinary names of `pool` for a person's name, the ones the model expects most where the term
+    stands first: each name is scored by the `next_word_probs` of its first token after a space.
 
     A name whose first token is `banned` (a suggested term's) is never given; one in `taken` (given to
     another term already) only when too few others are left, so that two characters of the target do not
     become one. With no occurrence to read, the order is a hash of the term's (`fallback`'s, stable across runs).
 
     Returns:
-        Distinct names of `pool`, best first (`wanted` of them when the pool allows).
+        The allowed names of `pool`, best first, those in `taken` last.
     """
     expected = next_word_probs(model, tokenizer, text, candidate, contexts=contexts, precision=precision,
                                reinforced=reinforced, alpha=alpha)
@@ -284,7 +283,7 @@ def pool_names(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text:
         probs = expected[0]
         ranked = sorted(allowed, key=lambda name: (-float(probs[first[name]]), name))
     free = [name for name in ranked if name not in taken]
-    return (free + [name for name in ranked if name in taken])[:wanted]
+    return free + [name for name in ranked if name in taken]
 
 
 def propose(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: str, chosen: list[Candidate], *,
@@ -323,7 +322,7 @@ def propose(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text: st
             kind = person
             pool = POOL_FIRST_NAMES if kind == "first" else POOL_SURNAMES
             words = pool_names(model, tokenizer, text, candidate, pool, banned, taken, contexts=contexts,
-                               wanted=len(pool), precision=precision, reinforced=reinforced, alpha=alpha)
+                               precision=precision, reinforced=reinforced, alpha=alpha)
             words = [w for w in words if not _names_a_term(w, terms, lowered)][:alternatives]
             result[candidate.term] = words or fallback(kind, candidate.term, alternatives, taken)
             taken.update(result[candidate.term])
