@@ -106,8 +106,10 @@ def general_figures(unlearned: dict[str, float], ratios: dict[str, float]) -> di
     return {key: verdict for key, verdict in verdicts(unlearned, ratios).items() if key in GENERAL}
 
 
-def familiarity(cfg, folder: Path, probe_file: Path) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Mean P(answer) of the base, reinforced and unlearned models on `probe_file`, and each probe's."""
+def familiarity(cfg, folder: Path, probe_file: Path, which: tuple[str, ...] = ("base", "reinforced", "unlearned")
+                ) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Mean P(answer) of the base, reinforced and unlearned models (those named in `which`) on `probe_file`,
+    and each probe's."""
     from whoharry.core import models
     from whoharry.evaluation.probes import read_probes, score_probes
 
@@ -115,10 +117,11 @@ def familiarity(cfg, folder: Path, probe_file: Path) -> tuple[dict[str, float], 
     source = models.resolve(cfg.model)
     tokenizer = models.load_tokenizer(source, cfg.model)
     result, each = {}, {}
-    for name, load in (("base", lambda: models.load_model(source, cfg.model, inference=True)),
-                       ("reinforced", lambda: models.load_folder(folder / "reinforce" / "final", cfg=cfg.model)),
-                       ("unlearned", lambda: models.load_folder(folder / "unlearn" / "final", cfg=cfg.model))):
-        model = load().requires_grad_(False)
+    loaders = {"base": lambda: models.load_model(source, cfg.model, inference=True),
+               "reinforced": lambda: models.load_folder(folder / "reinforce" / "final", cfg=cfg.model),
+               "unlearned": lambda: models.load_folder(folder / "unlearn" / "final", cfg=cfg.model)}
+    for name in which:
+        model = loaders[name]().requires_grad_(False)
         records = score_probes(model, tokenizer, probes, cfg.eval, name, greedy=False, progress=False)
         each[name] = [r["p_answer"] for r in records]
         result[name] = sum(each[name]) / len(records)
@@ -126,16 +129,18 @@ def familiarity(cfg, folder: Path, probe_file: Path) -> tuple[dict[str, float], 
     return result, each
 
 
-def share_interval(base: list[float], ours: list[float], theirs: list[float]) -> list[float]:
+def share_interval(base: list[float], ours: list, theirs: list) -> list[float]:
     """95% bootstrap interval of (sum(base) - sum(ours)) / (sum(base) - sum(theirs)), the probes resampled with
-    the same indices for all three models (`whoharry.evaluation.intervals.ratio_interval`)."""
+    the same indices for all three models (`whoharry.evaluation.intervals.ratio_interval`). `base` holds one
+    P(answer) a probe; `ours` and `theirs` the same, or one such row a seed ([seeds, probes]), whose
+    differences from the base are summed over the seeds before the probes are resampled."""
     import numpy as np
 
     from whoharry.evaluation.intervals import Parts, ratio_interval
 
     ones = np.ones(len(base))
-    numer = Parts(np.asarray(base) - np.asarray(ours), ones)
-    denom = Parts(np.asarray(base) - np.asarray(theirs), ones)
+    numer = Parts((np.asarray(base) - np.atleast_2d(ours)).sum(axis=0), ones)
+    denom = Parts((np.asarray(base) - np.atleast_2d(theirs)).sum(axis=0), ones)
     return [round(value, 4) for value in ratio_interval(numer, denom)]
 
 

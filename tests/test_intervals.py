@@ -120,3 +120,42 @@ def test_add_intervals_of_a_destroyed_model(no_warnings):
     assert ratios["unlearned/general_perplexity"] == [math.inf, math.inf]
     both = {"base": result(9000.0), "unlearned": result(9000.0)}
     assert "unlearned/general_perplexity" not in add_intervals(both)  # inf / inf: no ratio interval
+
+
+def _bench_script(name: str):
+    """A benchmark script as a module, its folder on the path as when it runs (scripts import each other)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "scripts"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pooled_share_is_the_ratio_of_mean_reductions_not_the_mean_of_shares():
+    seeds = _bench_script("bench_target_seeds")
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.2, 0.8, 30)
+    # seed 1: both runs halve every probe (share 1); seed 2: ours forgets a tenth, theirs nine tenths
+    ours, theirs = [base * 0.5, base * 0.9], [base * 0.5, base * 0.1]
+    one = seeds.pool(base, ours[:1], theirs[:1])
+    assert one["share"] == pytest.approx(1.0) and one["share_interval"] == pytest.approx([1.0, 1.0])
+    pooled = seeds.pool(base, ours, theirs)
+    assert pooled["target_only_reduction"] == pytest.approx(0.3)
+    assert pooled["hand_written_reduction"] == pytest.approx(0.7)
+    assert pooled["share"] == pytest.approx(0.3 / 0.7)  # the mean of the two shares would be (1 + 1/9) / 2
+    # every probe moves by the same fraction in both seeds: the pooled share does not depend on the resample
+    assert pooled["share_interval"] == pytest.approx([0.3 / 0.7] * 2, abs=1e-4)
+
+
+def test_pooled_share_of_a_run_that_forgets_nothing_is_nan():
+    seeds = _bench_script("bench_target_seeds")
+    base = np.linspace(0.1, 0.5, 10)
+    result = seeds.pool(base, [base * 0.5], [base])
+    assert result["hand_written_reduction"] == 0 and math.isnan(result["share"])
+    assert all(math.isnan(value) for value in result["share_interval"])

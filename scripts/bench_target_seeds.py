@@ -1,0 +1,107 @@
+"""Pool finished `bench_target.py` folders, one a seed, into one share of the hand-written run's familiarity
+reduction; print one JSON object.
+
+    python scripts/bench_target_seeds.py --probes data/sherlock/probes_test.jsonl --split-line 20 \\
+        runs/target-sherlock runs/target-sherlock-seed1 runs/target-sherlock-seed2
+
+One draw of the comparison is decided by a few probes (docs/OWN_TEXT.md, "Other draws of the same
+comparison"); several draws are read together here. Each folder holds the two runs of `bench_target.py
+--anchors` (`target-only` and `hand-written`); their base and unlearned models are scored on the hand-written
+probes (`--probes`) as `bench_target.py` scores them.
+
+- Per folder: the seed it was made with, each run's reduction (1 - unlearned/base, mean P(answer)), the share
+  (target-only reduction / hand-written reduction) and its 95% bootstrap interval over the probes.
+- `pooled`: the target-only run's reduction averaged over the seeds, the hand-written run's, and their
+  ratio, which is sum over seeds and probes of (base - target-only) / the same sum of (base - hand-written).
+  Its interval resamples the probes with the same indices for every seed and model
+  (`bench_target.share_interval`): it holds the probes' sampling error, not the seeds'; the per-folder shares
+  show the seeds' spread.
+- `--split-line N`: the pooled reductions of probes 1..N and of the rest, for a probe file whose first lines
+  ask one kind of fact (the Sherlock test probes: 1-20 the book's own facts, 21-40 the canon).
+- `largest_gaps`: the five probes that move the pooled share most, by the mean over seeds of the target-only
+  unlearned model's P(answer) minus the hand-written one's (positive: the target-only run kept more).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import bench_target
+
+RUNS = ("target-only", "hand-written")
+
+
+def reduction(base: list[float], unlearned: list[list[float]]) -> float:
+    """1 - mean unlearned P(answer) / mean base P(answer), the unlearned models of every seed together; nan
+    when the base gives the answers nothing."""
+    total = sum(base)
+    return 1 - sum(map(sum, unlearned)) / (len(unlearned) * total) if total > 0 else float("nan")
+
+
+def share(ours: float, theirs: float) -> float:
+    """The target-only reduction over the hand-written one; nan when the hand-written run forgets nothing."""
+    return ours / theirs if theirs else float("nan")
+
+
+def pool(base: list[float], ours: list[list[float]], theirs: list[list[float]]) -> dict:
+    """The pooled reductions, share and interval of per-probe P(answer): `base` [probes], `ours` and
+    `theirs` [seeds, probes]."""
+    mine, other = reduction(base, ours), reduction(base, theirs)
+    return {"target_only_reduction": mine, "hand_written_reduction": other, "share": share(mine, other),
+            "share_interval": bench_target.share_interval(base, ours, theirs)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", type=Path, nargs="+", help="finished bench_target.py --anchors folders")
+    parser.add_argument("--probes", type=Path, required=True, help="hand-written probes of the book")
+    parser.add_argument("--split-line", type=int, default=None,
+                        help="also pool probes 1..N and N+1.. apart")
+    args = parser.parse_args(argv)
+    for folder in args.folders:
+        missing = [name for name in RUNS if not (folder / name / "eval" / "report.json").is_file()]
+        if missing:
+            parser.error(f"{folder}: no finished {' or '.join(missing)} run (bench_target.py --anchors)")
+
+    from whoharry.cli.common import setup
+    from whoharry.config import load_config
+    from whoharry.evaluation.probes import read_probes
+
+    setup(quiet=True)
+    probes = read_probes(args.probes)
+    if args.split_line is not None and not 0 < args.split_line < len(probes):
+        parser.error(f"--split-line {args.split_line}: needs 1 to {len(probes) - 1} for {len(probes)} probes")
+    cfg = load_config(bench_target.ROOT / "configs" / "default.yaml")
+    base = bench_target.familiarity(cfg, args.folders[0] / RUNS[0], args.probes, which=("base",))[1]["base"]
+    unlearned: dict[str, list[list[float]]] = {name: [] for name in RUNS}
+    result: dict = {"probes": str(args.probes), "base_familiarity": sum(base) / len(base), "seeds": []}
+    for folder in args.folders:
+        for name in RUNS:
+            scores = bench_target.familiarity(cfg, folder / name, args.probes, which=("unlearned",))[1]
+            unlearned[name].append(scores["unlearned"])
+        one = pool(base, [unlearned[RUNS[0]][-1]], [unlearned[RUNS[1]][-1]])
+        result["seeds"].append({"folder": str(folder), "seed": bench_target.run_seed(folder / RUNS[0]), **one})
+    result["pooled"] = pool(base, unlearned[RUNS[0]], unlearned[RUNS[1]])
+    if args.split_line is not None:
+        cut = args.split_line
+        result["pooled_by_lines"] = {
+            f"1-{cut}": pool(base[:cut], [row[:cut] for row in unlearned[RUNS[0]]],
+                             [row[:cut] for row in unlearned[RUNS[1]]]),
+            f"{cut + 1}-{len(base)}": pool(base[cut:], [row[cut:] for row in unlearned[RUNS[0]]],
+                                           [row[cut:] for row in unlearned[RUNS[1]]])}
+    seeds = len(args.folders)
+    gaps = [(sum(row[i] for row in unlearned[RUNS[0]]) / seeds - sum(row[i] for row in unlearned[RUNS[1]]) / seeds, i)
+            for i in range(len(base))]
+    result["largest_gaps"] = [{"line": i + 1, "answer": probes[i]["answer"], "base": base[i],
+                               "target_only": sum(row[i] for row in unlearned[RUNS[0]]) / seeds,
+                               "hand_written": sum(row[i] for row in unlearned[RUNS[1]]) / seeds}
+                              for _, i in sorted(gaps, key=lambda gap: -abs(gap[0]))[:5]]
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
