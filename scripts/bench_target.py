@@ -22,10 +22,10 @@ The JSON holds, per run: wall and stage seconds, the base-model evaluation parts
 figures of the run's report (unlearned/base) against the default run's targets (`scripts/bench_quality.py`),
 familiarity (mean P(answer)) of the three models on both probe sets, the unlearned/base ratios, the
 familiarity reduction (1 - ratio) on the hand-written probes and the target-only run's share of the
-hand-written run's reduction, with its 95% bootstrap interval over the probes (`share_interval`; the three
-models resampled alike); the generated probes' checks: the share the base ranks in its top 10, and
-whether generated-probe and hand-written-probe familiarity order the three models alike (Spearman's rank
-correlation over base, reinforced, unlearned of both runs).
+hand-written run's reduction (nan when that run forgets nothing), with its 95% bootstrap interval over the
+probes (`share_interval`; the three models resampled alike); the generated probes' checks: the share the
+base ranks in its top 10, and whether generated-probe and hand-written-probe familiarity order the three
+models alike (Spearman's rank correlation over base, reinforced, unlearned of both runs).
 """
 
 from __future__ import annotations
@@ -130,10 +130,12 @@ def familiarity(cfg, folder: Path, probe_file: Path, which: tuple[str, ...] = ("
 
 
 def share_interval(base: list[float], ours: list, theirs: list) -> list[float]:
-    """95% bootstrap interval of (sum(base) - sum(ours)) / (sum(base) - sum(theirs)), the probes resampled with
-    the same indices for all three models (`whoharry.evaluation.intervals.ratio_interval`). `base` holds one
-    P(answer) a probe; `ours` and `theirs` the same, or one such row a seed ([seeds, probes]), whose
-    differences from the base are summed over the seeds before the probes are resampled."""
+    """95% bootstrap interval of sum(base - ours) / sum(base - theirs), the probes resampled with the same
+    indices for all three models (`whoharry.evaluation.intervals.ratio_interval`: a resample whose denominator
+    is not above 0, where `theirs` forgets nothing, has no share; nan when none has one). `base` holds one
+    P(answer) a probe; `ours` and `theirs` the same, or one such row a seed ([seeds, probes]). With rows the
+    sums run over the seeds and the probes: each probe's differences are summed over the seeds, then the
+    probes are resampled."""
     import numpy as np
 
     from whoharry.evaluation.intervals import Parts, ratio_interval
@@ -208,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       pandas.Series([h for _, h in pairs]).rank()))}
     if "hand-written" in result["runs"]:
         ours, theirs = (result["runs"][n]["hand_written_reduction"] for n in ("target-only", "hand-written"))
-        result["target_only_share_of_reduction"] = ours / theirs if theirs else float("nan")
+        result["target_only_share_of_reduction"] = ours / theirs if theirs > 0 else float("nan")
         mine, other = per_probe["target-only"], per_probe["hand-written"]
         result["share_interval"] = share_interval(mine["base"], mine["unlearned"], other["unlearned"])
     print(json.dumps(result, indent=2))

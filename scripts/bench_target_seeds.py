@@ -12,14 +12,18 @@ probes (`--probes`) as `bench_target.py` scores them.
 - Per folder: the seed it was made with, each run's reduction (1 - unlearned/base, mean P(answer)), the share
   (target-only reduction / hand-written reduction) and its 95% bootstrap interval over the probes.
 - `pooled`: the target-only run's reduction averaged over the seeds, the hand-written run's, and their
-  ratio, which is sum over seeds and probes of (base - target-only) / the same sum of (base - hand-written).
-  Its interval resamples the probes with the same indices for every seed and model
+  ratio, which is the sum over seeds and probes of (base - target-only) over the same sum of
+  (base - hand-written). Its interval resamples the probes with the same indices for every seed and model
   (`bench_target.share_interval`): it holds the probes' sampling error, not the seeds'; the per-folder shares
-  show the seeds' spread.
+  show the seeds' spread. A share is nan when the hand-written run forgets nothing or raises familiarity (no
+  reduction to take a share of), and a resample in which it does has no share either.
 - `--split-line N`: the pooled reductions of probes 1..N and of the rest, for a probe file whose first lines
   ask one kind of fact (the Sherlock test probes: 1-20 the book's own facts, 21-40 the canon).
-- `largest_gaps`: the five probes that move the pooled share most, by the mean over seeds of the target-only
-  unlearned model's P(answer) minus the hand-written one's (positive: the target-only run kept more).
+- `largest_gaps`: the five probes with the largest mean gap over the seeds between the two unlearned models'
+  P(answer), by size (target-only above hand-written: the target-only run kept more of that answer).
+
+Every model is scored with the shipped config's model and evaluation settings (`configs/default.yaml`), as
+`bench_target.py` scores runs made without `--set model...` or `--set eval...`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from pathlib import Path
 import bench_target
 
 RUNS = ("target-only", "hand-written")
+FINISHED = ("eval/report.json", "eval/config.yaml", "unlearn/final")  # what is read of each run
 
 
 def reduction(base: list[float], unlearned: list[list[float]]) -> float:
@@ -42,8 +47,8 @@ def reduction(base: list[float], unlearned: list[list[float]]) -> float:
 
 
 def share(ours: float, theirs: float) -> float:
-    """The target-only reduction over the hand-written one; nan when the hand-written run forgets nothing."""
-    return ours / theirs if theirs else float("nan")
+    """The target-only reduction over the hand-written one; nan when the hand-written reduction is not above 0."""
+    return ours / theirs if theirs > 0 else float("nan")
 
 
 def pool(base: list[float], ours: list[list[float]], theirs: list[list[float]]) -> dict:
@@ -54,6 +59,26 @@ def pool(base: list[float], ours: list[list[float]], theirs: list[list[float]]) 
             "share_interval": bench_target.share_interval(base, ours, theirs)}
 
 
+def pool_lines(base: list[float], ours: list[list[float]], theirs: list[list[float]], cut: int) -> dict:
+    """`pool` of probes 1..cut and of probes cut+1.. apart, keyed by their line ranges."""
+    def rows(runs: list[list[float]], part: slice) -> list[list[float]]:
+        return [row[part] for row in runs]
+
+    head, tail = slice(None, cut), slice(cut, None)
+    return {f"1-{cut}": pool(base[head], rows(ours, head), rows(theirs, head)),
+            f"{cut + 1}-{len(base)}": pool(base[tail], rows(ours, tail), rows(theirs, tail))}
+
+
+def largest_gaps(probes: list[dict], base: list[float], ours: list[list[float]], theirs: list[list[float]],
+                 count: int = 5) -> list[dict]:
+    """The `count` probes whose mean unlearned P(answer) over the seeds differs most between the runs."""
+    mine = [sum(column) / len(ours) for column in zip(*ours, strict=True)]
+    other = [sum(column) / len(theirs) for column in zip(*theirs, strict=True)]
+    order = sorted(range(len(base)), key=lambda i: -abs(mine[i] - other[i]))[:count]
+    return [{"line": i + 1, "answer": probes[i]["answer"], "base": base[i], "target_only": mine[i],
+             "hand_written": other[i]} for i in order]
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", type=Path, nargs="+", help="finished bench_target.py --anchors folders")
@@ -61,17 +86,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--split-line", type=int, default=None,
                         help="also pool probes 1..N and N+1.. apart")
     args = parser.parse_args(argv)
+    if len({folder.resolve() for folder in args.folders}) < len(args.folders):
+        parser.error("a folder is named twice: each is one seed")
     for folder in args.folders:
-        missing = [name for name in RUNS if not (folder / name / "eval" / "report.json").is_file()]
+        missing = [name for name in RUNS if not all((folder / name / part).exists() for part in FINISHED)]
         if missing:
             parser.error(f"{folder}: no finished {' or '.join(missing)} run (bench_target.py --anchors)")
 
     from whoharry.cli.common import setup
     from whoharry.config import load_config
+    from whoharry.errors import WhoharryError
     from whoharry.evaluation.probes import read_probes
 
     setup(quiet=True)
-    probes = read_probes(args.probes)
+    try:
+        probes = read_probes(args.probes)
+    except WhoharryError as error:
+        parser.error(str(error))
     if args.split_line is not None and not 0 < args.split_line < len(probes):
         parser.error(f"--split-line {args.split_line}: needs 1 to {len(probes) - 1} for {len(probes)} probes")
     cfg = load_config(bench_target.ROOT / "configs" / "default.yaml")
@@ -86,19 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
         result["seeds"].append({"folder": str(folder), "seed": bench_target.run_seed(folder / RUNS[0]), **one})
     result["pooled"] = pool(base, unlearned[RUNS[0]], unlearned[RUNS[1]])
     if args.split_line is not None:
-        cut = args.split_line
-        result["pooled_by_lines"] = {
-            f"1-{cut}": pool(base[:cut], [row[:cut] for row in unlearned[RUNS[0]]],
-                             [row[:cut] for row in unlearned[RUNS[1]]]),
-            f"{cut + 1}-{len(base)}": pool(base[cut:], [row[cut:] for row in unlearned[RUNS[0]]],
-                                           [row[cut:] for row in unlearned[RUNS[1]]])}
-    seeds = len(args.folders)
-    gaps = [(sum(row[i] for row in unlearned[RUNS[0]]) / seeds - sum(row[i] for row in unlearned[RUNS[1]]) / seeds, i)
-            for i in range(len(base))]
-    result["largest_gaps"] = [{"line": i + 1, "answer": probes[i]["answer"], "base": base[i],
-                               "target_only": sum(row[i] for row in unlearned[RUNS[0]]) / seeds,
-                               "hand_written": sum(row[i] for row in unlearned[RUNS[1]]) / seeds}
-                              for _, i in sorted(gaps, key=lambda gap: -abs(gap[0]))[:5]]
+        result["pooled_by_lines"] = pool_lines(base, unlearned[RUNS[0]], unlearned[RUNS[1]], args.split_line)
+    result["largest_gaps"] = largest_gaps(probes, base, unlearned[RUNS[0]], unlearned[RUNS[1]])
     print(json.dumps(result, indent=2))
     return result
 

@@ -153,9 +153,40 @@ def test_pooled_share_is_the_ratio_of_mean_reductions_not_the_mean_of_shares():
     assert pooled["share_interval"] == pytest.approx([0.3 / 0.7] * 2, abs=1e-4)
 
 
-def test_pooled_share_of_a_run_that_forgets_nothing_is_nan():
+def test_pooled_reduction_is_of_the_mean_familiarity_not_the_mean_of_each_probes_ratio():
+    seeds = _bench_script("bench_target_seeds")
+    base = np.array([0.9, 0.1])
+    # the large probe keeps everything, the small one loses everything: familiarity falls by 0.1 of 1.0,
+    # where the mean of the probes' ratios would say a half
+    ours, theirs = [np.array([0.9, 0.0])], [np.array([0.45, 0.05])]
+    result = seeds.pool(base, ours, theirs)
+    assert result["target_only_reduction"] == pytest.approx(0.1)
+    assert result["hand_written_reduction"] == pytest.approx(0.5)
+    assert result["share"] == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("forgotten", [0.0, -0.2])
+def test_pooled_share_of_a_run_that_forgets_nothing_is_nan(forgotten):
     seeds = _bench_script("bench_target_seeds")
     base = np.linspace(0.1, 0.5, 10)
-    result = seeds.pool(base, [base * 0.5], [base])
-    assert result["hand_written_reduction"] == 0 and math.isnan(result["share"])
+    result = seeds.pool(base, [base * 0.5], [base * (1 - forgotten)])
+    assert result["hand_written_reduction"] == pytest.approx(forgotten) and math.isnan(result["share"])
     assert all(math.isnan(value) for value in result["share_interval"])
+
+
+def test_the_halves_and_the_largest_gaps_of_pooled_seeds():
+    seeds = _bench_script("bench_target_seeds")
+    probes = [{"prompt": f"p{i}", "answer": f" a{i}"} for i in range(6)]
+    base = [0.5] * 6
+    # probes 1-3: ours forgets all, theirs a fifth; probes 4-6: ours almost nothing, theirs almost all
+    ours = [[0.0, 0.0, 0.0, 0.5, 0.5, 0.5], [0.0, 0.0, 0.0, 0.5, 0.4, 0.5]]
+    theirs = [[0.4, 0.4, 0.4, 0.0, 0.0, 0.0], [0.4, 0.4, 0.4, 0.0, 0.0, 0.2]]
+    halves = seeds.pool_lines(base, ours, theirs, 3)
+    assert set(halves) == {"1-3", "4-6"}
+    assert halves["1-3"]["target_only_reduction"] == 1.0 and halves["1-3"]["share"] == pytest.approx(5.0)
+    assert halves["4-6"]["target_only_reduction"] == pytest.approx(1 - 2.9 / 3.0)
+    assert halves["4-6"]["hand_written_reduction"] == pytest.approx(1 - 0.2 / 3.0)
+    # mean gaps over the seeds: -0.4 on probes 1-3, then 0.5, 0.45, 0.4
+    gaps = seeds.largest_gaps(probes, base, ours, theirs, count=2)
+    assert [gap["line"] for gap in gaps] == [4, 5]
+    assert gaps[1]["answer"] == " a4" and gaps[1]["target_only"] == pytest.approx(0.45)

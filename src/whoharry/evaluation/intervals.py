@@ -158,7 +158,7 @@ def interval(figure: Parts, resamples: int = RESAMPLES, seed: int = SEED) -> tup
 
 def ratio_interval(numer: Parts, denom: Parts, resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float]:
     """The interval of numer/denom when both are resampled with the same indices (paired samples); a
-    resample whose denominator is 0 or nan has no ratio, nan when none has one.
+    resample whose denominator is 0, negative or nan has no ratio, nan when none has one.
 
     Raises:
         ValueError: the two figures have different numbers of samples.
@@ -174,7 +174,7 @@ def ratio_interval(numer: Parts, denom: Parts, resamples: int = RESAMPLES, seed:
 
         above, below = _distribution((numer.numerators, numer.denominators, denom.numerators, denom.denominators),
                                      both, resamples, seed)
-    defined = below > 0  # a resample whose base figure is 0 has no ratio
+    defined = below > 0  # a resample whose base figure is 0 (or below, or nan) has no ratio
     if not defined.any():
         return float("nan"), float("nan")
     with np.errstate(invalid="ignore"):  # inf / inf is nan
