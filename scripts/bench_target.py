@@ -132,7 +132,8 @@ def familiarity(cfg, folder: Path, probe_file: Path, which: tuple[str, ...] = ("
 def share_interval(base: list[float], ours: list, theirs: list) -> list[float]:
     """95% bootstrap interval of sum(base - ours) / sum(base - theirs), the probes resampled with the same
     indices for all three models (`whoharry.evaluation.intervals.ratio_interval`: a resample whose denominator
-    is not above 0, where `theirs` forgets nothing, has no share; nan when none has one). `base` holds one
+    is not above 0, where `theirs` forgets nothing, has no share). Nan when the share itself has no value
+    (the denominator over all probes not above 0), or no resample has one. `base` holds one
     P(answer) a probe; `ours` and `theirs` the same, or one such row a seed ([seeds, probes]). With rows the
     sums run over the seeds and the probes: each probe's differences are summed over the seeds, then the
     probes are resampled."""
@@ -143,6 +144,8 @@ def share_interval(base: list[float], ours: list, theirs: list) -> list[float]:
     ones = np.ones(len(base))
     numer = Parts((np.asarray(base) - np.atleast_2d(ours)).sum(axis=0), ones)
     denom = Parts((np.asarray(base) - np.atleast_2d(theirs)).sum(axis=0), ones)
+    if not denom.value() > 0:
+        return [float("nan"), float("nan")]
     return [round(value, 4) for value in ratio_interval(numer, denom)]
 
 

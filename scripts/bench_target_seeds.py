@@ -1,5 +1,7 @@
-"""Pool finished `bench_target.py` folders, one a seed, into one share of the hand-written run's familiarity
-reduction; print one JSON object.
+"""Read bench_target.py folders of several seeds together: the pooled share of the reduction, as JSON.
+
+Each finished `bench_target.py --anchors` folder is one seed; the share of the hand-written run's familiarity
+reduction that the target-only run reaches is pooled over them and printed as one JSON object.
 
     python scripts/bench_target_seeds.py --probes data/sherlock/probes_test.jsonl --split-line 20 \\
         runs/target-sherlock runs/target-sherlock-seed1 runs/target-sherlock-seed2
@@ -16,11 +18,13 @@ probes (`--probes`) as `bench_target.py` scores them.
   (base - hand-written). Its interval resamples the probes with the same indices for every seed and model
   (`bench_target.share_interval`): it holds the probes' sampling error, not the seeds'; the per-folder shares
   show the seeds' spread. A share is nan when the hand-written run forgets nothing or raises familiarity (no
-  reduction to take a share of), and a resample in which it does has no share either.
+  reduction to take a share of), and so is its interval; otherwise the interval leaves out the resamples in
+  which it does (`ratio_interval`), so a share whose hand-written reduction is near 0 has a wide interval
+  that may not hold it.
 - `--split-line N`: the pooled reductions of probes 1..N and of the rest, for a probe file whose first lines
   ask one kind of fact (the Sherlock test probes: 1-20 the book's own facts, 21-40 the canon).
 - `largest_gaps`: the five probes with the largest mean gap over the seeds between the two unlearned models'
-  P(answer), by size (target-only above hand-written: the target-only run kept more of that answer).
+  P(answer), ranked by its size whichever run is above; each gives the base's P(answer) and both means.
 
 Every model is scored with the shipped config's model and evaluation settings (`configs/default.yaml`), as
 `bench_target.py` scores runs made without `--set model...` or `--set eval...`.
@@ -88,10 +92,18 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if len({folder.resolve() for folder in args.folders}) < len(args.folders):
         parser.error("a folder is named twice: each is one seed")
+    made_with: dict = {}
     for folder in args.folders:
         missing = [name for name in RUNS if not all((folder / name / part).exists() for part in FINISHED)]
         if missing:
             parser.error(f"{folder}: no finished {' or '.join(missing)} run (bench_target.py --anchors)")
+        seeds = {bench_target.run_seed(folder / name) for name in RUNS}
+        if len(seeds) > 1:
+            parser.error(f"{folder}: its two runs were made with different seeds ({sorted(seeds, key=str)})")
+        seed = seeds.pop()
+        if seed in made_with:
+            parser.error(f"{made_with[seed]} and {folder} were both made with seed {seed}: one folder a seed")
+        made_with[seed] = folder
 
     from whoharry.cli.common import setup
     from whoharry.config import load_config

@@ -190,3 +190,39 @@ def test_the_halves_and_the_largest_gaps_of_pooled_seeds():
     gaps = seeds.largest_gaps(probes, base, ours, theirs, count=2)
     assert [gap["line"] for gap in gaps] == [4, 5]
     assert gaps[1]["answer"] == " a4" and gaps[1]["target_only"] == pytest.approx(0.45)
+
+
+def test_a_share_without_a_value_has_no_interval_though_some_resamples_have_one():
+    seeds = _bench_script("bench_target_seeds")
+    base = np.full(10, 0.5)
+    theirs = base.copy()
+    theirs[0], theirs[1] = 0.4, 0.7  # forgets 0.1 on one probe, learns 0.2 on another: no reduction in all
+    result = seeds.pool(base, [base * 0.5], [theirs])
+    assert result["hand_written_reduction"] < 0 and math.isnan(result["share"])
+    assert all(math.isnan(value) for value in result["share_interval"])
+
+
+def _bench_folder(root, seeds: dict[str, int]):
+    """A folder shaped as bench_target.py --anchors leaves it, each run made with its seed (no models)."""
+    for name, seed in seeds.items():
+        run = root / name
+        (run / "eval").mkdir(parents=True)
+        (run / "unlearn" / "final").mkdir(parents=True)
+        (run / "eval" / "report.json").write_text("{}")
+        (run / "eval" / "config.yaml").write_text(f"seed: {seed}\n")
+    return root
+
+
+@pytest.mark.parametrize("second, message", [
+    ({"target-only": 0, "hand-written": 0}, "were both made with seed 0"),
+    ({"target-only": 1, "hand-written": 2}, "made with different seeds"),
+])
+def test_folders_of_one_seed_are_refused_before_any_model_loads(tmp_path, capsys, second, message):
+    seeds = _bench_script("bench_target_seeds")
+    first = _bench_folder(tmp_path / "a", {"target-only": 0, "hand-written": 0})
+    other = _bench_folder(tmp_path / "b", second)
+    with pytest.raises(SystemExit) as stop:
+        seeds.main(["--probes", str(tmp_path / "none.jsonl"), str(first), str(other)])
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and message in errors[0]
