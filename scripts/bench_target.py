@@ -129,6 +129,12 @@ def familiarity(cfg, folder: Path, probe_file: Path, which: tuple[str, ...] = ("
     return result, each
 
 
+def share(ours: float, theirs: float) -> float:
+    """The target-only run's reduction over the hand-written run's; nan when the hand-written reduction is not
+    above 0 (no reduction to take a share of)."""
+    return ours / theirs if theirs > 0 else float("nan")
+
+
 def share_interval(base: list[float], ours: list, theirs: list) -> list[float]:
     """95% bootstrap interval of sum(base - ours) / sum(base - theirs), the probes resampled with the same
     indices for all three models (`whoharry.evaluation.intervals.ratio_interval`: a resample whose denominator
@@ -213,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       pandas.Series([h for _, h in pairs]).rank()))}
     if "hand-written" in result["runs"]:
         ours, theirs = (result["runs"][n]["hand_written_reduction"] for n in ("target-only", "hand-written"))
-        result["target_only_share_of_reduction"] = ours / theirs if theirs > 0 else float("nan")
+        result["target_only_share_of_reduction"] = share(ours, theirs)
         mine, other = per_probe["target-only"], per_probe["hand-written"]
         result["share_interval"] = share_interval(mine["base"], mine["unlearned"], other["unlearned"])
     print(json.dumps(result, indent=2))

@@ -50,16 +50,11 @@ def reduction(base: list[float], unlearned: list[list[float]]) -> float:
     return 1 - sum(map(sum, unlearned)) / (len(unlearned) * total) if total > 0 else float("nan")
 
 
-def share(ours: float, theirs: float) -> float:
-    """The target-only reduction over the hand-written one; nan when the hand-written reduction is not above 0."""
-    return ours / theirs if theirs > 0 else float("nan")
-
-
 def pool(base: list[float], ours: list[list[float]], theirs: list[list[float]]) -> dict:
     """The pooled reductions, share and interval of per-probe P(answer): `base` [probes], `ours` and
     `theirs` [seeds, probes]."""
     mine, other = reduction(base, ours), reduction(base, theirs)
-    return {"target_only_reduction": mine, "hand_written_reduction": other, "share": share(mine, other),
+    return {"target_only_reduction": mine, "hand_written_reduction": other, "share": bench_target.share(mine, other),
             "share_interval": bench_target.share_interval(base, ours, theirs)}
 
 
@@ -92,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if len({folder.resolve() for folder in args.folders}) < len(args.folders):
         parser.error("a folder is named twice: each is one seed")
-    made_with: dict = {}
+    made_with: dict = {}  # seed -> the folder made with it
     for folder in args.folders:
         missing = [name for name in RUNS if not all((folder / name / part).exists() for part in FINISHED)]
         if missing:
@@ -121,12 +116,12 @@ def main(argv: list[str] | None = None) -> dict:
     base = bench_target.familiarity(cfg, args.folders[0] / RUNS[0], args.probes, which=("base",))[1]["base"]
     unlearned: dict[str, list[list[float]]] = {name: [] for name in RUNS}
     result: dict = {"probes": str(args.probes), "base_familiarity": sum(base) / len(base), "seeds": []}
-    for folder in args.folders:
+    for seed, folder in made_with.items():
         for name in RUNS:
             scores = bench_target.familiarity(cfg, folder / name, args.probes, which=("unlearned",))[1]
             unlearned[name].append(scores["unlearned"])
         one = pool(base, [unlearned[RUNS[0]][-1]], [unlearned[RUNS[1]][-1]])
-        result["seeds"].append({"folder": str(folder), "seed": bench_target.run_seed(folder / RUNS[0]), **one})
+        result["seeds"].append({"folder": str(folder), "seed": seed, **one})
     result["pooled"] = pool(base, unlearned[RUNS[0]], unlearned[RUNS[1]])
     if args.split_line is not None:
         result["pooled_by_lines"] = pool_lines(base, unlearned[RUNS[0]], unlearned[RUNS[1]], args.split_line)
