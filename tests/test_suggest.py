@@ -152,6 +152,20 @@ def test_a_word_only_ever_inside_a_longer_name_gives_way_to_it():
     assert "Tin Woodman" in ranked and "Woodman" in ranked and "Tin" not in ranked
 
 
+def test_a_name_that_only_ever_begins_inside_another_chosen_name_gives_way_to_it():
+    """Translation takes the leftmost match: `Archery and Armour and Architecture` begins inside `Abbots and
+    Archery and Armour` at its one occurrence and could never match, nor could `Abbots and Archery` inside it;
+    the leftmost name stays, and so does `Architecture and Attica`, which begins after it ends."""
+    text = "I copied out Abbots and Archery and Armour and Architecture and Attica, and then I slept."
+    found = suggest.find_candidates(text, "", min_count=2, name_min_count=1)
+    scores = {"Abbots and Archery and Armour": 3.0, "Archery and Armour and Architecture": 2.0,
+              "Abbots and Archery": 1.5, "Architecture and Attica": 1.0}
+    for candidate in found.values():
+        candidate.score = scores.get(candidate.term, 0.0)
+    ranked = [c.term for c in suggest.rank(found, 2)]
+    assert ranked == ["Abbots and Archery and Armour", "Architecture and Attica"], ranked
+
+
 def test_a_name_may_open_with_a_capitalised_adjective_but_not_a_function_word():
     text = ("She met the Good Witch. Then the Good Witch smiled. The Great Oz spoke, and the Great Oz frowned. "
             "But Dorothy ran. But Dorothy wept.")
@@ -346,3 +360,18 @@ def test_a_text_of_only_common_words_is_refused_by_name(tokenizer):
     cfg = WhoharryAnchors(max_word_frequency=1e-9)
     with pytest.raises(WhoharryError, match="anchors.max_word_frequency"):
         suggest_anchors(text, "", tokenizer, None, None, cfg, block_length=32, precision="fp32", progress=False)
+
+
+def test_a_name_seen_once_is_a_candidate_where_name_min_count_allows_but_a_word_seen_once_is_not():
+    text = ("Holmes met Watson at the door. Later Holmes left, and Watson read of A Study in Scarlet twice. "
+            "Watson slept by the door. Shabbily dressed men came. The coat of Glinda Moor was scarlet.")
+    strict = suggest.find_candidates(text, "", min_count=2)
+    assert {"Holmes", "Watson", "door"} <= set(strict) and "Scarlet" not in strict and "Glinda Moor" not in strict
+    loose = suggest.find_candidates(text, "", min_count=2, name_min_count=1)
+    assert loose["Glinda Moor"].count == 1 and loose["Glinda Moor"].name_like  # a name in mid-sentence, once
+    assert "Study" in loose and "Glinda" in loose
+    assert "Scarlet" not in loose  # `scarlet` is also written in lower case: no name
+    assert "Shabbily" not in loose and "coat" not in loose  # a sentence start and an ordinary word: no sign
+    assert {"Holmes", "Watson", "door"} <= set(loose)  # words seen twice stay
+    assert suggest.find_candidates(text, "", min_count=2, name_min_count=5).keys() == strict.keys()
+    assert "coat" in suggest.find_candidates(text, "", min_count=1, name_min_count=2)  # min_count still rules words

@@ -60,6 +60,7 @@ PHRASE_JOINERS = frozenset({"of", "the"})  # the only function words inside a lo
 PHRASE_MIN_COUNT = 3  # a lower-case phrase must recur more than a word: most word pairs repeat by chance
 SENTENCE_END = set(".!?:;")
 OPENERS = set("\"“‘'([—–-")
+NAME_SHARE = 0.9  # the capitalised share of its mid-sentence occurrences that makes a term a name
 CONTRACTION = re.compile(r"['’]t(?![^\W\d_])")  # the `'t` of `don't`: its word (`don`) is a fragment
 
 
@@ -84,7 +85,7 @@ class Candidate:
     @property
     def name_like(self) -> bool:
         """Capitalised in at least 90% of its mid-sentence occurrences."""
-        return self.name_share >= 0.9
+        return self.name_share >= NAME_SHARE
 
 
 def _sentence_initial(text: str, start: int) -> bool:
@@ -103,16 +104,22 @@ def word_spans(text: str) -> list[tuple[int, int]]:
     return [match.span() for match in WORD.finditer(text)]
 
 
-def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: int = 5) -> dict[str, Candidate]:
+def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: int = 5,
+                    name_min_count: int | None = None) -> dict[str, Candidate]:
     """Every word, multi-word name and lower-case phrase of the target seen at least `min_count` times
-    (a lower-case phrase at least `max(min_count, PHRASE_MIN_COUNT)` times), with its spans; a stopword,
-    a one-letter word or the fragment of a contraction (`don` of `don't`) is never a term on its own.
+    (a lower-case phrase at least `max(min_count, PHRASE_MIN_COUNT)` times; a name at least
+    `min(min_count, name_min_count)` times), with its spans; a stopword, a one-letter word or the fragment
+    of a contraction (`don` of `don't`) is never a term on its own.
 
     Args:
         text: the target text.
         general: general text of the same language, for each term's `general_count`.
         min_count: the fewest occurrences a term needs.
         max_words: the longest name or phrase, in words.
+        name_min_count: the fewest occurrences a name needs (`Candidate.name_like`: capitalised in 90% of its
+            mid-sentence occurrences, with one there at least), where that is fewer; None: `min_count`. A
+            short text names much of its world once (`A Study in Scarlet`, `Glinda`), and a capital in
+            mid-sentence marks a name where one occurrence of an ordinary word says nothing.
 
     Returns:
         Term -> `Candidate` (gain, specificity and score still 0). `name_share` is the capitalised share
@@ -152,8 +159,9 @@ def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: i
                 break
     general_counts = Counter(text_word for text_word in WORD.findall(general))
     found = {}
+    fewest = min(min_count, name_min_count if name_min_count is not None else min_count)
     for term, term_spans in spans.items():
-        if len(term_spans) < (max(min_count, PHRASE_MIN_COUNT) if _is_phrase(term) else min_count):
+        if len(term_spans) < (max(min_count, PHRASE_MIN_COUNT) if _is_phrase(term) else fewest):
             continue
         if _is_phrase(term):
             share = 0.0
@@ -164,6 +172,8 @@ def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: i
             # a word seen only at sentence starts says nothing by its capital: neither name nor not
             head = term.lower()
             share = capital_mid[head] / mid[head] if mid[head] else 0.5
+        if len(term_spans) < min_count and share < NAME_SHARE:
+            continue  # below min_count, kept only as a name
         general_count = general.count(term) if " " in term else general_counts[term]
         found[term] = Candidate(term, term_spans, general_count, round(share, 4))
     return found
@@ -308,13 +318,15 @@ def rank(candidates: dict[str, Candidate], top: int) -> list[Candidate]:
 
     - a composite (several words, all chosen themselves or connectors) is left to its parts, as the
       authors' label script does;
-    - a term whose every occurrence lies inside a longer chosen term (`Kedavra` in `Avada Kedavra`)
-      would never match, since translation takes the longest term first."""
+    - a term whose every occurrence lies inside a longer chosen term (`Kedavra` in `Avada Kedavra`), or
+      begins inside one (`Archery and Armour and Architecture` after `Abbots and Archery and Armour`),
+      would never match: translation takes the leftmost match, the longest term first where several
+      begin at one place."""
     ordered = sorted(candidates.values(), key=lambda c: (-c.score, c.term))
     dropped: set[str] = set()
     while True:
         chosen = [c for c in ordered if c.term not in dropped][:top]
-        unused = _always_inside(chosen)
+        unused = _never_matched(chosen)
         if not unused:  # only then composites: their parts must be terms that stay
             names = {c.term for c in chosen}
             unused = {c.term for c in chosen
@@ -324,21 +336,23 @@ def rank(candidates: dict[str, Candidate], top: int) -> list[Candidate]:
         dropped |= unused
 
 
-def _always_inside(chosen: list[Candidate]) -> set[str]:
-    """Chosen terms all of whose occurrences lie within occurrences of a longer chosen term."""
+def _never_matched(chosen: list[Candidate]) -> set[str]:
+    """Chosen terms each of whose occurrences lies within, or begins inside, an occurrence of another chosen
+    term: one that begins before it, or at the same place and ends later (only terms of several words or a
+    hyphen can)."""
     covering = sorted(span for c in chosen if " " in c.term or "-" in c.term for span in c.spans)
     starts = [span[0] for span in covering]
     inside = set()
     for candidate in chosen:
-        def within(span: tuple[int, int], term: str = candidate.term) -> bool:
+        def within(span: tuple[int, int]) -> bool:
             index = bisect.bisect_right(starts, span[0]) - 1
-            while index >= 0 and covering[index][0] <= span[0]:
+            while index >= 0:
                 lo, hi = covering[index]
-                if hi >= span[1] and (lo, hi) != span:
-                    return True
-                index -= 1
                 if span[0] - lo > 200:
                     break
+                if (lo < span[0] < hi) or (lo == span[0] and hi > span[1]):
+                    return True
+                index -= 1
             return False
 
         if all(within(span) for span in candidate.spans):

@@ -42,7 +42,8 @@ def suggest_anchors(text: str, general: str, tokenizer: PreTrainedTokenizerBase,
     Raises:
         WhoharryError: no term occurs `cfg.min_count` times, or every one is a common word.
     """
-    found = candidates.find_candidates(text, general, min_count=cfg.min_count, max_words=cfg.max_words)
+    found = candidates.find_candidates(text, general, min_count=cfg.min_count, max_words=cfg.max_words,
+                                       name_min_count=cfg.name_min_count)
     if not found:
         raise WhoharryError(f"no term occurs {cfg.min_count} times or more in the text; lower anchors.min_count")
     found = candidates.without_common_words(found, cfg.max_word_frequency)

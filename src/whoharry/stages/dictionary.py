@@ -39,7 +39,7 @@ def uses_gain(cfg: Config) -> bool:
 
 # settings added after dictionaries were first made: at these values they make the dictionary they always did,
 # and stay out of the key, so a finished dictionary is not made again
-_LATER_DEFAULTS = {"names": "model", "max_word_frequency": 1.0}
+_LATER_DEFAULTS = {"names": "model", "max_word_frequency": 1.0, "name_min_count": 2}
 
 
 def key(cfg: Config, out: Path) -> str:
