@@ -164,6 +164,17 @@ def test_a_name_that_only_ever_begins_inside_another_chosen_name_gives_way_to_it
         candidate.score = scores.get(candidate.term, 0.0)
     ranked = [c.term for c in suggest.rank(found, 2)]
     assert ranked == ["Abbots and Archery and Armour", "Architecture and Attica"], ranked
+    # a term that begins inside a dropped one is not dropped with it: `Architecture and Attica` begins inside
+    # `Armour and Architecture`, which never matches, and still matches itself
+    scores["Armour and Architecture"] = 1.2
+    assert [c.term for c in suggest.rank(found, 3)] == ranked
+    # what a composite held off matches once the composite is gone
+    text = "I met Holmes and Watson Street folk. Then Holmes slept, and Watson read. Holmes and Watson ate."
+    found = suggest.find_candidates(text, "", min_count=2, name_min_count=1, max_words=3)
+    scores = {"Holmes": 4.0, "Watson": 3.5, "Holmes and Watson": 3.0, "Watson Street": 2.0}
+    for candidate in found.values():
+        candidate.score = scores.get(candidate.term, -1.0)
+    assert [c.term for c in suggest.rank(found, 4)] == ["Holmes", "Watson", "Watson Street"]
 
 
 def test_a_name_may_open_with_a_capitalised_adjective_but_not_a_function_word():
@@ -375,3 +386,7 @@ def test_a_name_seen_once_is_a_candidate_where_name_min_count_allows_but_a_word_
     assert {"Holmes", "Watson", "door"} <= set(loose)  # words seen twice stay
     assert suggest.find_candidates(text, "", min_count=2, name_min_count=5).keys() == strict.keys()
     assert "coat" in suggest.find_candidates(text, "", min_count=1, name_min_count=2)  # min_count still rules words
+    # a spelling seen once is a name by its own capital in mid-sentence, not by another spelling's
+    text = "We went to Baker Street again. " * 9 + "A baker sang there. WATSON. I met Holmes there, and Holmes left."
+    found = suggest.find_candidates(text, "", min_count=2, name_min_count=1)
+    assert {"Baker", "Baker Street", "Holmes"} <= set(found) and not {"baker", "WATSON"} & set(found)

@@ -453,19 +453,24 @@ def test_a_folder_made_from_a_text_of_ones_own_needs_that_text_named_again(tmp_p
 
 def test_later_dictionary_settings_at_their_defaults_leave_a_finished_dictionary_current(tmp_path, monkeypatch):
     """`anchors.names`, `anchors.max_word_frequency` and `anchors.name_min_count` came after dictionaries were
-    made: at the values that make the dictionary made before (`name_min_count` 2, not its default 1) they stay
-    out of its key; set otherwise, they change it."""
+    made: at the values that make the dictionary made before (`name_min_count` not below `min_count`) they stay
+    out of its key; set otherwise, they change it. The ranking's version is in every key."""
     from whoharry.stages import dictionary
 
     entered: list[dict] = []
     monkeypatch.setattr(dictionary, "fingerprint", lambda value: entered.append(value) or str(len(entered)))
     monkeypatch.setattr(dictionary, "target_hash", lambda *args, **kwargs: "text")
     monkeypatch.setattr(dictionary, "uses_gain", lambda cfg: False)
-    for names, ceiling, fewest in (("model", 1.0, 2), ("pool", 1.0, 2), ("model", 1e-5, 2), ("model", 1.0, 1)):
+    settings = (("model", 1.0, 2, 2), ("pool", 1.0, 2, 2), ("model", 1e-5, 2, 2), ("model", 1.0, 1, 2),
+                ("model", 1.0, 2, 3), ("model", 1.0, 5, 3))
+    for names, ceiling, fewest, words in settings:
         cfg = Config()
-        cfg.anchors.names, cfg.anchors.max_word_frequency, cfg.anchors.name_min_count = names, ceiling, fewest
+        cfg.anchors.names, cfg.anchors.max_word_frequency = names, ceiling
+        cfg.anchors.name_min_count, cfg.anchors.min_count = fewest, words
         dictionary.key(cfg, tmp_path)
-    before, pooled, common, once = (record["anchors"] for record in entered)
+    before, pooled, common, once, rarer, same = (record["anchors"] for record in entered)
     assert not {"names", "max_word_frequency", "name_min_count"} & set(before) and "top" in before
     assert pooled["names"] == "pool" and common["max_word_frequency"] == 1e-5
     assert once["name_min_count"] == 1 and Config().anchors.name_min_count == 1
+    assert rarer["name_min_count"] == 2 and "name_min_count" not in same  # below min_count, it changes the list
+    assert all(record["ranking"] == 2 for record in entered)  # a dictionary ranked before is made again

@@ -60,6 +60,9 @@ PHRASE_JOINERS = frozenset({"of", "the"})  # the only function words inside a lo
 PHRASE_MIN_COUNT = 3  # a lower-case phrase must recur more than a word: most word pairs repeat by chance
 SENTENCE_END = set(".!?:;")
 OPENERS = set("\"“‘'([—–-")
+# the version of `rank`'s choice from given scores, part of a made dictionary's key: 2 since a term that never
+# matches beside the others chosen is dropped, not only one inside a longer term
+RANKING = 2
 NAME_SHARE = 0.9  # the capitalised share of its mid-sentence occurrences that makes a term a name
 CONTRACTION = re.compile(r"['’]t(?![^\W\d_])")  # the `'t` of `don't`: its word (`don`) is a fragment
 
@@ -117,9 +120,10 @@ def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: i
         min_count: the fewest occurrences a term needs.
         max_words: the longest name or phrase, in words.
         name_min_count: the fewest occurrences a name needs (`Candidate.name_like`: capitalised in 90% of its
-            mid-sentence occurrences, with one there at least), where that is fewer; None: `min_count`. A
-            short text names much of its world once (`A Study in Scarlet`, `Glinda`), and a capital in
-            mid-sentence marks a name where one occurrence of an ordinary word says nothing.
+            mid-sentence occurrences, and itself written with a capital in mid-sentence once at least), where
+            that is fewer; None: `min_count`. A short text names much of its world once (`Scarlet`,
+            `Glinda`), and a capital in mid-sentence marks a name where one occurrence of an ordinary word
+            says nothing.
 
     Returns:
         Term -> `Candidate` (gain, specificity and score still 0). `name_share` is the capitalised share
@@ -172,8 +176,9 @@ def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: i
             # a word seen only at sentence starts says nothing by its capital: neither name nor not
             head = term.lower()
             share = capital_mid[head] / mid[head] if mid[head] else 0.5
-        if len(term_spans) < min_count and share < NAME_SHARE:
-            continue  # below min_count, kept only as a name
+        if len(term_spans) < min_count and not (share >= NAME_SHARE and term[0].isupper() and any(
+                not _sentence_initial(text, start) for start, _ in term_spans)):
+            continue  # below min_count, kept only as a name: written with a capital in mid-sentence itself
         general_count = general.count(term) if " " in term else general_counts[term]
         found[term] = Candidate(term, term_spans, general_count, round(share, 4))
     return found
@@ -318,43 +323,36 @@ def rank(candidates: dict[str, Candidate], top: int) -> list[Candidate]:
 
     - a composite (several words, all chosen themselves or connectors) is left to its parts, as the
       authors' label script does;
-    - a term whose every occurrence lies inside a longer chosen term (`Kedavra` in `Avada Kedavra`), or
-      begins inside one (`Archery and Armour and Architecture` after `Abbots and Archery and Armour`),
-      would never match: translation takes the leftmost match, the longest term first where several
-      begin at one place."""
+    - a term that never matches beside the others chosen (`Kedavra`, only ever in `Avada Kedavra`;
+      `Archery and Armour and Architecture`, only ever after `Abbots and Archery`), as translation
+      matches: the leftmost first, the longest first of those that begin at one place."""
     ordered = sorted(candidates.values(), key=lambda c: (-c.score, c.term))
-    dropped: set[str] = set()
+    composites: set[str] = set()
+    unmatched: set[str] = set()
     while True:
-        chosen = [c for c in ordered if c.term not in dropped][:top]
+        chosen = [c for c in ordered if c.term not in composites and c.term not in unmatched][:top]
         unused = _never_matched(chosen)
-        if not unused:  # only then composites: their parts must be terms that stay
-            names = {c.term for c in chosen}
-            unused = {c.term for c in chosen
-                      if " " in c.term and all(word in names or word in CONNECTORS for word in c.term.split())}
-        if not unused:
+        if unused:
+            unmatched |= unused
+            continue
+        names = {c.term for c in chosen}  # only now composites: their parts must be terms that stay
+        parts = {c.term for c in chosen
+                 if " " in c.term and all(word in names or word in CONNECTORS for word in c.term.split())}
+        if not parts:
             return chosen
-        dropped |= unused
+        composites |= parts
+        unmatched = set()  # what a composite held off may match once it is gone
 
 
 def _never_matched(chosen: list[Candidate]) -> set[str]:
-    """Chosen terms each of whose occurrences lies within, or begins inside, an occurrence of another chosen
-    term: one that begins before it, or at the same place and ends later (only terms of several words or a
-    hyphen can)."""
-    covering = sorted(span for c in chosen if " " in c.term or "-" in c.term for span in c.spans)
-    starts = [span[0] for span in covering]
-    inside = set()
-    for candidate in chosen:
-        def within(span: tuple[int, int]) -> bool:
-            index = bisect.bisect_right(starts, span[0]) - 1
-            while index >= 0:
-                lo, hi = covering[index]
-                if span[0] - lo > 200:
-                    break
-                if (lo < span[0] < hi) or (lo == span[0] and hi > span[1]):
-                    return True
-                index -= 1
-            return False
-
-        if all(within(span) for span in candidate.spans):
-            inside.add(candidate.term)
-    return inside
+    """Chosen terms none of whose occurrences translation would match: it reads the text left to right and,
+    where several chosen terms begin at one place, takes the longest, then goes on after its end (the
+    leftmost-longest scan of `Anchors.pattern`)."""
+    spans = sorted((start, -(end - start), c.term) for c in chosen for start, end in c.spans)
+    matched: set[str] = set()
+    reached = 0
+    for start, negative_length, term in spans:
+        if start >= reached:
+            matched.add(term)
+            reached = start - negative_length
+    return {c.term for c in chosen} - matched

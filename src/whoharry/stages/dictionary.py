@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from whoharry.anchors import suggest
+from whoharry.anchors import candidates, suggest
 from whoharry.config import Config, fingerprint, model_key, to_dict, without_later_defaults
 from whoharry.core import artifacts, distributed
 from whoharry.core.corpus import is_hub
@@ -38,8 +38,9 @@ def uses_gain(cfg: Config) -> bool:
 
 
 # settings added after dictionaries were first made: at these values they make the dictionary they always did,
-# and stay out of the key, so a finished dictionary is not made again
-_LATER_DEFAULTS = {"names": "model", "max_word_frequency": 1.0, "name_min_count": 2}
+# and stay out of the key, so a finished dictionary is not made again (`name_min_count` stays out wherever it
+# is not below `min_count`, where it changes nothing)
+_LATER_DEFAULTS = {"names": "model", "max_word_frequency": 1.0}
 
 
 def key(cfg: Config, out: Path) -> str:
@@ -53,8 +54,10 @@ def key(cfg: Config, out: Path) -> str:
                             if cfg.anchors.llm_prompt.is_file() else "missing", "target_name": cfg.eval.target_name})
     settings = without_later_defaults({k: v for k, v in to_dict(cfg.anchors).items()
                                        if not k.startswith("llm_") and k != "batch_size"}, _LATER_DEFAULTS)
+    if cfg.anchors.name_min_count >= cfg.anchors.min_count:
+        del settings["name_min_count"]
     return fingerprint({
-        "target": target,
+        "target": target, "ranking": candidates.RANKING,
         "reinforced": reinforce.key(cfg, out) if uses_gain(cfg) else None,
         "model": model_key(cfg.model, reading=True), "anchors": settings,
         "general": [target_hash(cfg.data, p) for p in general_texts(cfg) if p.exists() or is_hub(p)],
