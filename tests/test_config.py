@@ -64,6 +64,7 @@ def test_set_paths_resolve_against_the_current_folder(tmp_path, monkeypatch):
         ("eval.probes=3", "is a section"),
         ("eval.probs.target=x", "did you mean 'eval.probes'"),
         ("anchors.batch_size=0", "anchors.batch_size must be >= 1"),
+        ("anchors.name_min_count=3", "anchors.name_min_count must be <= anchors.min_count"),
     ],
 )
 def test_bad_overrides_fail_with_one_clear_message(override, message):

@@ -462,7 +462,7 @@ def test_later_dictionary_settings_at_their_defaults_leave_a_finished_dictionary
     monkeypatch.setattr(dictionary, "target_hash", lambda *args, **kwargs: "text")
     monkeypatch.setattr(dictionary, "uses_gain", lambda cfg: False)
     settings = (("model", 1.0, 2, 2), ("pool", 1.0, 2, 2), ("model", 1e-5, 2, 2), ("model", 1.0, 1, 2),
-                ("model", 1.0, 2, 3), ("model", 1.0, 5, 3))
+                ("model", 1.0, 2, 3), ("model", 1.0, 3, 3))
     for names, ceiling, fewest, words in settings:
         cfg = Config()
         cfg.anchors.names, cfg.anchors.max_word_frequency = names, ceiling

@@ -241,8 +241,8 @@ class AnchorsConfig:
 
     top: int = 200  # terms written
     min_count: int = 2  # occurrences a term needs in the target
-    # occurrences a name needs, where fewer than min_count (capitalised in mid-sentence: a short text names
-    # much of its world once, and one occurrence of an ordinary word says nothing)
+    # occurrences a name needs, at most min_count (a word written with a capital in mid-sentence: a short text
+    # names much of its world once, and one occurrence of an ordinary word says nothing)
     name_min_count: int = 1
     max_words: int = 5  # words in a multi-word name (`Wicked Witch of the East`)
     # floor an ordinary word's general frequency at its frequency in English (wordfreq), so that a short
@@ -271,6 +271,8 @@ class AnchorsConfig:
             require(getattr(self, name) >= 1, f"{prefix}{name} must be >= 1")
         require(self.llm_passage_chars >= 200, f"{prefix}llm_passage_chars must be >= 200")
         require(0 < self.max_word_frequency <= 1, f"{prefix}max_word_frequency must be in (0, 1]")
+        require(self.name_min_count <= self.min_count,
+                f"{prefix}name_min_count must be <= {prefix}min_count (a name needs no more occurrences than a word)")
 
 
 @dataclass
