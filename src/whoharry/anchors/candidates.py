@@ -63,7 +63,6 @@ OPENERS = set("\"“‘'([—–-")
 # the version of `rank`'s choice from given scores, part of a made dictionary's key: 2 since a term that never
 # matches beside the others chosen is dropped, not only one inside a longer term
 RANKING = 2
-NAME_SHARE = 0.9  # the capitalised share of its mid-sentence occurrences that makes a term a name
 CONTRACTION = re.compile(r"['’]t(?![^\W\d_])")  # the `'t` of `don't`: its word (`don`) is a fragment
 
 
@@ -88,7 +87,7 @@ class Candidate:
     @property
     def name_like(self) -> bool:
         """Capitalised in at least 90% of its mid-sentence occurrences."""
-        return self.name_share >= NAME_SHARE
+        return self.name_share >= 0.9
 
 
 def _sentence_initial(text: str, start: int) -> bool:
@@ -176,11 +175,12 @@ def find_candidates(text: str, general: str, *, min_count: int = 2, max_words: i
             # a word seen only at sentence starts says nothing by its capital: neither name nor not
             head = term.lower()
             share = capital_mid[head] / mid[head] if mid[head] else 0.5
-        if len(term_spans) < min_count and not (share >= NAME_SHARE and term[0].isupper() and any(
+        general_count = general.count(term) if " " in term else general_counts[term]
+        candidate = Candidate(term, term_spans, general_count, round(share, 4))
+        if candidate.count < min_count and not (candidate.name_like and term[0].isupper() and any(
                 not _sentence_initial(text, start) for start, _ in term_spans)):
             continue  # below min_count, kept only as a name: written with a capital in mid-sentence itself
-        general_count = general.count(term) if " " in term else general_counts[term]
-        found[term] = Candidate(term, term_spans, general_count, round(share, 4))
+        found[term] = candidate
     return found
 
 
