@@ -177,6 +177,38 @@ def test_a_name_that_only_ever_begins_inside_another_chosen_name_gives_way_to_it
     assert [c.term for c in suggest.rank(found, 4)] == ["Holmes", "Watson", "Watson Street"]
 
 
+def test_a_name_seen_once_joins_the_top_terms_and_pushes_none_out():
+    """With `min_count` 2, `top` counts the terms seen twice or more; a name seen once joins them when it scores
+    at least as well as the last of them, and is left out when it scores below."""
+    text = ("Holmes met Watson at the door. Holmes saw Watson and the door. Once Lestrade came, and Moriarty "
+            "wrote to Mycroft.")
+    found = suggest.find_candidates(text, "", min_count=2, name_min_count=1)
+    assert found["Lestrade"].count == 1 and found["Holmes"].count == 2
+    scores = {"Lestrade": 5.0, "Holmes": 4.0, "Moriarty": 3.5, "Watson": 3.0, "door": 2.0, "Mycroft": 1.0}
+    for candidate in found.values():
+        candidate.score = scores.get(candidate.term, -9.0)
+    ranked = [c.term for c in suggest.rank(found, 3, min_count=2)]
+    assert ranked == ["Lestrade", "Holmes", "Moriarty", "Watson", "door"], ranked
+    # the same scores where a seen-once name counts against `top` (`min_count` 1): it pushes out `door`
+    assert [c.term for c in suggest.rank(found, 3)] == ["Lestrade", "Holmes", "Moriarty"]
+    # a rare name tied with the last frequent term joins too
+    scores["Mycroft"] = 2.0
+    for candidate in found.values():
+        candidate.score = scores.get(candidate.term, -9.0)
+    assert "Mycroft" in [c.term for c in suggest.rank(found, 3, min_count=2)]
+    # fewer frequent terms (3) than `top` (4): the best rare name fills the place left, and a rare name
+    # scoring below the last frequent term stays out
+    scores["Mycroft"] = 1.0
+    for candidate in found.values():
+        candidate.score = scores.get(candidate.term, -9.0)
+    assert [c.term for c in suggest.rank(found, 4, min_count=2)] == ["Lestrade", "Holmes", "Moriarty", "Watson",
+                                                                     "door"]
+    scores.update(Lestrade=1.5, Moriarty=1.2)  # all three below `door`: one place left, taken by the best
+    for candidate in found.values():
+        candidate.score = scores.get(candidate.term, -9.0)
+    assert [c.term for c in suggest.rank(found, 4, min_count=2)] == ["Holmes", "Watson", "door", "Lestrade"]
+
+
 def test_a_name_may_open_with_a_capitalised_adjective_but_not_a_function_word():
     text = ("She met the Good Witch. Then the Good Witch smiled. The Great Oz spoke, and the Great Oz frowned. "
             "But Dorothy ran. But Dorothy wept.")

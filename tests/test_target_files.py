@@ -108,6 +108,16 @@ def test_the_plan_makes_what_still_names_the_demo_and_warns_of_what_the_user_nam
     made = target_files.plan(cfg)
     assert (made.split, made.dictionary, made.probes, made.dropped_parts, made.warnings) == (
         True, True, True, ["knowmem"], [])
+    # with the made dictionary the models write passages about the target's world, unless the user says otherwise
+    assert made.augment and target_files.augment_budget(cfg, 1000) == 300
+    assert not target_files.plan(cfg, frozenset({"augment.tokens"})).augment
+    cfg.target_files.augment_share = 0.0
+    assert not target_files.plan(cfg).augment
+    cfg.target_files.augment_share = 0.3
+    cfg.augment.tokens = 500  # set in a config of the user's own: kept as it is
+    assert not target_files.plan(cfg).augment
+    cfg.augment.tokens = 0
+    assert target_files.with_augment(cfg, 77).augment.tokens == 77 and cfg.augment.tokens == 0
     cfg.target_files.llm_url = "http://localhost:1/v1"  # an endpoint writes the questions: knowmem stays
     asked = target_files.plan(cfg)
     assert asked.dropped_parts == [] and "eval.knowmem.qa" in asked.replaced
@@ -116,6 +126,7 @@ def test_the_plan_makes_what_still_names_the_demo_and_warns_of_what_the_user_nam
     cfg.target_files.llm_url = None
     named = target_files.plan(cfg, frozenset({"data.anchors"}))
     assert not named.dictionary and named.probes and len(named.warnings) == 1
+    assert not named.augment  # a dictionary of the user's own: no passages unless augment.tokens asks
     assert "data.anchors" in named.warnings[0] and "mine.txt" in named.warnings[0]
     cfg.eval.probes.target = tmp_path / "my_probes.jsonl"  # one of the two probe files is the user's own
     mixed = target_files.plan(cfg)
@@ -145,7 +156,8 @@ def own_target(project, tiny_model_dir, monkeypatch, tmp_path_factory) -> Path:
     config = yaml.safe_load(write_config(
         project, tiny_model_dir, anchors={"top": 6, "contexts": 1, "alternatives": 2, "batch_size": 4, "min_count": 2},
         target_files={"heldout_pieces": 3, "probes": 12, "probes_per_key": 3, "probe_min_words": 4,
-                      "completions": 6}).read_text())
+                      "completions": 6}, augment={"passage_tokens": 16, "batch_size": 8, "min_density": 0.0}
+    ).read_text())
 
     def absolute(node):  # the file names are the project's: absolute, as the shipped config's resolve
         if isinstance(node, dict):
@@ -166,8 +178,18 @@ def test_run_with_only_a_target_makes_its_files_and_reports_on_it(project, own_t
     args = ["run", "--target", str(mine), "--out", str(out), "--max-steps", "2", "-q"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    for stage in ("split", "reinforce", "dictionary", "labels", "unlearn", "probes", "eval"):
+    for stage in ("split", "reinforce", "dictionary", "augment", "labels", "unlearn", "probes", "eval"):
         assert json.loads((out / stage / "manifest.json").read_text())["status"] == "complete", stage
+    # the models wrote passages about the book's world, 30% of its training text's tokens, labelled with it
+    from whoharry.config import load_config
+    from whoharry.core import models
+
+    trained = load_config(out / "labels" / "config.yaml")
+    tokenizer = models.load_tokenizer(models.resolve(trained.model), trained.model)
+    text_tokens = len(tokenizer((out / "split" / "train.txt").read_text(), add_special_tokens=False).input_ids)
+    assert trained.augment.tokens == round(0.3 * text_tokens) > 0
+    augment_stats = json.loads((out / "augment" / "stats.json").read_text())
+    assert 0 < augment_stats["tokens_kept"] <= trained.augment.tokens
     held = (out / "split" / "heldout.txt").read_text()
     assert held.strip() and held.strip() not in (out / "split" / "train.txt").read_text()
     labels_config = (out / "labels" / "config.yaml").read_text()
@@ -180,14 +202,16 @@ def test_run_with_only_a_target_makes_its_files_and_reports_on_it(project, own_t
         assert record["answer"].strip() not in record["prompt"]
     report = json.loads((out / "eval" / "report.json").read_text())
     assert report["target"]["file"] == str(mine) and report["target"]["bytes"] == mine.stat().st_size
-    assert set(report["target"]["made"]) >= {"the anchor dictionary", "the familiarity probes", "the held-out text"}
+    assert set(report["target"]["made"]) >= {"the anchor dictionary", "the familiarity probes", "the held-out text",
+                                             "the generated passages about the target's world"}
     markdown = (out / "eval" / "report.md").read_text()
     assert str(mine) in markdown and "made from the target by this run" in markdown
     eval_config = (out / "eval" / "config.yaml").read_text()
     assert "probes_test.jsonl" in eval_config and "knowmem" not in json.dumps(report["summary"]["unlearned"])
 
     # resumed: a second run does nothing
-    before = {s: (out / s / "manifest.json").read_text() for s in ("split", "dictionary", "probes", "eval")}
+    before = {s: (out / s / "manifest.json").read_text()
+              for s in ("split", "dictionary", "probes", "augment", "labels", "unlearn", "eval")}
     again = runner.invoke(app, args)
     assert again.exit_code == 0, again.output
     assert {s: (out / s / "manifest.json").read_text() for s in before} == before
@@ -198,6 +222,7 @@ def test_run_with_only_a_target_makes_its_files_and_reports_on_it(project, own_t
     assert audit.exit_code == 0, audit.output
     report = json.loads((out / "eval-audit-quick" / "report.json").read_text())
     assert report["target"]["file"] == str(mine) and "the familiarity probes" in report["target"]["made"]
+    assert "the generated passages about the target's world" in report["target"]["made"]
     prompts = {r["prompt"] for r in report["samples"]["base"]["target"]}
     made = {json.loads(line)["prompt"] for line in (out / "probes" / "probes_test.jsonl").read_text().splitlines()}
     assert prompts and prompts <= made
@@ -454,7 +479,8 @@ def test_a_folder_made_from_a_text_of_ones_own_needs_that_text_named_again(tmp_p
 def test_later_dictionary_settings_at_their_defaults_leave_a_finished_dictionary_current(tmp_path, monkeypatch):
     """`anchors.names`, `anchors.max_word_frequency` and `anchors.name_min_count` came after dictionaries were
     made: at the values that make the dictionary made before (`name_min_count` not below `min_count`) they stay
-    out of its key; set otherwise, they change it. The ranking's version is in every key."""
+    out of its key; set otherwise, they change it. The ranking's version is in every key, the one of names seen
+    once joining the top terms where `name_min_count` is below `min_count`."""
     from whoharry.stages import dictionary
 
     entered: list[dict] = []
@@ -473,4 +499,6 @@ def test_later_dictionary_settings_at_their_defaults_leave_a_finished_dictionary
     assert pooled["names"] == "pool" and common["max_word_frequency"] == 1e-5
     assert once["name_min_count"] == 1 and Config().anchors.name_min_count == 1
     assert rarer["name_min_count"] == 2 and "name_min_count" not in same  # below min_count, it changes the list
-    assert all(record["ranking"] == 2 for record in entered)  # a dictionary ranked before is made again
+    # the ranking's version: 3 where names seen once join the top terms (a dictionary ranked before is made
+    # again), 2 where no term is rarer than min_count and the ranking is the one before
+    assert [record["ranking"] for record in entered] == [2, 2, 2, 3, 3, 2]

@@ -61,8 +61,11 @@ PHRASE_MIN_COUNT = 3  # a lower-case phrase must recur more than a word: most wo
 SENTENCE_END = set(".!?:;")
 OPENERS = set("\"“‘'([—–-")
 # the version of `rank`'s choice from given scores, part of a made dictionary's key: 2 since a term that never
-# matches beside the others chosen is dropped, not only one inside a longer term
+# matches beside the others chosen is dropped, not only one inside a longer term; 3 since a name seen fewer
+# than `min_count` times joins the `top` terms instead of taking one of their places (`RANKING_RARE`, in the
+# key only where `anchors.name_min_count` is below `anchors.min_count`: elsewhere no term is rarer)
 RANKING = 2
+RANKING_RARE = 3
 CONTRACTION = re.compile(r"['’]t(?![^\W\d_])")  # the `'t` of `don't`: its word (`don`) is a fragment
 
 
@@ -318,19 +321,33 @@ def _zscores(values: list[float]) -> list[float]:
     return [(v - mean) / spread if spread > 0 else 0.0 for v in values]
 
 
-def rank(candidates: dict[str, Candidate], top: int) -> list[Candidate]:
-    """The `top` best terms, without the ones that would never be used:
+def rank(candidates: dict[str, Candidate], top: int, *, min_count: int = 1) -> list[Candidate]:
+    """The `top` best terms seen at least `min_count` times, and beside them every rarer term (a name
+    seen once, `find_candidates`'s `name_min_count`) that scores at least as well as the last of those:
+    a rare name never pushes out a term seen more often. Where fewer than `top` terms are seen that often,
+    the best rare ones fill the places left. Left out are the ones that would never be used:
 
     - a composite (several words, all chosen themselves or connectors) is left to its parts, as the
       authors' label script does;
     - a term that never matches beside the others chosen (`Kedavra`, only ever in `Avada Kedavra`;
       `Archery and Armour and Architecture`, only ever after `Abbots and Archery`), as translation
-      matches: the leftmost first, the longest first of those that begin at one place."""
+      matches: the leftmost first, the longest first of those that begin at one place.
+
+    Returns:
+        The chosen terms, best score first: at most `top` seen `min_count` times or more, and more than `top`
+        in all only by rare terms scoring at least as well as the last of those.
+    """
     ordered = sorted(candidates.values(), key=lambda c: (-c.score, c.term))
     composites: set[str] = set()
     unmatched: set[str] = set()
     while True:
-        chosen = [c for c in ordered if c.term not in composites and c.term not in unmatched][:top]
+        open_ = [c for c in ordered if c.term not in composites and c.term not in unmatched]
+        frequent = [c for c in open_ if c.count >= min_count][:top]
+        floor = frequent[-1].score if frequent else -math.inf
+        rare = [c for c in open_ if c.count < min_count]
+        # places the frequent terms leave empty go to the best rare ones, whatever their score
+        kept = {id(c) for c in frequent} | {id(c) for c in rare[: top - len(frequent)]}
+        chosen = [c for c in open_ if id(c) in kept or (c.count < min_count and c.score >= floor)]
         unused = _never_matched(chosen)
         if unused:
             unmatched |= unused

@@ -59,7 +59,7 @@ def suggest_anchors(text: str, general: str, tokenizer: PreTrainedTokenizerBase,
         candidates.term_gains(found, blocks, reinforced_lp - base)
     candidates.score(found, len(candidates.WORD.findall(text)), len(candidates.WORD.findall(general)),
                      english=candidates.english_frequency if cfg.english_frequencies else None)
-    chosen = candidates.rank(found, cfg.top)
+    chosen = candidates.rank(found, cfg.top, min_count=cfg.min_count)
     proposed = translations.propose(baseline, tokenizer, text, chosen, reinforced=reinforced, alpha=alpha,
                                     alternatives=cfg.alternatives, contexts=cfg.contexts, precision=precision,
                                     names=cfg.names, progress=progress)

@@ -196,7 +196,8 @@ def run(opts: RunOptions, method: MethodOption = None, target: TargetOption = No
 
     reinforce, augment (when augment.tokens > 0), labels, unlearn, eval. For a target of your own
     (--target), the files you did not give are made from it: a held-out split first, the anchor
-    dictionary and the probes right after reinforce."""
+    dictionary and the probes right after reinforce, and with the made dictionary passages about the
+    target's world (target_files.augment_share of its tokens, unless augment.tokens is set)."""
     from whoharry.stages import evaluate, pipeline
 
     # the path as a JSON string: a YAML-special name (`book #1.txt`, `null`) stays the file name it is

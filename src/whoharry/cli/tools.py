@@ -194,7 +194,9 @@ def anchors_suggest(
         typer.Option("--general", help="General text to compare frequencies with (repeatable; default: the "
                      "config's retain texts and eval.utility.general_text)."),
     ] = None,
-    top: Annotated[int | None, typer.Option("--top", help="How many terms to write (anchors.top).", min=1)] = None,
+    top: Annotated[int | None, typer.Option(
+        "--top", help="How many terms seen anchors.min_count times to write; rarer names scoring as well join "
+        "them (anchors.top).", min=1)] = None,
     run_dir: Annotated[Path, typer.Option("--run", help="Run folder holding (or to hold) the reinforced model.")] = (
         DEFAULT_OUT),
     llm: Annotated[

@@ -239,7 +239,7 @@ class ForgetConfig:
 class AnchorsConfig:
     """`whoharry anchors suggest`: how candidate terms are found, ranked and translated."""
 
-    top: int = 200  # terms written
+    top: int = 200  # terms seen min_count times or more written; a rarer name joins them when it scores as well
     min_count: int = 2  # occurrences a term needs in the target
     # occurrences a name needs, at most min_count (a word written with a capital in mid-sentence: a short text
     # names much of its world once, and one occurrence of an ordinary word says nothing)
@@ -291,6 +291,11 @@ class TargetFilesConfig:
     probes_per_key: int = 3
     probe_min_words: int = 6  # words a probe prompt holds at least (from a sentence start of the key's paragraph)
     completions: int = 60  # completion prompts made (before the halves)
+    # with a made dictionary, passages about the target's world the models write (the `augment` stage) of this
+    # share of the training text's tokens, labelled and unlearned with it, unless augment.tokens is set; a made
+    # dictionary holds only what the text names, and the passages carry its world beyond the text; 0: none (in a
+    # config file, augment.tokens: 0 equals the shipped value and so does not count as set: use this)
+    augment_share: float = 0.3
     # optional: question/answer pairs for the knowmem part, written by an LLM from passages of the target and
     # of its held-out part (off while llm_url is empty; the knowmem part is then left out for such a target);
     # the key is read from the environment variable named by llm_key_env, never from a file
@@ -308,6 +313,7 @@ class TargetFilesConfig:
         for name in ("heldout_pieces", "probes_per_key", "probe_min_words", "qa", "qa_per_passage"):
             require(getattr(self, name) >= 1, f"{prefix}{name} must be >= 1")
         require(self.qa_passage_chars >= 200, f"{prefix}qa_passage_chars must be >= 200")
+        require(0 <= self.augment_share <= 10, f"{prefix}augment_share must be in [0, 10]")
         for name in ("probes", "completions"):  # half dev, half test
             require(getattr(self, name) >= 2, f"{prefix}{name} must be >= 2 (half dev, half test)")
 

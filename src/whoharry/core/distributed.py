@@ -13,6 +13,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -21,10 +22,15 @@ from accelerate.utils import DistributedType, broadcast_object_list
 
 from whoharry.errors import WhoharryError
 
+# how long a process waits at a barrier: the main process alone makes a run's split, dictionary and generated
+# passages while the others wait, which on a long text passes NCCL's default of 10 minutes
+TIMEOUT = timedelta(hours=6)
+
 
 def state() -> PartialState:
-    """The process group (started on first use); on a machine without a GPU, processes talk over gloo."""
-    return PartialState(cpu=not torch.cuda.is_available())
+    """The process group (started on first use, waiting up to `TIMEOUT` at a barrier); on a machine without a
+    GPU, processes talk over gloo."""
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=TIMEOUT)
 
 
 def world() -> int:

@@ -10,8 +10,10 @@ would pass `augment.tokens` (never past it) or the prompts run out.
 
 Each batch of prompts is sampled after seeding torch with the run's seed and the batch's number, so the
 text depends on the settings alone, and a rerun resumes after the last batch saved (`partial.jsonl`).
-An endpoint answers at temperature 0; its text is as repeatable as the endpoint itself. The stage runs in
-one process: under `accelerate launch` run `whoharry augment` first (the launched run finds it complete).
+An endpoint answers at temperature 0; its text is as repeatable as the endpoint itself. One process writes:
+under `accelerate launch` the main process writes while the others wait at the stage's barrier, as for the
+made dictionary; a budget that takes longer than the process group's timeout is written by `whoharry
+augment` first (the launched run then finds it complete).
 A finished result is also kept in `$WHOHARRY_CACHE/augment/KEY/`, where a run in another folder with the
 same settings and models finds it (`augment.shared_cache`).
 """
@@ -116,9 +118,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     stage_key = key(cfg, out)
 
     def body() -> Outcome | None:
-        if distributed.world() > 1:
-            raise WhoharryError("augment writes in one process: run `whoharry augment` with the same settings "
-                                "before `accelerate launch` (the launched run then finds it complete)")
+        if not distributed.is_main():  # one process writes; the others wait for its manifest
+            return None
         shared = shared_folder(stage_key)
         if cfg.augment.shared_cache and artifacts.read_cached(shared / "done.json", stage_key) is not None:
             try:

@@ -65,7 +65,10 @@ def run_stage(name: str, cfg: Config, stage_dir: Path, key: str, body: Callable[
         `stage_dir`. Raises whatever `body` raises (`WhoharryError` for bad input); what it finished
         before (checkpoints, saved progress) stays for the next attempt.
     """
-    if not overwrite and artifacts.is_complete(stage_dir, key):
+    done = not overwrite and artifacts.is_complete(stage_dir, key)
+    if collective:  # the main process decides for all, so none skips a barrier the others reach
+        done = distributed.share(done)
+    if done:
         log.info("%s: complete with these settings, skipped (%s)", name, stage_dir)
         return stage_dir
     began = time.perf_counter()

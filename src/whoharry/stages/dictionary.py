@@ -54,10 +54,11 @@ def key(cfg: Config, out: Path) -> str:
                             if cfg.anchors.llm_prompt.is_file() else "missing", "target_name": cfg.eval.target_name})
     settings = without_later_defaults({k: v for k, v in to_dict(cfg.anchors).items()
                                        if not k.startswith("llm_") and k != "batch_size"}, _LATER_DEFAULTS)
-    if cfg.anchors.name_min_count >= cfg.anchors.min_count:
+    rare = cfg.anchors.name_min_count < cfg.anchors.min_count  # terms seen fewer than min_count times exist
+    if not rare:
         del settings["name_min_count"]
     return fingerprint({
-        "target": target, "ranking": candidates.RANKING,
+        "target": target, "ranking": candidates.RANKING_RARE if rare else candidates.RANKING,
         "reinforced": reinforce.key(cfg, out) if uses_gain(cfg) else None,
         "model": model_key(cfg.model, reading=True), "anchors": settings,
         "general": [target_hash(cfg.data, p) for p in general_texts(cfg) if p.exists() or is_hub(p)],

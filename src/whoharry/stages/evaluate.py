@@ -108,6 +108,9 @@ def target_record(cfg: Config, out: Path, target: Path | None = None) -> dict[st
         value = attrgetter(dotted)(cfg)
         if value is not None and value.resolve().is_relative_to(out.resolve()):
             made[what] = str(value)
+    generated = out / "augment" / "generated.txt"
+    if cfg.augment.tokens > 0 and generated.is_file():
+        made["the generated passages about the target's world"] = str(generated)
     target = target or cfg.data.target
     record = {"file": str(target), "bytes": corpus.source_bytes(target), "made": made}
     labels_stats = artifacts.read_json_object(out / "labels" / "stats.json") or {}

@@ -3,7 +3,7 @@
 The order is written here, once: reinforce → augment (when `augment.tokens` > 0) → labels → unlearn →
 evaluate (the baselines `ga` and `npo` need no reinforced model and no labels: unlearn → evaluate). For a
 target without files of its own (`stages.target_files`): split first, the dictionary and the probes right
-after reinforce.
+after reinforce, and, with the made dictionary, the generated passages (`target_files.augment_budget`).
 """
 
 from __future__ import annotations
@@ -101,6 +101,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
     if made.split:
         cfg = target_files.with_split(cfg, split.run(cfg, out, progress=progress), made.replaced)
         split.check_heldout(cfg)  # a held-out text too short for membership inference fails before training
+    if made.augment:
+        cfg = target_files.with_augment(cfg, target_files.augment_budget(cfg, _text_tokens(cfg)))
     for stage in training_stages(cfg):
         if stage is not reinforce and not made.done:
             cfg = _made_files(cfg, out, made, progress)
@@ -111,6 +113,15 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
     log.debug("resolved config: %s", out / CONFIG_FILE)
     eval_dir = evaluate.run(cfg, out, progress=progress, target=target)
     return evaluate.load_report(eval_dir)["summary"]
+
+
+def _text_tokens(cfg: Config) -> int:
+    """The tokens of the training text `data.target`, as the configured model's tokenizer reads it."""
+    from whoharry.core import models
+    from whoharry.core.text import read_target
+
+    tokenizer = models.load_tokenizer(models.resolve(cfg.model), cfg.model)
+    return len(tokenizer(read_target(cfg.data), add_special_tokens=False).input_ids)
 
 
 def _made_files(cfg: Config, out: Path, made: target_files.Plan, progress: bool) -> Config:
@@ -128,8 +139,9 @@ def _made_files(cfg: Config, out: Path, made: target_files.Plan, progress: bool)
 
 def made_config(cfg: Config, out: Path, explicit: frozenset[str] = frozenset()) -> Config:
     """`cfg` as `run` evaluated it in the run folder `out`: for a target that is not the demo's, pointing at the
-    split, dictionary and probes that run made from it (`target_files.plan`, the same `explicit` keys), so that a
-    later `whoharry eval` scores that text's files, not the demo's; `cfg` itself for the demo's target.
+    split, dictionary and probes that run made from it (`target_files.plan`, the same `explicit` keys) and with
+    the generated passages' budget it gave, so that a later `whoharry eval` scores that text's files, not the
+    demo's; `cfg` itself for the demo's target.
 
     Raises:
         WhoharryError: a file the plan needs was never made in `out` (no finished `whoharry run --target`).
@@ -149,6 +161,8 @@ def made_config(cfg: Config, out: Path, explicit: frozenset[str] = frozenset()) 
     cfg = target_files.without_parts(cfg, made, target, explicit)
     if made.split:
         cfg = target_files.with_split(cfg, out / split.NAME, made.replaced)
+    if made.augment:
+        cfg = target_files.with_augment(cfg, target_files.augment_budget(cfg, _text_tokens(cfg)))
     if made.dictionary:
         cfg = target_files.with_dictionary(cfg, out / dictionary.NAME)
     if made.probes:

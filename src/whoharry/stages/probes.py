@@ -45,7 +45,8 @@ def key(cfg: Config, out: Path) -> str:
     return fingerprint({
         "split": artifacts.stage_fingerprint(out / split.NAME),
         "anchors": artifacts.file_hash(cfg.data.anchors) if cfg.data.anchors.is_file() else "missing",
-        "seed": cfg.seed, "settings": to_dict(cfg.target_files), "model": model_key(cfg.model, reading=True),
+        "seed": cfg.seed, "model": model_key(cfg.model, reading=True),
+        "settings": {k: v for k, v in to_dict(cfg.target_files).items() if k != "augment_share"},
         "precision": cfg.eval.precision,
         "qa_prompt": artifacts.file_hash(cfg.target_files.qa_prompt)
         if cfg.target_files.llm_url and cfg.target_files.qa_prompt.is_file() else None,

@@ -9,7 +9,8 @@ the user named explicitly (in their own config file or with `--set`) is kept, wi
 it is about another target. The questions (KnowMem) are made too when an LLM endpoint is configured
 (`target_files.llm_url`); without one, and for the robustness probes, which have no generated
 counterpart, those parts are left out instead (or kept, with the warning, when named). Made probes need
-the split, which is then made even when the held-out text is the user's own.
+the split, which is then made even when the held-out text is the user's own. With a made dictionary the
+models also write passages about the target's world (`augment_budget`), unless `augment.tokens` is set.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Plan:
     dropped_parts: list[str] = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)  # dotted settings set to None: a demo file nothing replaces
     warnings: list[str] = field(default_factory=list)
+    augment: bool = False  # the models write passages about the target's world (`augment_budget`)
     done: bool = False  # the dictionary and probes are made (set by the pipeline)
 
     @property
@@ -90,6 +92,8 @@ def plan(cfg: Config, explicit: set[str] | frozenset[str] = frozenset()) -> Plan
         return any(key not in explicit for key in demo)
 
     out.dictionary = replaced(DICTIONARY_KEYS)
+    out.augment = (out.dictionary and cfg.forget.method == "whp" and cfg.target_files.augment_share > 0
+                   and "augment.tokens" not in explicit and cfg.augment.tokens == 0)
     out.probes = replaced(PROBE_KEYS)
     # the probes are cut from the split's texts too, and the target then trains on the split's training part
     out.split = replaced(HELDOUT_KEYS) or out.probes
@@ -134,6 +138,21 @@ def with_split(cfg: Config, split_dir: Path, replaced: set[str]) -> Config:
     out.data.target = split_dir / split.TRAIN_FILE
     if "eval.membership.heldout" in replaced:
         out.eval.membership.heldout = split_dir / split.HELDOUT_FILE
+    return out
+
+
+def augment_budget(cfg: Config, text_tokens: int) -> int:
+    """The generated tokens a run with a made dictionary adds to its training text of `text_tokens` tokens:
+    `target_files.augment_share` of them, rounded. The paper added about a million generated tokens to the
+    books (Eldan & Russinovich 2023, section 3); a dictionary made from a text holds only what the text names,
+    and the models' passages carry the target's world beyond it."""
+    return round(cfg.target_files.augment_share * text_tokens)
+
+
+def with_augment(cfg: Config, tokens: int) -> Config:
+    """`cfg` writing `tokens` tokens of passages about the target's world (`augment.tokens`)."""
+    out = copy.deepcopy(cfg)
+    out.augment.tokens = tokens
     return out
 
 
