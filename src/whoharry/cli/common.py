@@ -57,7 +57,9 @@ TargetOption = Annotated[
     typer.Option("--target", help="The text to forget (sets data.target): a .txt, .jsonl, .json, .csv or .parquet "
                                   "file, a save_to_disk folder, or hf:OWNER/NAME. A text other than the demo's gets "
                                   "its held-out split, anchor dictionary and probes made from it, unless you "
-                                  "name files of your own (target_files.make)."),
+                                  "name files of your own (target_files.make), and with the made dictionary "
+                                  "generated passages about its world (target_files.augment_share; off: "
+                                  "--set target_files.augment_share=0)."),
 ]
 MethodOption = Annotated[
     str | None,

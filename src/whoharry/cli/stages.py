@@ -48,7 +48,9 @@ def augment(opts: RunOptions) -> Action:
     """Passages about the target's world written by the models → [bold]OUT/augment/generated.txt[/bold].
 
     Set the budget with --set augment.tokens=N. `labels` and `run` label the generated text with the target
-    only when they get the same augment settings (a run without them labels the target alone)."""
+    only when they get the same augment settings (a run without them labels the target alone, except a run
+    that makes its dictionary from a target of your own, which writes target_files.augment_share of its
+    tokens)."""
     from whoharry.stages import augment as stage
 
     cfg = opts.load()
@@ -194,10 +196,11 @@ def eval_(
 def run(opts: RunOptions, method: MethodOption = None, target: TargetOption = None) -> Action:
     """Every stage in order; finished stages with the same settings are skipped.
 
-    reinforce, augment (when augment.tokens > 0), labels, unlearn, eval. For a target of your own
-    (--target), the files you did not give are made from it: a held-out split first, the anchor
-    dictionary and the probes right after reinforce, and with the made dictionary passages about the
-    target's world (target_files.augment_share of its tokens, unless augment.tokens is set)."""
+    reinforce, augment (when augment.tokens > 0, or for a made dictionary), labels, unlearn, eval. For a
+    target of your own (--target), the files you did not give are made from it: a held-out split first,
+    the anchor dictionary and the probes right after reinforce. A run that makes the dictionary also
+    writes passages about the target's world, target_files.augment_share of its tokens (off:
+    --set target_files.augment_share=0)."""
     from whoharry.stages import evaluate, pipeline
 
     # the path as a JSON string: a YAML-special name (`book #1.txt`, `null`) stays the file name it is

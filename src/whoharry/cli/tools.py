@@ -195,8 +195,9 @@ def anchors_suggest(
                      "config's retain texts and eval.utility.general_text)."),
     ] = None,
     top: Annotated[int | None, typer.Option(
-        "--top", help="How many terms seen anchors.min_count times to write; rarer names scoring as well join "
-        "them (anchors.top).", min=1)] = None,
+        "--top", help="The N best terms seen at least anchors.min_count times (anchors.top); names seen fewer "
+        "times that score at least as well as the N-th are added beyond N, with no cap "
+        "(anchors.name_min_count equal to min_count for exactly N).", min=1)] = None,
     run_dir: Annotated[Path, typer.Option("--run", help="Run folder holding (or to hold) the reinforced model.")] = (
         DEFAULT_OUT),
     llm: Annotated[

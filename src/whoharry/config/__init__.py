@@ -293,8 +293,9 @@ class TargetFilesConfig:
     completions: int = 60  # completion prompts made (before the halves)
     # with a made dictionary, passages about the target's world the models write (the `augment` stage) of this
     # share of the training text's tokens, labelled and unlearned with it, unless augment.tokens is set; a made
-    # dictionary holds only what the text names, and the passages carry its world beyond the text; 0: none (in a
-    # config file, augment.tokens: 0 equals the shipped value and so does not count as set: use this)
+    # dictionary holds only what the text names, and the passages carry its world beyond the text; 0: none (the
+    # one switch that works everywhere: augment.tokens: 0 in a config file equals the shipped value and so does
+    # not count as set)
     augment_share: float = 0.3
     # optional: question/answer pairs for the knowmem part, written by an LLM from passages of the target and
     # of its held-out part (off while llm_url is empty; the knowmem part is then left out for such a target);
