@@ -102,7 +102,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
         cfg = target_files.with_split(cfg, split.run(cfg, out, progress=progress), made.replaced)
         split.check_heldout(cfg)  # a held-out text too short for membership inference fails before training
     if made.augment:
-        cfg = target_files.with_augment(cfg, target_files.augment_budget(cfg, _text_tokens(cfg)))
+        cfg = _with_passages(cfg)
     for stage in training_stages(cfg):
         if stage is not reinforce and not made.done:
             cfg = _made_files(cfg, out, made, progress)
@@ -115,13 +115,16 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
     return evaluate.load_report(eval_dir)["summary"]
 
 
-def _text_tokens(cfg: Config) -> int:
-    """The tokens of the training text `data.target`, as the configured model's tokenizer reads it."""
+def _with_passages(cfg: Config) -> Config:
+    """`cfg` writing the generated passages' budget for its training text `data.target`
+    (`target_files.augment_budget` of its tokens, as the configured model's tokenizer reads them): the one
+    place `run` and `made_config` take it from, so that both give the augment stage the same key."""
     from whoharry.core import models
     from whoharry.core.text import read_target
 
     tokenizer = models.load_tokenizer(models.resolve(cfg.model), cfg.model)
-    return len(tokenizer(read_target(cfg.data), add_special_tokens=False).input_ids)
+    tokens = len(tokenizer(read_target(cfg.data), add_special_tokens=False).input_ids)
+    return target_files.with_augment(cfg, target_files.augment_budget(cfg, tokens))
 
 
 def _made_files(cfg: Config, out: Path, made: target_files.Plan, progress: bool) -> Config:
@@ -162,7 +165,7 @@ def made_config(cfg: Config, out: Path, explicit: frozenset[str] = frozenset()) 
     if made.split:
         cfg = target_files.with_split(cfg, out / split.NAME, made.replaced)
     if made.augment:
-        cfg = target_files.with_augment(cfg, target_files.augment_budget(cfg, _text_tokens(cfg)))
+        cfg = _with_passages(cfg)
     if made.dictionary:
         cfg = target_files.with_dictionary(cfg, out / dictionary.NAME)
     if made.probes:
