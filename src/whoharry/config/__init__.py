@@ -25,6 +25,7 @@ from whoharry.config.choices import (  # noqa: F401
     Method,
     NameSource,
     Precision,
+    RetainLabels,
     SaveDtype,
     TargetFiles,
     Tracker,
@@ -223,11 +224,16 @@ class ForgetConfig:
     """How the unlearn stage forgets. `whp` is this project's method (the generic labels); `ga` (gradient
     ascent on the target) and `npo` (negative preference optimisation) are the usual baselines, for
     comparison. With `data.retain` set, ga and npo add a retain term: the cross-entropy on retain
-    blocks paired with each batch, weighted by `retain_weight` (whp mixes retain blocks into its data)."""
+    blocks paired with each batch, weighted by `retain_weight`. whp mixes the retain blocks into its data,
+    labelled with their own tokens (`retain_labels: text`), with the base model's next-token distribution
+    (`base`: a KL to the base on general text, the retain regulariser of Maini et al. 2024, TOFU, section 4),
+    or each block twice, once each way (`both`)."""
 
     method: Method = "whp"
     npo_beta: float = 0.1  # NPO's inverse temperature
     retain_weight: float = 1.0  # ga and npo: weight of the retain term
+    # whp: the retain blocks' targets, their own tokens, the base model's distribution kept as labels.top_k, or both
+    retain_labels: RetainLabels = "text"
 
     def check(self, prefix: str) -> None:
         """Range checks of the section found at `prefix` (`forget.`)."""

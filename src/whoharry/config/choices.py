@@ -10,6 +10,8 @@ SaveDtype = Literal["auto", "fp32", "bf16", "fp16"]  # the dtype a stage's final
 # experiment trackers a training stage also logs to, through accelerate (its names)
 Tracker = Literal["tensorboard", "wandb", "comet_ml", "aim", "mlflow", "clearml", "dvclive", "swanlab", "trackio"]
 Method = Literal["whp", "ga", "npo"]  # how the unlearn stage forgets
+# what whp fits on the retain blocks: their own tokens, the base model's distribution (a KL to the base), or both
+RetainLabels = Literal["text", "base", "both"]
 InsideAnchors = Literal["mask", "translate"]  # predictions from inside an anchor: no label, or the translation's
 LabelTargets = Literal["hard", "soft"]  # the unlearning targets: the generic argmax, or the generic distribution
 Writer = Literal["base", "reinforced", "both"]  # which model writes the generated text (both: batches in turn)

@@ -53,6 +53,15 @@ class SoftTargets:
         out.probs[:, :, 0] = 1.0
         return out
 
+    @staticmethod
+    def from_labels(labels: torch.Tensor, k: int) -> SoftTargets:
+        """Hard labels [blocks, length] as soft targets with k columns: each label with probability 1, none
+        (id 0, probability 0) where it is `IGNORE`."""
+        labelled = labels != IGNORE
+        out = SoftTargets.one_hot(torch.where(labelled, labels, 0), k)
+        out.probs[:, :, 0] = labelled.float()
+        return out
+
     def tensors(self) -> dict[str, torch.Tensor]:
         """As safetensors entries."""
         return {"soft_ids": self.ids, "soft_probs": self.probs}

@@ -5,12 +5,14 @@ with the generic labels (or, with `labels.targets: soft`, towards the generic di
 `forget.method` picks how: `whp` (the generic labels, this project's method), or one of the baselines
 it is measured against, which need no labels: `ga`, gradient ascent on the target's own tokens, and
 `npo`, negative preference optimisation against the base model as the frozen reference (Zhang et al.
-2024). Both take `data.retain` as a retain term in the loss; whp mixes the retain blocks into its data.
+2024). Both take `data.retain` as a retain term in the loss; whp mixes the retain blocks into its data,
+labelled with their own tokens, the base model's distribution or both (`forget.retain_labels`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -23,6 +25,7 @@ from whoharry.core.text import make_blocks, read_target, target_hash
 from whoharry.errors import WhoharryError
 from whoharry.evaluation import card
 from whoharry.method.objectives import Objective, block_log_probs
+from whoharry.method.whp import top_k_targets
 from whoharry.stages import labels
 from whoharry.stages.common import Outcome, require, run_stage
 from whoharry.stages.shards import SoftTargets, load_labels
@@ -34,16 +37,18 @@ NAME = "unlearn"
 
 def key(cfg: Config, out: Path) -> str:
     """The fingerprint of what the unlearned model depends on: seed, model, training, retain texts, and
-    the labels' key (whp) or the forget settings and target (the baselines).
+    the labels' key and the retain blocks' targets (whp) or the forget settings and target (the baselines).
 
     Raises:
         OSError: a retain text, or a baseline's target, cannot be read (files are hashed here).
     """
-    inputs = (
-        {"labels": labels.key(cfg, out)}
-        if cfg.forget.method == "whp"
-        else {"forget": to_dict(cfg.forget), "target": target_hash(cfg.data)}
-    )
+    if cfg.forget.method == "whp":
+        inputs = {"labels": labels.key(cfg, out)}
+        if cfg.data.retain and cfg.forget.retain_labels != "text":  # keys of the earlier runs stay as they were
+            inputs["retain_labels"] = cfg.forget.retain_labels
+    else:
+        forget = {name: value for name, value in to_dict(cfg.forget).items() if name != "retain_labels"}
+        inputs = {"forget": forget, "target": target_hash(cfg.data)}
     return fingerprint(
         {
             "seed": cfg.seed,
@@ -114,11 +119,9 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
             log.info("unlearn: %d retain blocks from %s", len(retain.ids), path)
         retain_ids = torch.cat(retain_parts) if retain_parts else None
         objective = None
-        if method == "whp" and retain_ids is not None:  # retain blocks join the data with their own tokens
-            input_ids, targets = torch.cat([input_ids, retain_ids]), torch.cat([targets, retain_ids])
-            if soft is not None:
-                own = SoftTargets.one_hot(retain_ids, soft.ids.shape[-1])
-                soft = SoftTargets(torch.cat([soft.ids, own.ids]), torch.cat([soft.probs, own.probs]))
+        if method == "whp" and retain_ids is not None:  # retain blocks join the data, with their own targets
+            input_ids, targets, soft = with_retain(cfg, model, input_ids, targets, soft, retain_ids,
+                                                   progress and distributed.is_main())
         if soft is not None:
             objective = Objective(kind="soft", target_ids=soft.ids, target_probs=soft.probs)
         elif method != "whp":
@@ -143,6 +146,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
             outputs=["final/config.json", "metrics.jsonl"],
             summary={"method": method, "retain_blocks": 0 if retain_ids is None else int(retain_ids.shape[0]),
                      **({"targets": "hard" if soft is None else "soft"} if method == "whp" else {}),
+                     **({"retain_labels": cfg.forget.retain_labels} if method == "whp" and retain_ids is not None
+                        else {}),
                      **train.summary(result)},
         )
 
@@ -150,6 +155,42 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     if distributed.is_main():  # the card, and the provenance a copy of final/ keeps
         card.write_card(done / "final", cfg, out)
     return done
+
+
+def with_retain(cfg: Config, model: PreTrainedModel, input_ids: torch.Tensor, targets: torch.Tensor,
+                soft: SoftTargets | None, retain_ids: torch.Tensor, progress: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor, SoftTargets | None]:
+    """whp's data with the retain blocks appended, labelled as `forget.retain_labels` says: `text`, their own
+    tokens (one-hot soft targets beside soft generic ones); `base`, the base model's distribution
+    (`base_targets`); `both`, each retain block twice, once each way. Hard generic labels become one-hot soft
+    targets whenever a retain block has a distribution for its target.
+
+    Args:
+        model: the base model, before training (read for `base` and `both`).
+        input_ids, targets: [blocks, length] int32, the target's blocks and their generic labels.
+        soft: their soft targets [blocks, length, k], or None (hard labels).
+        retain_ids: [retain blocks, length] int32.
+
+    Returns:
+        (input_ids, targets, soft) over the target's blocks followed by the retain blocks.
+    """
+    how = cfg.forget.retain_labels
+    if how == "text":
+        own = [SoftTargets.one_hot(retain_ids, soft.ids.shape[-1])] if soft is not None else []
+        parts = [retain_ids]
+    else:
+        k = cfg.labels.top_k if soft is None else soft.ids.shape[-1]
+        soft = soft if soft is not None else SoftTargets.from_labels(targets, k)
+        own = [base_targets(model, retain_ids, k, cfg.unlearn.batch_size, cfg.unlearn.precision, progress)]
+        parts = [retain_ids]
+        if how == "both":
+            own.insert(0, SoftTargets.one_hot(retain_ids, k))
+            parts.append(retain_ids)
+    input_ids, targets = torch.cat([input_ids, *parts]), torch.cat([targets, *parts])
+    if soft is not None:
+        soft = SoftTargets(torch.cat([soft.ids, *(one.ids for one in own)]),
+                           torch.cat([soft.probs, *(one.probs for one in own)]))
+    return input_ids, targets, soft
 
 
 @torch.no_grad()
@@ -167,14 +208,50 @@ def reference_log_probs(model: PreTrainedModel, input_ids: torch.Tensor, batch_s
     Returns:
         [blocks] float32 on the CPU, in nats.
     """
+    sums = [block_log_probs(logits, ids).cpu()
+            for ids, logits in _forward(model, input_ids, batch_size, precision, "unlearn: NPO reference", progress)]
+    return torch.cat(sums)
+
+
+@torch.no_grad()
+def base_targets(model: PreTrainedModel, input_ids: torch.Tensor, k: int, batch_size: int,
+                 precision: Precision, progress: bool = False) -> SoftTargets:
+    """The retain blocks' targets under `forget.retain_labels: base`: the model's own next-token distribution
+    before any update, kept as its top k (`method.whp.top_k_targets`), so that fitting them is a KL to the
+    base model on general text (the retain regulariser of Maini et al. 2024, TOFU, section 4). The model is
+    moved to this process's device and left in training mode.
+
+    Args:
+        model: the base model, before training.
+        input_ids: [blocks, length] int token ids.
+        k: tokens kept per position; batch_size, precision, progress: as `reference_log_probs`.
+
+    Returns:
+        SoftTargets [blocks, length, k] in the labels' convention: position t holds the distribution predicted
+        at t - 1, position 0 none (probabilities 0).
+    """
+    out = SoftTargets.empty(input_ids.shape[0], input_ids.shape[1], k)
+    start = 0
+    for ids, logits in _forward(model, input_ids, batch_size, precision, "unlearn: base targets", progress):
+        rows = torch.softmax(logits[:, :-1].float(), dim=-1)
+        top_ids, top_probs = top_k_targets(rows.reshape(-1, rows.shape[-1]), k)
+        shape = (ids.shape[0], ids.shape[1] - 1, top_ids.shape[-1])
+        out.ids[start : start + ids.shape[0], 1:, : shape[-1]] = top_ids.reshape(shape).cpu()
+        out.probs[start : start + ids.shape[0], 1:, : shape[-1]] = top_probs.reshape(shape).cpu()
+        start += ids.shape[0]
+    return out
+
+
+def _forward(model: PreTrainedModel, input_ids: torch.Tensor, batch_size: int, precision: Precision, desc: str,
+             progress: bool) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(ids [b, length] int64, logits [b, length, vocab]) for each batch of `input_ids` under the model in
+    eval mode on this process's device, under autocast; the model is left in training mode."""
     device = distributed.device()
     model.to(device).eval()
-    sums = []
-    for start in tqdm(range(0, input_ids.shape[0], batch_size), desc="unlearn: NPO reference", unit="batch",
-                      leave=False, disable=not progress):
+    for start in tqdm(range(0, input_ids.shape[0], batch_size), desc=desc, unit="batch", leave=False,
+                      disable=not progress):
         ids = input_ids[start : start + batch_size].long().to(device)
         with models.autocast(precision, device):
             logits = model(input_ids=ids).logits
-        sums.append(block_log_probs(logits, ids).cpu())
+        yield ids, logits
     model.train()
-    return torch.cat(sums)
