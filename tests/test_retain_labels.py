@@ -78,12 +78,24 @@ def test_base_retain_labels_keep_the_model_near_the_base_on_the_retain_text(proj
         assert manifests["base"]["labels"]["fingerprint"] == manifests["text"]["labels"]["fingerprint"]
         assert manifests["base"]["unlearn"]["fingerprint"] != manifests["text"]["unlearn"]["fingerprint"]
         assert manifests["base"]["unlearn"]["summary"]["final_loss"] < float("inf")
+        summary = manifests["base"]["unlearn"]["summary"]
+        assert summary["targets"] == targets and summary["retain_labels"] == "base"  # as asked, not as trained
+        card = (project / f"run-{targets}-base" / "unlearn" / "final" / "README.md").read_text()
+        assert "fitted to the base model's distribution" in card
     from whoharry.config import load_config
     from whoharry.stages import unlearn
 
     plain = load_config(write_config(project, tiny_model_dir))
     base = load_config(write_config(project, tiny_model_dir), ["forget.retain_labels=base"])
     assert unlearn.key(plain, project / "x") == unlearn.key(base, project / "x")  # no retain blocks to label
+    # with hard labels the labels' key leaves top_k out; the base targets keep top_k tokens, so the unlearn key
+    # holds it
+    retained = write_config(project, tiny_model_dir, data={"target": "target.txt", "anchors": "anchors.yaml",
+                                                           "block_length": 32, "retain": ["general.txt"]})
+    keys = {(how, k): unlearn.key(load_config(retained, [f"forget.retain_labels={how}", f"labels.top_k={k}"]),
+                                  project / "x")
+            for how in ("text", "base") for k in (2, 8)}
+    assert keys["text", 2] == keys["text", 8] and keys["base", 2] != keys["base", 8]
 
 
 def test_an_unknown_retain_labels_choice_is_one_error_line(project, tiny_model_dir):

@@ -69,6 +69,10 @@ def _epochs(count: float) -> str:
     return f"{count:g} epoch{'' if count == 1 else 's'}"
 
 
+RETAIN_LABELS = {"text": "its own tokens", "base": "the base model's distribution",
+                 "both": "its own tokens and the base model's distribution"}
+
+
 def _settings_lines(cfg: Config) -> list[str]:
     train = cfg.unlearn
     lines = [f"- **Method**: `{cfg.forget.method}`, {METHODS[cfg.forget.method]}",
@@ -81,7 +85,10 @@ def _settings_lines(cfg: Config) -> list[str]:
     else:
         lines.append(f"- Forget settings: β = {cfg.forget.npo_beta:g} (NPO), retain weight "
                      f"{cfg.forget.retain_weight:g}")
-    lines.append(f"- Retain text: {', '.join(f'`{path.name}`' for path in cfg.data.retain) or 'none'}; seed {cfg.seed}")
+    fitted = (f", fitted to {RETAIN_LABELS[cfg.forget.retain_labels]}"
+              if cfg.forget.method == "whp" and cfg.data.retain else "")
+    lines.append(f"- Retain text: {', '.join(f'`{path.name}`' for path in cfg.data.retain) or 'none'}{fitted}; "
+                 f"seed {cfg.seed}")
     return lines
 
 

@@ -45,7 +45,8 @@ def key(cfg: Config, out: Path) -> str:
     if cfg.forget.method == "whp":
         inputs = {"labels": labels.key(cfg, out)}
         if cfg.data.retain and cfg.forget.retain_labels != "text":  # keys of the earlier runs stay as they were
-            inputs["retain_labels"] = cfg.forget.retain_labels
+            # the base targets keep labels.top_k tokens, which the labels' key holds for soft labels only
+            inputs["retain_labels"] = {"how": cfg.forget.retain_labels, "top_k": cfg.labels.top_k}
     else:
         forget = {name: value for name, value in to_dict(cfg.forget).items() if name != "retain_labels"}
         inputs = {"forget": forget, "target": target_hash(cfg.data)}
@@ -145,7 +146,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
             },
             outputs=["final/config.json", "metrics.jsonl"],
             summary={"method": method, "retain_blocks": 0 if retain_ids is None else int(retain_ids.shape[0]),
-                     **({"targets": "hard" if soft is None else "soft"} if method == "whp" else {}),
+                     **({"targets": cfg.labels.targets} if method == "whp" else {}),
                      **({"retain_labels": cfg.forget.retain_labels} if method == "whp" and retain_ids is not None
                         else {}),
                      **train.summary(result)},
