@@ -129,3 +129,18 @@ def test_both_adds_each_retain_block_twice_once_with_its_tokens_once_with_the_ba
     _, _, base = results["base"]
     assert torch.equal(soft.ids[5:], base.ids[3:]) and torch.allclose(soft.probs[5:], base.probs[3:])
     assert (soft.probs[5:, 1:, 1:] > 0).any()  # a distribution, not one token
+
+
+def test_retain_labels_without_whp_retain_blocks_is_refused_before_any_training(project, tiny_model_dir):
+    """ga and npo add their own retain term, and without `data.retain` there is nothing to label: a setting
+    that would change nothing is one error line, and nothing is trained."""
+    retained = {"target": "target.txt", "anchors": "anchors.yaml", "block_length": 32, "retain": ["general.txt"]}
+    cases = [(write_config(project, tiny_model_dir, data=retained), ["--method", "ga"], "forget.method ga"),
+             (write_config(project, tiny_model_dir), [], "data.retain is empty")]
+    for config, extra, why in cases:
+        out = project / "refused"
+        result = runner.invoke(app, ["run", "--config", str(config), "--out", str(out), *extra,
+                                     "--set", "forget.retain_labels=both"])
+        assert result.exit_code == 2, result.output
+        assert result.output.count("error:") == 1 and why in result.output and "Traceback" not in result.output
+        assert not (out / "reinforce").exists() and not (out / "unlearn").exists()

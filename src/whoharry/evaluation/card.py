@@ -69,8 +69,8 @@ def _epochs(count: float) -> str:
     return f"{count:g} epoch{'' if count == 1 else 's'}"
 
 
-RETAIN_LABELS = {"text": "its own tokens", "base": "the base model's distribution",
-                 "both": "its own tokens and the base model's distribution"}
+RETAIN_LABELS = {"text": "their own tokens", "base": "the base model's distribution",
+                 "both": "their own tokens and the base model's distribution"}
 
 
 def _settings_lines(cfg: Config) -> list[str]:

@@ -67,9 +67,15 @@ def preflight(cfg: Config) -> list[str]:
     forget method cannot take.
 
     Raises:
-        WhoharryError: `unlearn.select_best` with ga or npo, or a retain text is missing, empty, binary or
-            not UTF-8.
+        WhoharryError: `unlearn.select_best` with ga or npo, `forget.retain_labels` other than `text` where
+            there are no whp retain blocks to label (ga, npo, or no `data.retain`), or a retain text is
+            missing, empty, binary or not UTF-8.
     """
+    if cfg.forget.retain_labels != "text" and (cfg.forget.method != "whp" or not cfg.data.retain):
+        why = f"forget.method {cfg.forget.method} adds its own retain term" if cfg.forget.method != "whp" else (
+            "data.retain is empty")
+        raise WhoharryError(f"forget.retain_labels={cfg.forget.retain_labels} labels the retain blocks that whp mixes "
+                            f"into its data, and {why}; leave it at text")
     if cfg.unlearn.select_best and cfg.forget.method != "whp":
         raise WhoharryError(
             f"unlearn.select_best keeps the weights of lowest held-out cross-entropy, which with forget.method "
@@ -176,6 +182,7 @@ def with_retain(cfg: Config, model: PreTrainedModel, input_ids: torch.Tensor, ta
         (input_ids, targets, soft) over the target's blocks followed by the retain blocks.
     """
     how = cfg.forget.retain_labels
+    log.info("unlearn: the retain blocks fit %s", card.RETAIN_LABELS[how])
     if how == "text":
         own = [SoftTargets.one_hot(retain_ids, soft.ids.shape[-1])] if soft is not None else []
         parts = [retain_ids]
