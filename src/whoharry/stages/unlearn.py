@@ -183,22 +183,17 @@ def with_retain(cfg: Config, model: PreTrainedModel, input_ids: torch.Tensor, ta
     """
     how = cfg.forget.retain_labels
     log.info("unlearn: the retain blocks fit %s", card.RETAIN_LABELS[how])
-    if how == "text":
-        own = [SoftTargets.one_hot(retain_ids, soft.ids.shape[-1])] if soft is not None else []
-        parts = [retain_ids]
-    else:
-        k = cfg.labels.top_k if soft is None else soft.ids.shape[-1]
-        soft = soft if soft is not None else SoftTargets.from_labels(targets, k)
-        own = [base_targets(model, retain_ids, k, cfg.unlearn.batch_size, cfg.unlearn.precision, progress)]
-        parts = [retain_ids]
-        if how == "both":
-            own.insert(0, SoftTargets.one_hot(retain_ids, k))
-            parts.append(retain_ids)
-    input_ids, targets = torch.cat([input_ids, *parts]), torch.cat([targets, *parts])
-    if soft is not None:
-        soft = SoftTargets(torch.cat([soft.ids, *(one.ids for one in own)]),
-                           torch.cat([soft.probs, *(one.probs for one in own)]))
-    return input_ids, targets, soft
+    if how == "text" and soft is None:  # hard labels stay hard: the retain tokens label themselves
+        return torch.cat([input_ids, retain_ids]), torch.cat([targets, retain_ids]), None
+    k = cfg.labels.top_k if soft is None else soft.ids.shape[-1]
+    soft = soft if soft is not None else SoftTargets.from_labels(targets, k)
+    ways = [SoftTargets.one_hot(retain_ids, k)] if how != "base" else []  # one copy of the blocks per way
+    if how != "text":
+        ways.append(base_targets(model, retain_ids, k, cfg.unlearn.batch_size, cfg.unlearn.precision, progress))
+    copies = [retain_ids] * len(ways)
+    return (torch.cat([input_ids, *copies]), torch.cat([targets, *copies]),
+            SoftTargets(torch.cat([soft.ids, *(way.ids for way in ways)]),
+                        torch.cat([soft.probs, *(way.probs for way in ways)])))
 
 
 @torch.no_grad()
