@@ -23,6 +23,8 @@ probes (`--probes`) as `bench_target.py` scores them.
   that may not hold it.
 - `--split-line N`: the pooled reductions of probes 1..N and of the rest, for a probe file whose first lines
   ask one kind of fact (the Sherlock test probes: 1-20 the book's own facts, 21-40 the canon).
+- `general_fluency`: each run's fluency on general prompts (unlearned / base), per seed and pooled over the
+  seeds (`general_fluency`).
 - `largest_gaps`: the five probes with the largest mean gap over the seeds between the two unlearned models'
   P(answer), ranked by its size whichever run is above; each gives the base's P(answer) and both means.
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -76,6 +79,28 @@ def largest_gaps(probes: list[dict], base: list[float], ours: list[list[float]],
     order = sorted(range(len(base)), key=lambda i: -abs(mine[i] - other[i]))[:count]
     return [{"line": i + 1, "answer": probes[i]["answer"], "base": base[i], "target_only": mine[i],
              "hand_written": other[i]} for i in order]
+
+
+def general_fluency(runs: list[Path]) -> dict:
+    """Fluency on general prompts (`general_fluency_perplexity`) of the same run at several seeds: each seed's
+    ratio to the base model, and the ratio pooled over the seeds (every seed's completions together: their
+    summed negative log-likelihood under the base model over their summed tokens, exponentiated, over the base
+    model's own figure). The base model is the same model at every seed and its completions are greedy, so
+    its figure is read once. One seed's figure rests on its prompts' 24-token completions (32 test prompts);
+    the pooled figure reads every seed's. Nan where a run's evaluation has no general prompts."""
+    def parts(run: Path, model: str) -> list[dict]:
+        path = run / "eval" / "parts" / model / "completions.json"
+        samples = json.loads(path.read_text()).get("samples", {}) if path.is_file() else {}
+        return samples.get("general_completions") or []
+
+    def perplexity(rows: list[dict]) -> float:
+        tokens = sum(row["tokens"] for row in rows)
+        return math.exp(sum(row["judge_nll"] for row in rows) / tokens) if tokens else math.nan
+
+    base = perplexity(parts(runs[0], "base"))
+    seeds = [perplexity(parts(run, "unlearned")) / base for run in runs]
+    pooled = perplexity([row for run in runs for row in parts(run, "unlearned")]) / base
+    return {"seeds": [round(value, 4) for value in seeds], "pooled": round(pooled, 4)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -126,6 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.split_line is not None:
         result["pooled_by_lines"] = pool_lines(base, unlearned[RUNS[0]], unlearned[RUNS[1]], args.split_line)
     result["largest_gaps"] = largest_gaps(probes, base, unlearned[RUNS[0]], unlearned[RUNS[1]])
+    result["general_fluency"] = {name: general_fluency([folder / name for folder in made_with.values()])
+                                 for name in RUNS}
     print(json.dumps(result, indent=2))
     return result
 

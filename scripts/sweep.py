@@ -28,7 +28,7 @@ DEV = {
     "eval.probes.general": "data/general/probes_dev.jsonl",
     "eval.probes.related": "data/related/probes_dev.jsonl",
     "eval.completions.prompts": "data/harry_potter/completions_dev.jsonl",
-    "eval.completions.general_prompts": "data/general/completions_dev.jsonl",
+    "eval.completions.general_prompts": "data/general/completions_dev_wide.jsonl",
 }
 COLUMNS = (
     ("target_p_answer", "HP P"),

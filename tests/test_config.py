@@ -123,7 +123,7 @@ def test_every_shipped_sweep_trial_loads(monkeypatch):
             cfg = load_config(ROOT / "configs" / "default.yaml", as_overrides({**sweep.DEV, **(settings or {})}))
             assert cfg.model.name, (path, name)
             assert cfg.eval.probes.target.name == "probes_dev.jsonl"
-            assert cfg.eval.completions.general_prompts.name == "completions_dev.jsonl"
+            assert cfg.eval.completions.general_prompts.name == "completions_dev_wide.jsonl"
             for named in paths_in(cfg.eval):
                 assert named.is_file(), f"{path} {name}: {named} is missing"
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from whoharry.evaluation.intervals import Parts, add_intervals, interval, parts, percentiles, ratio_interval
 
@@ -226,3 +228,59 @@ def test_folders_of_one_seed_are_refused_before_any_model_loads(tmp_path, capsys
     assert stop.value.code == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0]
+
+
+def test_general_fluency_of_several_models_beside_the_base(project, tiny_model_dir, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    from .conftest import write_config
+
+    script = _bench_script("bench_general_fluency")
+    config = write_config(project, tiny_model_dir, eval={"completions": {"tokens": 5}, "precision": "fp32"})
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p, "references": []}) + "\n" for p in
+                               ("The village held a fair", "To make a good soup, you need", "The captain said that")))
+    moved = tmp_path / "moved"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    model.save_pretrained(moved)
+    result = script.main(["--prompts", str(prompts), "--config", str(config), "--toward-base", "0,1",
+                          str(tiny_model_dir), str(moved)])
+    assert result["count"] == 3 and result["base_perplexity"] > 1
+    same, other = result["models"][str(tiny_model_dir)], result["models"][str(moved)]
+    assert same["ratio"] == 1.0 and same["ratio_interval"] == [1.0, 1.0]  # the base read as a model of its own
+    assert other["ratio"] != 1.0 and other["ratio_interval"][0] <= other["ratio"] <= other["ratio_interval"][1]
+    # moved all the way back it is the base; not moved at all, the model
+    assert result["models"][f"{moved}@0"]["ratio"] == 1.0 and result["models"][f"{moved}@1"] == other
+    with pytest.raises(SystemExit) as refused:
+        script.main(["--toward-base", "2", str(moved)])
+    assert refused.value.code == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        script.main(["--prompts", str(prompts), "--config", str(config), str(tmp_path / "nowhere")])
+    assert stopped.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: no model in {tmp_path / 'nowhere'}: name a stage's final/ folder"]
+
+
+def test_general_fluency_pooled_over_seeds_reads_every_seeds_completions_together(tmp_path):
+    seeds = _bench_script("bench_target_seeds")
+
+    def run(name: str, base: list[tuple[float, int]], unlearned: list[tuple[float, int]]):
+        for model, rows in (("base", base), ("unlearned", unlearned)):
+            folder = tmp_path / name / "eval" / "parts" / model
+            folder.mkdir(parents=True)
+            samples = {"general_completions": [{"judge_nll": nll, "tokens": n} for nll, n in rows]}
+            (folder / "completions.json").write_text(json.dumps({"samples": samples}))
+        return tmp_path / name
+
+    base = [(10.0, 10), (10.0, 10)]  # perplexity e
+    # seed 0: 2 nats a token over 20 tokens; seed 1: 1 nat a token over 20 (one prompt's completion is longer)
+    runs = [run("s0", base, [(20.0, 10), (20.0, 10)]), run("s1", base, [(5.0, 5), (15.0, 15)])]
+    result = seeds.general_fluency(runs)
+    assert result["seeds"] == pytest.approx([math.e, 1.0], abs=1e-4)
+    assert result["pooled"] == pytest.approx(math.exp(60 / 40) / math.e, abs=1e-4)  # not the mean of the ratios
+    assert math.isnan(seeds.general_fluency([run("none", [], [])])["pooled"])

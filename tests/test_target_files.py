@@ -118,6 +118,23 @@ def test_the_plan_makes_what_still_names_the_demo_and_warns_of_what_the_user_nam
     assert not target_files.plan(cfg).augment
     cfg.augment.tokens = 0
     assert target_files.with_augment(cfg, 77).augment.tokens == 77 and cfg.augment.tokens == 0
+    # with the made dictionary and retain texts, the retain blocks fit target_files.retain_labels, unless the
+    # user set forget.retain_labels or whp has no retain blocks to label
+    assert not made.retain_labels  # no data.retain
+    cfg.data.retain = [tmp_path / "general.txt"]
+    assert target_files.plan(cfg).retain_labels
+    assert target_files.with_retain_labels(cfg).forget.retain_labels == "both" and cfg.forget.retain_labels == "text"
+    assert not target_files.plan(cfg, frozenset({"forget.retain_labels"})).retain_labels
+    cfg.forget.method = "npo"
+    assert not target_files.plan(cfg).retain_labels
+    cfg.forget.method = "whp"
+    cfg.target_files.retain_labels = "text"  # the same as forget.retain_labels: nothing to change
+    assert not target_files.plan(cfg).retain_labels
+    cfg.target_files.retain_labels = "base"
+    assert target_files.with_retain_labels(cfg).forget.retain_labels == "base"
+    assert not target_files.plan(cfg, frozenset({"data.anchors"})).retain_labels  # a dictionary of the user's own
+    cfg.target_files.retain_labels = "both"
+    cfg.data.retain = []
     cfg.target_files.llm_url = "http://localhost:1/v1"  # an endpoint writes the questions: knowmem stays
     asked = target_files.plan(cfg)
     assert asked.dropped_parts == [] and "eval.knowmem.qa" in asked.replaced
@@ -282,6 +299,23 @@ def test_a_copied_config_names_nothing_and_odd_file_names_stay_names(project, ow
     report = json.loads((out / "eval" / "report.json").read_text())
     assert report["target"]["file"] == str(odd)
     assert "target_name: the detective stories" in (out / "eval" / "config.yaml").read_text()
+
+
+def test_with_the_made_dictionary_the_retain_blocks_fit_both_unless_the_user_says_otherwise(project, own_target):
+    out = project / "retained"
+    args = ["run", "--target", str(own_target), "--out", str(out), "--max-steps", "1", "-q",
+            "--set", f"data.retain=[{project / 'general.txt'}]", "--set", "eval.parts=[probes]"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "unlearn" / "manifest.json").read_text())["summary"]
+    assert summary["retain_labels"] == "both"
+    assert yaml.safe_load((out / "unlearn" / "config.yaml").read_text())["forget"]["retain_labels"] == "both"
+    made = {s: (out / s / "manifest.json").read_text() for s in ("split", "dictionary", "probes", "augment", "labels")}
+    # named by the user: kept, and only the unlearning is made again (the made files' keys leave it out)
+    again = runner.invoke(app, [*args, "--set", "forget.retain_labels=text"])
+    assert again.exit_code == 0, again.output
+    assert {s: (out / s / "manifest.json").read_text() for s in made} == made
+    assert json.loads((out / "unlearn" / "manifest.json").read_text())["summary"]["retain_labels"] == "text"
 
 
 def test_a_baseline_ranks_its_dictionary_without_a_reinforced_model(project, own_target):

@@ -59,7 +59,8 @@ TargetOption = Annotated[
                                   "its held-out split, anchor dictionary and probes made from it, unless you "
                                   "name files of your own (target_files.make), and with the made dictionary "
                                   "generated passages about its world (target_files.augment_share; off: "
-                                  "--set target_files.augment_share=0)."),
+                                  "--set target_files.augment_share=0), and retain blocks fitted both to "
+                                  "their own tokens and to the base model (target_files.retain_labels)."),
 ]
 MethodOption = Annotated[
     str | None,

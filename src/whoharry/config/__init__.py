@@ -303,6 +303,11 @@ class TargetFilesConfig:
     # one switch that works everywhere: augment.tokens: 0 in a config file equals the shipped value and so does
     # not count as set)
     augment_share: float = 0.3
+    # with a made dictionary and data.retain set, what a whp run's retain blocks fit (forget.retain_labels)
+    # unless forget.retain_labels is set: chosen on another book's development probes and prompts, where the
+    # retain texts' own tokens alone let completions of general prompts drift (docs/OWN_TEXT.md, "Fluency on
+    # general prompts"); the demo's hand-written dictionary keeps forget.retain_labels
+    retain_labels: RetainLabels = "both"
     # optional: question/answer pairs for the knowmem part, written by an LLM from passages of the target and
     # of its held-out part (off while llm_url is empty; the knowmem part is then left out for such a target);
     # the key is read from the environment variable named by llm_key_env, never from a file

@@ -3,7 +3,8 @@
 The order is written here, once: reinforce → augment (when `augment.tokens` > 0) → labels → unlearn →
 evaluate (the baselines `ga` and `npo` need no reinforced model and no labels: unlearn → evaluate). For a
 target without files of its own (`stages.target_files`): split first, the dictionary and the probes right
-after reinforce, and, with the made dictionary, the generated passages (`target_files.augment_budget`).
+after reinforce, and, with the made dictionary, the generated passages (`target_files.augment_budget`) and
+the retain blocks' targets (`target_files.with_retain_labels`).
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
         split.check_heldout(cfg)  # a held-out text too short for membership inference fails before training
     if made.augment:
         cfg = _with_passages(cfg)
+    if made.retain_labels:
+        cfg = target_files.with_retain_labels(cfg)
     for stage in training_stages(cfg):
         if stage is not reinforce and not made.done:
             cfg = _made_files(cfg, out, made, progress)
@@ -166,6 +169,8 @@ def made_config(cfg: Config, out: Path, explicit: frozenset[str] = frozenset()) 
         cfg = target_files.with_split(cfg, out / split.NAME, made.replaced)
     if made.augment:
         cfg = _with_passages(cfg)
+    if made.retain_labels:
+        cfg = target_files.with_retain_labels(cfg)
     if made.dictionary:
         cfg = target_files.with_dictionary(cfg, out / dictionary.NAME)
     if made.probes:

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 NAME = "probes"
 FILES = {"probes": "probes_{half}.jsonl", "completions": "completions_{half}.jsonl", "qa": "qa_{half}.jsonl"}
+# target_files settings of the unlearning, not of the probes: left out of the probes' key
+UNLEARNING_SETTINGS = ("augment_share", "retain_labels")
 REPLIES_FILE = "qa_replies.jsonl"  # the endpoint's replies, one a line, so that an interrupted stage resumes
 
 
@@ -46,7 +48,7 @@ def key(cfg: Config, out: Path) -> str:
         "split": artifacts.stage_fingerprint(out / split.NAME),
         "anchors": artifacts.file_hash(cfg.data.anchors) if cfg.data.anchors.is_file() else "missing",
         "seed": cfg.seed, "model": model_key(cfg.model, reading=True),
-        "settings": {k: v for k, v in to_dict(cfg.target_files).items() if k != "augment_share"},
+        "settings": {k: v for k, v in to_dict(cfg.target_files).items() if k not in UNLEARNING_SETTINGS},
         "precision": cfg.eval.precision,
         "qa_prompt": artifacts.file_hash(cfg.target_files.qa_prompt)
         if cfg.target_files.llm_url and cfg.target_files.qa_prompt.is_file() else None,

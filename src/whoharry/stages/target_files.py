@@ -10,7 +10,9 @@ it is about another target. The questions (KnowMem) are made too when an LLM end
 (`target_files.llm_url`); without one, and for the robustness probes, which have no generated
 counterpart, those parts are left out instead (or kept, with the warning, when named). Made probes need
 the split, which is then made even when the held-out text is the user's own. With a made dictionary the
-models also write passages about the target's world (`augment_budget`), unless `augment.tokens` is set.
+models also write passages about the target's world (`augment_budget`), unless `augment.tokens` is set,
+and the retain blocks fit `target_files.retain_labels` (`with_retain_labels`), unless
+`forget.retain_labels` is set.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Plan:
     cleared: list[str] = field(default_factory=list)  # dotted settings set to None: a demo file nothing replaces
     warnings: list[str] = field(default_factory=list)
     augment: bool = False  # the models write passages about the target's world (`augment_budget`)
+    retain_labels: bool = False  # the retain blocks fit `target_files.retain_labels` (`with_retain_labels`)
     done: bool = False  # the dictionary and probes are made (set by the pipeline)
 
     @property
@@ -94,6 +97,9 @@ def plan(cfg: Config, explicit: set[str] | frozenset[str] = frozenset()) -> Plan
     out.dictionary = replaced(DICTIONARY_KEYS)
     out.augment = (out.dictionary and cfg.forget.method == "whp" and cfg.target_files.augment_share > 0
                    and "augment.tokens" not in explicit and cfg.augment.tokens == 0)
+    out.retain_labels = (out.dictionary and cfg.forget.method == "whp" and bool(cfg.data.retain)
+                         and "forget.retain_labels" not in explicit
+                         and cfg.forget.retain_labels != cfg.target_files.retain_labels)
     out.probes = replaced(PROBE_KEYS)
     # the probes are cut from the split's texts too, and the target then trains on the split's training part
     out.split = replaced(HELDOUT_KEYS) or out.probes
@@ -153,6 +159,16 @@ def with_augment(cfg: Config, tokens: int) -> Config:
     """`cfg` writing `tokens` tokens of passages about the target's world (`augment.tokens`)."""
     out = copy.deepcopy(cfg)
     out.augment.tokens = tokens
+    return out
+
+
+def with_retain_labels(cfg: Config) -> Config:
+    """`cfg` whose retain blocks fit `target_files.retain_labels` (`forget.retain_labels`): a run with a made
+    dictionary. On the Sherlock development prompts the retain texts' own tokens alone (`text`) let the
+    completions of general prompts drift from the base model's; fitting the base model's distribution on
+    them as well (`both`) drifts less and forgets more (docs/OWN_TEXT.md, "Fluency on general prompts")."""
+    out = copy.deepcopy(cfg)
+    out.forget.retain_labels = cfg.target_files.retain_labels
     return out
 
 
