@@ -18,8 +18,9 @@ rests on enough prompts moves smoothly with t.
 
 Per model: `ratio` (its perplexity / the base's) with its 95% bootstrap interval over the prompts (paired:
 both models' completions of a resampled prompt go together, `whoharry.evaluation.intervals.ratio_interval`),
-and `perplexity`. `base_perplexity` is the base model's. A model folder that cannot be read is one `error:`
-line and exit code 2, before any model is scored.
+and `perplexity`. `base_perplexity` is the base model's. A model folder without a model (no `config.json`)
+is one `error:` line and exit code 2 before any model is scored; one whose weights cannot be loaded, the
+same when its turn comes (nothing is printed before the end).
 """
 
 from __future__ import annotations
@@ -89,7 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
                     "base_perplexity": round(float(reference.value()), 4), "models": {}}
     base_weights = {name: tensor.clone() for name, tensor in base.state_dict().items()}
     for folder in args.models:
-        model = models.load_folder(folder, cfg=cfg.model)
+        try:
+            model = models.load_folder(folder, cfg=cfg.model)
+        except (OSError, ValueError, RuntimeError) as error:  # weights missing, corrupt or of another shape
+            print(f"error: cannot load the model in {folder}: {str(error).splitlines()[0]}", file=sys.stderr)
+            raise SystemExit(2) from None
         weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
         for t in [None, *steps]:
             if t is not None:

@@ -258,6 +258,14 @@ def test_general_fluency_of_several_models_beside_the_base(project, tiny_model_d
     with pytest.raises(SystemExit) as refused:
         script.main(["--toward-base", "2", str(moved)])
     assert refused.value.code == 2
+    for weights in moved.glob("*.safetensors"):  # a folder whose weights are gone
+        weights.unlink()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as broken:
+        script.main(["--prompts", str(prompts), "--config", str(config), str(moved)])
+    assert broken.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: cannot load the model in {moved}")
     capsys.readouterr()
     with pytest.raises(SystemExit) as stopped:
         script.main(["--prompts", str(prompts), "--config", str(config), str(tmp_path / "nowhere")])

@@ -128,6 +128,9 @@ def test_the_plan_makes_what_still_names_the_demo_and_warns_of_what_the_user_nam
     cfg.forget.method = "npo"
     assert not target_files.plan(cfg).retain_labels
     cfg.forget.method = "whp"
+    cfg.forget.retain_labels = "base"  # set in a config of the user's own (or in Python): kept as it is
+    assert not target_files.plan(cfg).retain_labels
+    cfg.forget.retain_labels = "text"
     cfg.target_files.retain_labels = "text"  # the same as forget.retain_labels: nothing to change
     assert not target_files.plan(cfg).retain_labels
     cfg.target_files.retain_labels = "base"

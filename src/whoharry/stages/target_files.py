@@ -97,9 +97,10 @@ def plan(cfg: Config, explicit: set[str] | frozenset[str] = frozenset()) -> Plan
     out.dictionary = replaced(DICTIONARY_KEYS)
     out.augment = (out.dictionary and cfg.forget.method == "whp" and cfg.target_files.augment_share > 0
                    and "augment.tokens" not in explicit and cfg.augment.tokens == 0)
+    # as augment.tokens: a value other than the shipped `text` is the user's own, wherever it was set
     out.retain_labels = (out.dictionary and cfg.forget.method == "whp" and bool(cfg.data.retain)
-                         and "forget.retain_labels" not in explicit
-                         and cfg.forget.retain_labels != cfg.target_files.retain_labels)
+                         and "forget.retain_labels" not in explicit and cfg.forget.retain_labels == "text"
+                         and cfg.target_files.retain_labels != "text")
     out.probes = replaced(PROBE_KEYS)
     # the probes are cut from the split's texts too, and the target then trains on the split's training part
     out.split = replaced(HELDOUT_KEYS) or out.probes
