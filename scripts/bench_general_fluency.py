@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -46,17 +47,21 @@ def pooled(scored: list[tuple[float, int]]):
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", type=Path, help="model folders (a stage's final/)")
-    parser.add_argument("--prompts", type=Path, default=ROOT / "data" / "general" / "completions_dev_wide.jsonl")
-    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    parser.add_argument("--prompts", type=Path, default=ROOT / "data" / "general" / "completions_dev_wide.jsonl",
+                        help="completion prompts, one JSON object a line with a `prompt` (default: the 239 wide dev "
+                             "prompts)")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml",
+                        help="the config whose model is the base and whose eval settings are used")
     parser.add_argument("--toward-base", default="", metavar="T,T",
                         help="also score each model moved toward the base: base + t * (model - base), t in [0, 1]")
     args = parser.parse_args(argv)
     try:
         steps = [float(value) for value in args.toward_base.split(",") if value.strip()]
     except ValueError:
-        parser.error(f"--toward-base {args.toward_base}: numbers in [0, 1], comma-separated")
-    if not all(0 <= t <= 1 for t in steps):
-        parser.error(f"--toward-base {args.toward_base}: each t must be in [0, 1]")
+        steps = [math.nan]
+    if not all(0 <= t <= 1 for t in steps):  # nan too
+        print(f"error: --toward-base {args.toward_base}: numbers in [0, 1], comma-separated", file=sys.stderr)
+        raise SystemExit(2)
 
     from whoharry.cli.common import setup as _setup
     from whoharry.config import load_config

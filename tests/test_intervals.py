@@ -255,9 +255,12 @@ def test_general_fluency_of_several_models_beside_the_base(project, tiny_model_d
     assert other["ratio"] != 1.0 and other["ratio_interval"][0] <= other["ratio"] <= other["ratio_interval"][1]
     # moved all the way back it is the base; not moved at all, the model
     assert result["models"][f"{moved}@0"]["ratio"] == 1.0 and result["models"][f"{moved}@1"] == other
-    with pytest.raises(SystemExit) as refused:
-        script.main(["--toward-base", "2", str(moved)])
-    assert refused.value.code == 2
+    for steps in ("2", "x"):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as refused:
+            script.main(["--toward-base", steps, str(moved)])
+        assert refused.value.code == 2 and capsys.readouterr().err.strip().splitlines() == [
+            f"error: --toward-base {steps}: numbers in [0, 1], comma-separated"]
     for weights in moved.glob("*.safetensors"):  # a folder whose weights are gone
         weights.unlink()
     capsys.readouterr()

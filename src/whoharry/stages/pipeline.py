@@ -106,6 +106,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
         cfg = _with_passages(cfg)
     if made.retain_labels:
         cfg = target_files.with_retain_labels(cfg)
+        log.info("made dictionary: the retain blocks fit %s (target_files.retain_labels; their own tokens alone: "
+                 "--set forget.retain_labels=text)", cfg.forget.retain_labels)
     for stage in training_stages(cfg):
         if stage is not reinforce and not made.done:
             cfg = _made_files(cfg, out, made, progress)
