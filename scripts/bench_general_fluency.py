@@ -34,14 +34,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+FIGURE = "general_fluency_perplexity"
+
+
 def pooled(scored: list[tuple[float, int]]):
-    """(nll, tokens) pairs as the `Parts` of a pooled perplexity."""
-    import numpy as np
+    """(nll, tokens) pairs as the per-prompt `Parts` of the figure, read by its own resampling recipe from
+    records shaped as the evaluation writes them (`samples["general_completions"]`)."""
+    from whoharry.evaluation.intervals import parts
 
-    from whoharry.evaluation.intervals import Parts
-
-    return Parts(np.array([nll for nll, _ in scored], dtype=float), np.array([n for _, n in scored], dtype=float),
-                 exp=True)
+    return parts({"general_completions": [{"judge_nll": nll, "tokens": n} for nll, n in scored]}, FIGURE)
 
 
 def main(argv: list[str] | None = None) -> dict:

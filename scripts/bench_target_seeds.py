@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -94,8 +93,9 @@ def general_fluency(runs: list[Path]) -> dict:
         return samples.get("general_completions") or []
 
     def perplexity(rows: list[dict]) -> float:
-        tokens = sum(row["tokens"] for row in rows)
-        return math.exp(sum(row["judge_nll"] for row in rows) / tokens) if tokens else math.nan
+        from whoharry.evaluation.completions import pooled_perplexity
+
+        return pooled_perplexity([(row["judge_nll"], row["tokens"]) for row in rows])
 
     base = perplexity(parts(runs[0], "base"))
     seeds = [perplexity(parts(run, "unlearned")) / base for run in runs]
