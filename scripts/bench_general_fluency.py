@@ -13,8 +13,8 @@ the seed (docs/OWN_TEXT.md, "Fluency on general prompts").
 
 `--toward-base 0.25,0.5` also scores each model with its weights moved toward the base model's,
 `base + t * (model - base)` at each t (t = 1 is the model; the weight-space interpolation of WiSE-FT,
-Wortsman et al. 2022, "Robust fine-tuning of zero-shot models", section 2), keyed `FOLDER@t`: a figure that
-rests on enough prompts moves smoothly with t.
+Wortsman et al. 2022, "Robust fine-tuning of zero-shot models", section 2, which `forget.wise_ft` applies to a
+run), keyed `FOLDER@t`: a figure that rests on enough prompts moves smoothly with t.
 
 Per model: `ratio` (its perplexity / the base's) with its 95% bootstrap interval over the prompts (paired:
 both models' completions of a resampled prompt go together, `whoharry.evaluation.intervals.ratio_interval`),
@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     from whoharry.errors import WhoharryError
     from whoharry.evaluation import completions
     from whoharry.evaluation.intervals import ratio_interval
+    from whoharry.method.wise_ft import interpolate
 
     _setup(quiet=True)
     try:
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
         for t in [None, *steps]:
             if t is not None:
-                model.load_state_dict({name: base_weights[name] + t * (tensor - base_weights[name])
+                model.load_state_dict({name: interpolate(base_weights[name], tensor, t)
                                        for name, tensor in weights.items()})
             figure = pooled(scored(model))
             ratio = float(figure.value()) / float(reference.value())

@@ -136,6 +136,21 @@ def test_the_plan_makes_what_still_names_the_demo_and_warns_of_what_the_user_nam
     cfg.target_files.retain_labels = "base"
     assert target_files.with_retain_labels(cfg).forget.retain_labels == "base"
     assert not target_files.plan(cfg, frozenset({"data.anchors"})).retain_labels  # a dictionary of the user's own
+    # with the made dictionary the unlearned model is mixed with the base (WiSE-FT), unless the user set
+    # forget.wise_ft, whp is not the method, or target_files.wise_ft is 1
+    assert made.wise_ft and target_files.plan(cfg).wise_ft
+    assert target_files.with_wise_ft(cfg).forget.wise_ft == 0.75 and cfg.forget.wise_ft == 1
+    assert not target_files.plan(cfg, frozenset({"forget.wise_ft"})).wise_ft
+    assert not target_files.plan(cfg, frozenset({"data.anchors"})).wise_ft
+    cfg.forget.method = "ga"
+    assert not target_files.plan(cfg).wise_ft
+    cfg.forget.method = "whp"
+    cfg.forget.wise_ft = 0.9  # set in a config of the user's own (or in Python): kept as it is
+    assert not target_files.plan(cfg).wise_ft
+    cfg.forget.wise_ft = 1.0
+    cfg.target_files.wise_ft = 1.0
+    assert not target_files.plan(cfg).wise_ft
+    cfg.target_files.wise_ft = 0.75
     cfg.target_files.retain_labels = "both"
     cfg.data.retain = []
     cfg.target_files.llm_url = "http://localhost:1/v1"  # an endpoint writes the questions: knowmem stays
@@ -304,21 +319,23 @@ def test_a_copied_config_names_nothing_and_odd_file_names_stay_names(project, ow
     assert "target_name: the detective stories" in (out / "eval" / "config.yaml").read_text()
 
 
-def test_with_the_made_dictionary_the_retain_blocks_fit_both_unless_the_user_says_otherwise(project, own_target):
+def test_a_made_dictionary_fits_retain_blocks_both_ways_and_mixes_the_model_unless_told_otherwise(project, own_target):
     out = project / "retained"
     args = ["run", "--target", str(own_target), "--out", str(out), "--max-steps", "1", "-q",
             "--set", f"data.retain=[{project / 'general.txt'}]", "--set", "eval.parts=[probes]"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "unlearn" / "manifest.json").read_text())["summary"]
-    assert summary["retain_labels"] == "both"
-    assert yaml.safe_load((out / "unlearn" / "config.yaml").read_text())["forget"]["retain_labels"] == "both"
+    assert summary["retain_labels"] == "both" and summary["wise_ft"] == 0.75
+    forget = yaml.safe_load((out / "unlearn" / "config.yaml").read_text())["forget"]
+    assert forget["retain_labels"] == "both" and forget["wise_ft"] == 0.75
     made = {s: (out / s / "manifest.json").read_text() for s in ("split", "dictionary", "probes", "augment", "labels")}
-    # named by the user: kept, and only the unlearning is made again (the made files' keys leave it out)
-    again = runner.invoke(app, [*args, "--set", "forget.retain_labels=text"])
+    # named by the user: kept, and only the unlearning is made again (the made files' keys leave them out)
+    again = runner.invoke(app, [*args, "--set", "forget.retain_labels=text", "--set", "forget.wise_ft=1"])
     assert again.exit_code == 0, again.output
     assert {s: (out / s / "manifest.json").read_text() for s in made} == made
-    assert json.loads((out / "unlearn" / "manifest.json").read_text())["summary"]["retain_labels"] == "text"
+    summary = json.loads((out / "unlearn" / "manifest.json").read_text())["summary"]
+    assert summary["retain_labels"] == "text" and "wise_ft" not in summary
 
 
 def test_a_baseline_ranks_its_dictionary_without_a_reinforced_model(project, own_target):

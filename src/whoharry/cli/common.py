@@ -60,7 +60,8 @@ TargetOption = Annotated[
                                   "name files of your own (target_files.make), and with the made dictionary "
                                   "generated passages about its world (target_files.augment_share; off: "
                                   "--set target_files.augment_share=0), and retain blocks fitted both to "
-                                  "their own tokens and to the base model (target_files.retain_labels)."),
+                                  "their own tokens and to the base model (target_files.retain_labels), and the "
+                                  "unlearned model mixed with the base (WiSE-FT, target_files.wise_ft)."),
 ]
 MethodOption = Annotated[
     str | None,

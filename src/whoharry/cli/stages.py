@@ -200,7 +200,9 @@ def run(opts: RunOptions, method: MethodOption = None, target: TargetOption = No
     target of your own (--target), the files you did not give are made from it: a held-out split first,
     the anchor dictionary and the probes right after reinforce. A run that makes the dictionary also
     writes passages about the target's world, target_files.augment_share of its tokens (off:
-    --set target_files.augment_share=0)."""
+    --set target_files.augment_share=0), fits the retain blocks to their tokens and to the base model
+    (target_files.retain_labels) and mixes the unlearned model with the base (WiSE-FT, target_files.wise_ft;
+    off: --set forget.wise_ft=1)."""
     from whoharry.stages import evaluate, pipeline
 
     # the path as a JSON string: a YAML-special name (`book #1.txt`, `null`) stays the file name it is

@@ -227,17 +227,22 @@ class ForgetConfig:
     blocks paired with each batch, weighted by `retain_weight`. whp mixes the retain blocks into its data,
     labelled with their own tokens (`retain_labels: text`), with the base model's next-token distribution
     (`base`: a KL to the base on general text, the retain regulariser of Maini et al. 2024, TOFU, section 4),
-    or each block twice, once each way (`both`)."""
+    or each block twice, once each way (`both`). With `wise_ft` below 1 the unlearned model is moved back
+    toward the base in weight space after training (WiSE-FT, Wortsman et al. 2022, section 2)."""
 
     method: Method = "whp"
     npo_beta: float = 0.1  # NPO's inverse temperature
     retain_weight: float = 1.0  # ga and npo: weight of the retain term
     # whp: the retain blocks' targets, their own tokens, the base model's distribution kept as labels.top_k, or both
     retain_labels: RetainLabels = "text"
+    # WiSE-FT's mixing coefficient: unlearn/final/ holds base + wise_ft * (trained - base); 1 keeps the
+    # trained weights (any method)
+    wise_ft: float = 1.0
 
     def check(self, prefix: str) -> None:
         """Range checks of the section found at `prefix` (`forget.`)."""
         require(self.npo_beta > 0, f"{prefix}npo_beta must be > 0")
+        require(0 < self.wise_ft <= 1, f"{prefix}wise_ft must be in (0, 1] (1: the trained weights)")
         require(self.retain_weight >= 0, f"{prefix}retain_weight must be >= 0")
 
 
@@ -308,6 +313,11 @@ class TargetFilesConfig:
     # retain texts' own tokens alone let completions of general prompts drift (docs/OWN_TEXT.md, "Fluency on
     # general prompts"); the demo's hand-written dictionary keeps forget.retain_labels
     retain_labels: RetainLabels = "both"
+    # with a made dictionary, a whp run's WiSE-FT mixing coefficient (forget.wise_ft) unless forget.wise_ft is
+    # set: chosen on the same development probes and prompts, where a quarter of the way back to the base
+    # undoes a third to a half of the drift on general prompts and keeps three quarters of the forgetting
+    # (docs/OWN_TEXT.md, "Fluency on general prompts"); 1: the trained weights
+    wise_ft: float = 0.75
     # optional: question/answer pairs for the knowmem part, written by an LLM from passages of the target and
     # of its held-out part (off while llm_url is empty; the knowmem part is then left out for such a target);
     # the key is read from the environment variable named by llm_key_env, never from a file
@@ -326,6 +336,7 @@ class TargetFilesConfig:
             require(getattr(self, name) >= 1, f"{prefix}{name} must be >= 1")
         require(self.qa_passage_chars >= 200, f"{prefix}qa_passage_chars must be >= 200")
         require(0 <= self.augment_share <= 10, f"{prefix}augment_share must be in [0, 10]")
+        require(0 < self.wise_ft <= 1, f"{prefix}wise_ft must be in (0, 1] (1: the trained weights)")
         for name in ("probes", "completions"):  # half dev, half test
             require(getattr(self, name) >= 2, f"{prefix}{name} must be >= 2 (half dev, half test)")
 

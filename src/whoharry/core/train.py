@@ -46,6 +46,7 @@ from whoharry.config import TrainConfig, to_dict
 from whoharry.core import artifacts, checkpoints, distributed, fsdp, models, validation
 from whoharry.errors import WhoharryError
 from whoharry.method.objectives import IGNORE, Objective, causal_lm_loss
+from whoharry.method.wise_ft import mix_state
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -181,6 +182,7 @@ def train(
     final: tuple[Path, PreTrainedTokenizerBase] | None = None,
     objective: Objective | None = None,
     held_out_from: int | None = None,
+    wise_ft: tuple[float, Callable[[], dict[str, torch.Tensor]]] | None = None,
 ) -> TrainResult:
     """Fine-tune `model` in place on (input_ids, labels) blocks; resume from `stage_dir/checkpoints`.
 
@@ -211,6 +213,10 @@ def train(
         objective: what to minimise; default cross-entropy against `labels` (`Objective()`).
         held_out_from: hold blocks out only among the first N (the target's, when retain blocks follow
             them); default all.
+        wise_ft: `(alpha, base_weights)`: `final` holds base + alpha * (trained - base) (WiSE-FT,
+            `method.wise_ft.mix_state`), mixed in fp32 from the fp32 trained weights and rounded to
+            `cfg.save_dtype` once; `base_weights()` gives the starting model's fp32 state dict on the CPU
+            (called on the main process only, its tensors overwritten). The model in memory stays as trained.
 
     Returns:
         A `TrainResult`. Each step's loss is the objective's value: for `ce` the mean cross-entropy per
@@ -220,7 +226,8 @@ def train(
         WhoharryError: a trainable weight that is not fp32 (before anything is changed), fp16 on a CPU,
             LoRA with sharded weights, a held-out share leaving no block to train on or none labelled,
             `select_best` without held-out blocks or with an objective other than cross-entropy, or a loss
-            that became NaN or infinite (the last checkpoint is kept).
+            that became NaN or infinite (the last checkpoint is kept), or with `wise_ft` a trained weight
+            the base model lacks (after training: `final` is then not written).
     """
     halved = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()
                      if p.requires_grad and p.dtype != torch.float32})
@@ -338,7 +345,7 @@ def train(
     if best is not None and best.step is not None:
         log.info("%s: ends with the weights of step %d, validation loss %.4f", desc, best.step, best.loss)
     if final is not None:
-        _save_final(acc, wrapped, final[1], final[0], cfg.save_dtype, best_state, chosen)
+        _save_final(acc, wrapped, final[1], final[0], cfg.save_dtype, best_state, chosen, wise_ft, desc)
     unwrapped = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
     if cfg.gradient_checkpointing:
         _checkpointing(unwrapped, False)
@@ -360,10 +367,11 @@ def train(
 
 
 def _save_final(acc: Accelerator, wrapped: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path,
-                save_dtype: str, best_state: dict[str, torch.Tensor] | None = None, chosen: bool = False) -> None:
+                save_dtype: str, best_state: dict[str, torch.Tensor] | None = None, chosen: bool = False,
+                wise_ft: tuple[float, Callable[[], dict[str, torch.Tensor]]] | None = None, desc: str = "") -> None:
     """The trained model as an ordinary save_pretrained folder in `save_dtype` (`models.save_folder`),
     written by the main process; with sharded weights and `chosen`, from `best_state` (the best weights,
-    main process) instead of the model's."""
+    main process) instead of the model's; with `wise_ft`, mixed with the base first (`train`)."""
     if chosen and distributed.sharded():
         state_dict = best_state
     else:
@@ -374,6 +382,14 @@ def _save_final(acc: Accelerator, wrapped: torch.nn.Module, tokenizer: PreTraine
         model = model.merge_and_unload()
     model = getattr(model, "_orig_mod", model)
     if acc.is_main_process:
+        if wise_ft is not None:
+            alpha, base_weights = wise_ft
+            try:
+                state_dict = mix_state(base_weights(), model.state_dict() if state_dict is None else state_dict,
+                                       alpha)
+            except ValueError as error:
+                raise WhoharryError(f"{desc}: WiSE-FT: {error}") from None
+            log.info("%s: mixed with the base, base + %g * (trained - base) (WiSE-FT)", desc, alpha)
         dtype = models.save_dtype(save_dtype, acc.device)
         models.save_folder(model, tokenizer, folder, dtype, state_dict)
     acc.wait_for_everyone()

@@ -78,7 +78,9 @@ def _settings_lines(cfg: Config) -> list[str]:
     lines = [f"- **Method**: `{cfg.forget.method}`, {METHODS[cfg.forget.method]}",
              f"- Unlearning fine-tune: {_epochs(train.epochs)}, learning rate {train.learning_rate:g}, batch "
              f"{train.batch_size} × {cfg.data.block_length} tokens, precision `{train.precision}`"
-             + (f", LoRA rank {train.lora_rank}" if train.lora_rank else "")]
+             + (f", LoRA rank {train.lora_rank}" if train.lora_rank else "")
+             + (f"; then mixed with the base, base + {cfg.forget.wise_ft:g} × (trained − base) (WiSE-FT)"
+                if cfg.forget.wise_ft != 1 else "")]
     if cfg.forget.method == "whp":
         lines.append(f"- Generic labels: α = {cfg.labels.alpha:g}, targets `{cfg.labels.targets}`; reinforced model "
                      f"fine-tuned for {_epochs(cfg.reinforce.epochs)} at learning rate {cfg.reinforce.learning_rate:g}")

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 NAME = "probes"
 FILES = {"probes": "probes_{half}.jsonl", "completions": "completions_{half}.jsonl", "qa": "qa_{half}.jsonl"}
 # target_files settings of the unlearning, not of the probes: left out of the probes' key
-UNLEARNING_SETTINGS = ("augment_share", "retain_labels")
+UNLEARNING_SETTINGS = ("augment_share", "retain_labels", "wise_ft")
 REPLIES_FILE = "qa_replies.jsonl"  # the endpoint's replies, one a line, so that an interrupted stage resumes
 
 

@@ -11,8 +11,9 @@ it is about another target. The questions (KnowMem) are made too when an LLM end
 counterpart, those parts are left out instead (or kept, with the warning, when named). Made probes need
 the split, which is then made even when the held-out text is the user's own. With a made dictionary the
 models also write passages about the target's world (`augment_budget`), unless `augment.tokens` is set,
-and the retain blocks fit `target_files.retain_labels` (`with_retain_labels`), unless
-`forget.retain_labels` is set.
+the retain blocks fit `target_files.retain_labels` (`with_retain_labels`), unless `forget.retain_labels` is
+set, and the unlearned model is moved back toward the base by `target_files.wise_ft` (`with_wise_ft`), unless
+`forget.wise_ft` is set.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     augment: bool = False  # the models write passages about the target's world (`augment_budget`)
     retain_labels: bool = False  # the retain blocks fit `target_files.retain_labels` (`with_retain_labels`)
+    wise_ft: bool = False  # the unlearned weights are mixed with the base's by `target_files.wise_ft` (`with_wise_ft`)
     done: bool = False  # the dictionary and probes are made (set by the pipeline)
 
     @property
@@ -101,6 +103,8 @@ def plan(cfg: Config, explicit: set[str] | frozenset[str] = frozenset()) -> Plan
     out.retain_labels = (out.dictionary and cfg.forget.method == "whp" and bool(cfg.data.retain)
                          and "forget.retain_labels" not in explicit and cfg.forget.retain_labels == "text"
                          and cfg.target_files.retain_labels != "text")
+    out.wise_ft = (out.dictionary and cfg.forget.method == "whp" and "forget.wise_ft" not in explicit
+                   and cfg.forget.wise_ft == 1 and cfg.target_files.wise_ft != 1)
     out.probes = replaced(PROBE_KEYS)
     # the probes are cut from the split's texts too, and the target then trains on the split's training part
     out.split = replaced(HELDOUT_KEYS) or out.probes
@@ -170,6 +174,17 @@ def with_retain_labels(cfg: Config) -> Config:
     them as well (`both`) drifts less and forgets more (docs/OWN_TEXT.md, "Fluency on general prompts")."""
     out = copy.deepcopy(cfg)
     out.forget.retain_labels = cfg.target_files.retain_labels
+    return out
+
+
+def with_wise_ft(cfg: Config) -> Config:
+    """`cfg` whose unlearned model is mixed with the base by `target_files.wise_ft` (`forget.wise_ft`): a run
+    with a made dictionary. On the Sherlock development prompts the completions of general prompts drift from
+    the base's even with `both` retain labels; a quarter of the way back to the base in weight space undoes a
+    third to a half of that drift and keeps three quarters of the forgetting (docs/OWN_TEXT.md, "Fluency on
+    general prompts")."""
+    out = copy.deepcopy(cfg)
+    out.forget.wise_ft = cfg.target_files.wise_ft
     return out
 
 

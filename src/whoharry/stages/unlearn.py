@@ -6,13 +6,16 @@ with the generic labels (or, with `labels.targets: soft`, towards the generic di
 it is measured against, which need no labels: `ga`, gradient ascent on the target's own tokens, and
 `npo`, negative preference optimisation against the base model as the frozen reference (Zhang et al.
 2024). Both take `data.retain` as a retain term in the loss; whp mixes the retain blocks into its data,
-labelled with their own tokens, the base model's distribution or both (`forget.retain_labels`).
+labelled with their own tokens, the base model's distribution or both (`forget.retain_labels`). With
+`forget.wise_ft` below 1, any method's trained weights are then mixed with the base's (WiSE-FT; `train.train`
+mixes them before writing `final/`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -37,7 +40,8 @@ NAME = "unlearn"
 
 def key(cfg: Config, out: Path) -> str:
     """The fingerprint of what the unlearned model depends on: seed, model, training, retain texts, and
-    the labels' key and the retain blocks' targets (whp) or the forget settings and target (the baselines).
+    the labels' key and the retain blocks' targets (whp) or the forget settings and target (the baselines),
+    and the WiSE-FT coefficient when below 1.
 
     Raises:
         OSError: a retain text, or a baseline's target, cannot be read (files are hashed here).
@@ -48,8 +52,11 @@ def key(cfg: Config, out: Path) -> str:
             # the base targets keep labels.top_k tokens, which the labels' key holds for soft labels only
             inputs["retain_labels"] = {"how": cfg.forget.retain_labels, "top_k": cfg.labels.top_k}
     else:
-        forget = {name: value for name, value in to_dict(cfg.forget).items() if name != "retain_labels"}
+        forget = {name: value for name, value in to_dict(cfg.forget).items()
+                  if name not in ("retain_labels", "wise_ft")}
         inputs = {"forget": forget, "target": target_hash(cfg.data)}
+    if cfg.forget.wise_ft != 1:  # keys of the earlier runs stay as they were
+        inputs["wise_ft"] = cfg.forget.wise_ft
     return fingerprint(
         {
             "seed": cfg.seed,
@@ -102,6 +109,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     labels_dir = require(labels, cfg, out, progress=progress) if method == "whp" else None
     stage_dir = out / NAME
     stage_key = key(cfg, out)
+    # the checkpoints hold the training, which the mixing coefficient does not change
+    training_key = key(replace(cfg, forget=replace(cfg.forget, wise_ft=1.0)), out)
 
     def body() -> Outcome:
         source = models.resolve(cfg.model)
@@ -140,8 +149,9 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
                                   retain_ids=retain_ids, retain_weight=cfg.forget.retain_weight)
         result = train.train(
             model, input_ids, targets, cfg.unlearn,
-            seed=cfg.seed, stage_dir=stage_dir, run_key=stage_key, desc=f"unlearn ({method})", progress=progress,
+            seed=cfg.seed, stage_dir=stage_dir, run_key=training_key, desc=f"unlearn ({method})", progress=progress,
             final=(stage_dir / "final", tokenizer), objective=objective, held_out_from=forget_blocks,
+            wise_ft=None if cfg.forget.wise_ft == 1 else (cfg.forget.wise_ft, lambda: base_weights(cfg, source)),
         )
         return Outcome(
             inputs={
@@ -155,6 +165,7 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
                      **({"targets": cfg.labels.targets} if method == "whp" else {}),
                      **({"retain_labels": cfg.forget.retain_labels} if method == "whp" and retain_ids is not None
                         else {}),
+                     **({"wise_ft": cfg.forget.wise_ft} if cfg.forget.wise_ft != 1 else {}),
                      **train.summary(result)},
         )
 
@@ -162,6 +173,13 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     if distributed.is_main():  # the card, and the provenance a copy of final/ keeps
         card.write_card(done / "final", cfg, out)
     return done
+
+
+def base_weights(cfg: Config, source: models.ModelSource) -> dict[str, torch.Tensor]:
+    """The base model's state dict, fp32 on the CPU (4 bytes a parameter: 28 GB for a 7B model), for
+    `forget.wise_ft`: what training started from."""
+    log.info("unlearn: loading the base model again to mix with (forget.wise_ft %g)", cfg.forget.wise_ft)
+    return models.load_model(source, cfg.model, device=torch.device("cpu")).state_dict()
 
 
 def with_retain(cfg: Config, model: PreTrainedModel, input_ids: torch.Tensor, targets: torch.Tensor,
