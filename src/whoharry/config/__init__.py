@@ -315,7 +315,7 @@ class TargetFilesConfig:
     retain_labels: RetainLabels = "both"
     # with a made dictionary, a whp run's WiSE-FT mixing coefficient (forget.wise_ft) unless forget.wise_ft is
     # set: chosen on the same development probes and prompts, where a quarter of the way back to the base
-    # undoes a third to a half of the drift on general prompts and keeps three quarters of the forgetting
+    # undoes about a third to a half of the drift on general prompts and keeps three quarters of the forgetting
     # (docs/OWN_TEXT.md, "Fluency on general prompts"); 1: the trained weights
     wise_ft: float = 0.75
     # optional: question/answer pairs for the knowmem part, written by an LLM from passages of the target and

@@ -180,7 +180,7 @@ def with_retain_labels(cfg: Config) -> Config:
 def with_wise_ft(cfg: Config) -> Config:
     """`cfg` whose unlearned model is mixed with the base by `target_files.wise_ft` (`forget.wise_ft`): a run
     with a made dictionary. On the Sherlock development prompts the completions of general prompts drift from
-    the base's even with `both` retain labels; a quarter of the way back to the base in weight space undoes a
+    the base's even with `both` retain labels; a quarter of the way back to the base in weight space undoes about a
     third to a half of that drift and keeps three quarters of the forgetting (docs/OWN_TEXT.md, "Fluency on
     general prompts")."""
     out = copy.deepcopy(cfg)
