@@ -30,7 +30,6 @@ import logging
 import math
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +43,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from whoharry.config import TrainConfig, to_dict
 from whoharry.core import artifacts, checkpoints, distributed, fsdp, models, validation
+from whoharry.core.final import save_final
 from whoharry.errors import WhoharryError
 from whoharry.method.objectives import IGNORE, Objective, causal_lm_loss
-from whoharry.method.wise_ft import mix_state
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -345,7 +344,7 @@ def train(
     if best is not None and best.step is not None:
         log.info("%s: ends with the weights of step %d, validation loss %.4f", desc, best.step, best.loss)
     if final is not None:
-        _save_final(acc, wrapped, final[1], final[0], cfg.save_dtype, best_state, chosen, wise_ft, desc)
+        save_final(acc, wrapped, final[1], final[0], cfg.save_dtype, best_state, chosen, wise_ft, desc)
     unwrapped = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
     if cfg.gradient_checkpointing:
         _checkpointing(unwrapped, False)
@@ -366,54 +365,10 @@ def train(
     )
 
 
-def _save_final(acc: Accelerator, wrapped: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: Path,
-                save_dtype: str, best_state: dict[str, torch.Tensor] | None = None, chosen: bool = False,
-                wise_ft: tuple[float, Callable[[], dict[str, torch.Tensor]]] | None = None, desc: str = "") -> None:
-    """The trained model as an ordinary save_pretrained folder in `save_dtype` (`models.save_folder`),
-    written by the main process; with sharded weights and `chosen`, from `best_state` (the best weights,
-    main process) instead of the model's; with `wise_ft`, mixed with the base first (`train`)."""
-    if chosen and distributed.sharded():
-        state_dict = best_state
-    else:
-        state_dict = fsdp.gathered(acc, wrapped) if distributed.sharded() else None  # every process gathers
-    model = acc.unwrap_model(wrapped, keep_fp32_wrapper=False)
-    if hasattr(model, "merge_and_unload"):  # LoRA: fold the adapters into the weights
-        _untie_adapted(model)
-        model = model.merge_and_unload()
-    model = getattr(model, "_orig_mod", model)
-    if acc.is_main_process:
-        if wise_ft is not None:
-            alpha, base_weights = wise_ft
-            try:
-                state_dict = mix_state(base_weights(), model.state_dict() if state_dict is None else state_dict,
-                                       alpha)
-            except ValueError as error:
-                raise WhoharryError(f"{desc}: WiSE-FT: {error}") from None
-            log.info("%s: mixed with the base, base + %g * (trained - base) (WiSE-FT)", desc, alpha)
-        dtype = models.save_dtype(save_dtype, acc.device)
-        models.save_folder(model, tokenizer, folder, dtype, state_dict)
-    acc.wait_for_everyone()
-
-
 def _flat(cfg: TrainConfig) -> dict[str, Any]:
     """The training settings as trackers take them: numbers, strings and booleans, lists joined."""
     return {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in to_dict(cfg).items()
             if v is not None}
-
-
-def _untie_adapted(model: torch.nn.Module) -> None:
-    """Give every LoRA-adapted layer whose weight is shared with another layer (an embedding tied to the
-    output head) its own copy, and mark the config untied: merging into a shared weight would change the
-    layer that was never adapted too. The frozen weights are equal, so the model computes the same."""
-    owners = Counter(id(param) for _, param in model.named_parameters(remove_duplicate=False))
-    for module in model.modules():
-        layer = getattr(module, "base_layer", None)
-        if layer is not None and owners[id(layer.weight)] > 1:
-            owners[id(layer.weight)] -= 1
-            layer.weight = torch.nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
-            config = model.get_base_model().config
-            config.tie_word_embeddings = config.get_text_config().tie_word_embeddings = False
-            log.info("LoRA adapts a tied layer: the saved model has untied input and output embeddings")
 
 
 def summary(result: TrainResult) -> dict[str, float | int | str]:
