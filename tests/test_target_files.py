@@ -123,7 +123,8 @@ def test_the_plan_makes_what_still_names_the_demo_and_warns_of_what_the_user_nam
     assert not made.retain_labels  # no data.retain
     cfg.data.retain = [tmp_path / "general.txt"]
     assert target_files.plan(cfg).retain_labels
-    assert target_files.with_retain_labels(cfg).forget.retain_labels == "both" and cfg.forget.retain_labels == "text"
+    assert target_files.with_unlearning(cfg, target_files.plan(cfg)).forget.retain_labels == "both" \
+        and cfg.forget.retain_labels == "text"
     assert not target_files.plan(cfg, frozenset({"forget.retain_labels"})).retain_labels
     cfg.forget.method = "npo"
     assert not target_files.plan(cfg).retain_labels
@@ -134,12 +135,12 @@ def test_the_plan_makes_what_still_names_the_demo_and_warns_of_what_the_user_nam
     cfg.target_files.retain_labels = "text"  # the same as forget.retain_labels: nothing to change
     assert not target_files.plan(cfg).retain_labels
     cfg.target_files.retain_labels = "base"
-    assert target_files.with_retain_labels(cfg).forget.retain_labels == "base"
+    assert target_files.with_unlearning(cfg, target_files.plan(cfg)).forget.retain_labels == "base"
     assert not target_files.plan(cfg, frozenset({"data.anchors"})).retain_labels  # a dictionary of the user's own
     # with the made dictionary the unlearned model is mixed with the base (WiSE-FT), unless the user set
     # forget.wise_ft, whp is not the method, or target_files.wise_ft is 1
     assert made.wise_ft and target_files.plan(cfg).wise_ft
-    assert target_files.with_wise_ft(cfg).forget.wise_ft == 0.75 and cfg.forget.wise_ft == 1
+    assert target_files.with_unlearning(cfg, target_files.plan(cfg)).forget.wise_ft == 0.75 and cfg.forget.wise_ft == 1
     assert not target_files.plan(cfg, frozenset({"forget.wise_ft"})).wise_ft
     assert not target_files.plan(cfg, frozenset({"data.anchors"})).wise_ft
     cfg.forget.method = "ga"

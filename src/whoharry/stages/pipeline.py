@@ -4,8 +4,7 @@ The order is written here, once: reinforce → augment (when `augment.tokens` > 
 evaluate (the baselines `ga` and `npo` need no reinforced model and no labels: unlearn → evaluate). For a
 target without files of its own (`stages.target_files`): split first, the dictionary and the probes right
 after reinforce, and, with the made dictionary, the generated passages (`target_files.augment_budget`) and
-the retain blocks' targets (`target_files.with_retain_labels`) and the WiSE-FT mixing coefficient
-(`target_files.with_wise_ft`).
+the retain blocks' targets and the WiSE-FT mixing coefficient (`target_files.with_unlearning`).
 """
 
 from __future__ import annotations
@@ -105,12 +104,11 @@ def run(cfg: Config, out: Path, *, progress: bool = True, explicit: frozenset[st
         split.check_heldout(cfg)  # a held-out text too short for membership inference fails before training
     if made.augment:
         cfg = _with_passages(cfg)
+    cfg = target_files.with_unlearning(cfg, made)
     if made.retain_labels:
-        cfg = target_files.with_retain_labels(cfg)
         log.info("made dictionary: the retain blocks fit %s (target_files.retain_labels; their own tokens alone: "
                  "--set forget.retain_labels=text)", cfg.forget.retain_labels)
     if made.wise_ft:
-        cfg = target_files.with_wise_ft(cfg)
         log.info("made dictionary: the unlearned model is mixed with the base, WiSE-FT coefficient %g "
                  "(target_files.wise_ft; the trained weights: --set forget.wise_ft=1)", cfg.forget.wise_ft)
     for stage in training_stages(cfg):
@@ -176,10 +174,7 @@ def made_config(cfg: Config, out: Path, explicit: frozenset[str] = frozenset()) 
         cfg = target_files.with_split(cfg, out / split.NAME, made.replaced)
     if made.augment:
         cfg = _with_passages(cfg)
-    if made.retain_labels:
-        cfg = target_files.with_retain_labels(cfg)
-    if made.wise_ft:
-        cfg = target_files.with_wise_ft(cfg)
+    cfg = target_files.with_unlearning(cfg, made)
     if made.dictionary:
         cfg = target_files.with_dictionary(cfg, out / dictionary.NAME)
     if made.probes:

@@ -11,9 +11,9 @@ it is about another target. The questions (KnowMem) are made too when an LLM end
 counterpart, those parts are left out instead (or kept, with the warning, when named). Made probes need
 the split, which is then made even when the held-out text is the user's own. With a made dictionary the
 models also write passages about the target's world (`augment_budget`), unless `augment.tokens` is set,
-the retain blocks fit `target_files.retain_labels` (`with_retain_labels`), unless `forget.retain_labels` is
-set, and the unlearned model is moved back toward the base by `target_files.wise_ft` (`with_wise_ft`), unless
-`forget.wise_ft` is set.
+the retain blocks fit `target_files.retain_labels`, unless `forget.retain_labels` is set, and the unlearned
+model is moved back toward the base by `target_files.wise_ft`, unless `forget.wise_ft` is set
+(`with_unlearning`).
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ class Plan:
     cleared: list[str] = field(default_factory=list)  # dotted settings set to None: a demo file nothing replaces
     warnings: list[str] = field(default_factory=list)
     augment: bool = False  # the models write passages about the target's world (`augment_budget`)
-    retain_labels: bool = False  # the retain blocks fit `target_files.retain_labels` (`with_retain_labels`)
-    wise_ft: bool = False  # the unlearned weights are mixed with the base's by `target_files.wise_ft` (`with_wise_ft`)
+    retain_labels: bool = False  # the retain blocks fit `target_files.retain_labels` (`with_unlearning`)
+    wise_ft: bool = False  # the unlearned model is mixed with the base by `target_files.wise_ft` (`with_unlearning`)
     done: bool = False  # the dictionary and probes are made (set by the pipeline)
 
     @property
@@ -167,24 +167,21 @@ def with_augment(cfg: Config, tokens: int) -> Config:
     return out
 
 
-def with_retain_labels(cfg: Config) -> Config:
-    """`cfg` whose retain blocks fit `target_files.retain_labels` (`forget.retain_labels`): a run with a made
-    dictionary. On the Sherlock development prompts the retain texts' own tokens alone (`text`) let the
-    completions of general prompts drift from the base model's; fitting the base model's distribution on
-    them as well (`both`) drifts less and forgets more (docs/OWN_TEXT.md, "Fluency on general prompts")."""
+def with_unlearning(cfg: Config, made: Plan) -> Config:
+    """`cfg` with the unlearning settings `made` says a run with a made dictionary takes: the retain blocks fit
+    `target_files.retain_labels` (`forget.retain_labels`) and the unlearned model is mixed with the base by
+    `target_files.wise_ft` (`forget.wise_ft`). On the Sherlock development prompts the retain texts' own
+    tokens alone (`text`) let the completions of general prompts drift from the base model's; fitting the
+    base model's distribution on them as well (`both`) drifts less and forgets more, and a quarter of the
+    way back to the base in weight space then undoes about a third to a half of the drift left and keeps
+    three quarters of the forgetting (docs/OWN_TEXT.md, "Fluency on general prompts")."""
+    if not (made.retain_labels or made.wise_ft):
+        return cfg
     out = copy.deepcopy(cfg)
-    out.forget.retain_labels = cfg.target_files.retain_labels
-    return out
-
-
-def with_wise_ft(cfg: Config) -> Config:
-    """`cfg` whose unlearned model is mixed with the base by `target_files.wise_ft` (`forget.wise_ft`): a run
-    with a made dictionary. On the Sherlock development prompts the completions of general prompts drift from
-    the base's even with `both` retain labels; a quarter of the way back to the base in weight space undoes about a
-    third to a half of that drift and keeps three quarters of the forgetting (docs/OWN_TEXT.md, "Fluency on
-    general prompts")."""
-    out = copy.deepcopy(cfg)
-    out.forget.wise_ft = cfg.target_files.wise_ft
+    if made.retain_labels:
+        out.forget.retain_labels = cfg.target_files.retain_labels
+    if made.wise_ft:
+        out.forget.wise_ft = cfg.target_files.wise_ft
     return out
 
 

@@ -110,7 +110,8 @@ def run(cfg: Config, out: Path, *, progress: bool = True) -> Path:
     stage_dir = out / NAME
     stage_key = key(cfg, out)
     # the checkpoints hold the training, which the mixing coefficient does not change
-    training_key = key(replace(cfg, forget=replace(cfg.forget, wise_ft=1.0)), out)
+    trained = replace(cfg, forget=replace(cfg.forget, wise_ft=1.0))
+    training_key = stage_key if cfg.forget.wise_ft == 1 else key(trained, out)
 
     def body() -> Outcome:
         source = models.resolve(cfg.model)
